@@ -1,0 +1,87 @@
+"""The technique protocol, its registry, and the helpers every technique shares.
+
+A new technique is a class with a `name`, a one-line `summary` and a `check` method, made
+available everywhere (CLI `--technique`, benchmark) by one `register(...)` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from defcon.checker.verdict import StructuralClash, Verdict
+from defcon.errors import DefconError, unknown
+from defcon.vocabulary import DefenseSpec, Slot, Stage
+
+
+@runtime_checkable
+class Technique(Protocol):
+    """Predicts whether a combination of declared defenses stays effective."""
+
+    name: str
+    summary: str
+
+    def check(self, specs: Sequence[DefenseSpec]) -> Verdict: ...
+
+
+TECHNIQUES: dict[str, Technique] = {}
+
+
+def register(technique: Technique) -> Technique:
+    """Make `technique` available by name; a name can be registered once."""
+    if technique.name in TECHNIQUES:
+        raise ValueError(f"technique '{technique.name}' is already registered")
+    TECHNIQUES[technique.name] = technique
+    return technique
+
+
+def get_technique(name: str) -> Technique:
+    try:
+        return TECHNIQUES[name]
+    except KeyError:
+        raise unknown("technique", name, TECHNIQUES) from None
+
+
+def validated(specs: Sequence[DefenseSpec]) -> list[DefenseSpec]:
+    """The specs sorted by name, after checking there is at least one and no name repeats."""
+    if not specs:
+        raise DefconError("a combination needs at least one defense, got none")
+    names = [spec.name for spec in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise DefconError(f"defense '{name}' is named twice; name each defense once")
+    return sorted(specs, key=lambda spec: spec.name)
+
+
+def by_stage(specs: Sequence[DefenseSpec]) -> dict[Stage, list[DefenseSpec]]:
+    """Non-empty stages in pipeline order, each with its specs in the given order."""
+    grouped: dict[Stage, list[DefenseSpec]] = {}
+    for stage in sorted(Stage, key=lambda s: s.position):
+        members = [spec for spec in specs if spec.stage is stage]
+        if members:
+            grouped[stage] = members
+    return grouped
+
+
+def structural_clashes(specs: Sequence[DefenseSpec]) -> tuple[StructuralClash, ...]:
+    """Exclusive training-loop slots wanted by more than one in-training defense."""
+    fillers: dict[Slot, list[str]] = {}
+    for spec in specs:
+        if spec.stage is not Stage.IN:
+            continue
+        for slot in spec.slots:
+            if slot.exclusive:
+                fillers.setdefault(slot, []).append(spec.name)
+    return tuple(
+        StructuralClash(slot=slot, defenses=tuple(sorted(names)))
+        for slot, names in sorted(fillers.items(), key=lambda item: item[0].value)
+        if len(names) > 1
+    )
+
+
+def clash_text(clashes: Sequence[StructuralClash]) -> str:
+    """The explanation's closing sentence about structural clashes (empty when there are none)."""
+    if not clashes:
+        return ""
+    return " Separately, " + "; ".join(clash.sentence() for clash in clashes) + "."
+

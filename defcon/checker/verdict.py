@@ -1,0 +1,93 @@
+"""What a technique answers about a combination: a label, the order to apply, and the evidence.
+
+Verdicts are frozen pydantic models so that the CLI's `--json`, the composer's records and the
+benchmark all share one serialisation (`model_dump(mode="json")` / `model_validate`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from defcon.vocabulary import Risk, Slot, Stage
+
+Label = Literal["effective", "ineffective"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Conflict(_Frozen):
+    """`earlier` relies on `risk`, and `later`, applied after it, mitigates that risk.
+
+    For two defenses of one stage that no ordering can reconcile, `earlier`/`later` name the
+    conflicting ordered pair (the user of the risk placed before its mitigator).
+    """
+
+    earlier: str
+    earlier_stage: Stage
+    risk: Risk
+    later: str
+    later_stage: Stage
+    reason: str  # the earlier defense's declared reason for using the risk
+
+    def sentence(self) -> str:
+        """One plain-English sentence, as the CLI and explanations print it."""
+        return (
+            f"{self.earlier} ({self.earlier_stage}) uses {self.risk} — {self.reason} — "
+            f"which {self.later} ({self.later_stage}) mitigates, so applying {self.later} "
+            f"after {self.earlier} removes what {self.earlier} relies on"
+        )
+
+
+class Precedence(_Frozen):
+    """Within one stage, `before` must be applied before `after`: it mitigates a risk `after` uses."""
+
+    stage: Stage
+    before: str
+    after: str
+    risk: Risk
+
+
+class StructuralClash(_Frozen):
+    """In-training defenses that need the same exclusive training-loop slot.
+
+    A mechanical problem (they cannot share one loop unchanged), reported apart from conflicts:
+    it does not change a technique's label.
+    """
+
+    slot: Slot
+    defenses: tuple[str, ...]
+
+    def sentence(self) -> str:
+        names = self.defenses
+        who = f"{names[0]} and {names[1]} both" if len(names) == 2 else f"{', '.join(names)} all"
+        return (
+            f"{who} need the exclusive training-loop slot '{self.slot}' "
+            f"({self.slot.description}), so they cannot share one training loop unchanged"
+        )
+
+
+class Verdict(_Frozen):
+    """A technique's prediction for one combination of defenses."""
+
+    technique: str
+    label: Label
+    defenses: tuple[str, ...]  # sorted by name
+    order: tuple[str, ...]  # the order to apply: stages pre → in → post, each in its chosen order
+    stages: dict[str, tuple[str, ...]]  # non-empty stages in pipeline order → their order
+    conflicts: tuple[Conflict, ...] = ()
+    precedences: tuple[Precedence, ...] = ()  # the same-stage constraints that fixed the order
+    clashes: tuple[StructuralClash, ...] = ()
+    explanation: str
+
+    @property
+    def effective(self) -> bool:
+        return self.label == "effective"
+
+    @property
+    def composable(self) -> bool:
+        """Whether the in-training defenses can share one training loop (no structural clash)."""
+        return not self.clashes

@@ -1,0 +1,145 @@
+"""Stage contracts: what a defense mechanism must provide so the composer can use it unchanged.
+
+- A pre-training defense maps a training split to a new one (keeping any secret it needs, such as
+  a trigger, derived from the seed so it is reproducible without being stored).
+- An in-training defense fills slots of the one training loop (see `defcon.training`).
+- A post-training defense maps a trained model to a new model (or wraps its prediction API).
+Every defense measures its own effectiveness on a given model, in a given `Environment`.
+No defense modifies its inputs in place.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from defcon.attacks import BadNets
+from defcon.catalog import builtin_catalog
+from defcon.data import Dataset, Split
+from defcon.profiles import Profile
+from defcon.vocabulary import DefenseSpec
+
+if TYPE_CHECKING:
+    from defcon.models import ArchConfig
+    from defcon.training import TrainingRun
+
+
+@dataclass
+class Environment:
+    """The world a defense is applied and measured in.
+
+    `dataset` holds the clean splits; `train_data` is the training split the model was actually
+    trained on (after poisoning and pre-training defenses). `poisoner` is the active BadNets
+    adversary when the scenario includes one. `record` holds facts logged during training (e.g.
+    the ε that DP-SGD spent), keyed '<defense>.<fact>'.
+    """
+
+    dataset: Dataset
+    seed: int
+    profile: Profile
+    poisoner: BadNets | None = None
+    train_data: Split | None = None
+    record: dict[str, float] = field(default_factory=dict)
+    arch: ArchConfig | None = None
+
+    @property
+    def training_split(self) -> Split:
+        return self.train_data if self.train_data is not None else self.dataset.train
+
+
+class DefenseConfig(BaseModel):
+    """Base of each defense's own settings; part of the cache key of every model it touches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Defense(ABC):
+    """A defense mechanism bound to its declaration in the catalog."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[DefenseConfig]] = DefenseConfig
+
+    def __init__(self, config: DefenseConfig | Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            config = self.Config()
+        elif not isinstance(config, DefenseConfig):
+            config = self.Config.model_validate(dict(config))
+        self.config = config
+
+    @property
+    def spec(self) -> DefenseSpec:
+        return builtin_catalog()[self.name]
+
+    def cache_key(self) -> dict[str, Any]:
+        """What identifies this defense's effect on a model: its name and its settings."""
+        return {"name": self.name, "config": self.config.model_dump(mode="json")}
+
+    @abstractmethod
+    def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
+        """This defense's metrics (names as declared in its spec) on `model`."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+class PreTrainingDefense(Defense):
+    """Transforms the training data before training."""
+
+    @abstractmethod
+    def apply(self, train: Split, env: Environment) -> Split:
+        """A new training split (the input is not modified)."""
+
+
+class InTrainingDefense(Defense):
+    """Contributes to the shared training loop through the slots its spec declares.
+
+    The loop calls a hook only for the slots the spec declares, so a defense overrides exactly
+    the hooks of its slots.
+    """
+
+    def adapt_arch(self, arch: ArchConfig) -> ArchConfig:
+        """The architecture this defense needs (DP-SGD: GroupNorm instead of BatchNorm)."""
+        return arch
+
+    def wrap(self, run: TrainingRun) -> None:
+        """privacy_wrapper: replace run.model / run.optimizer / run.loader before the loop."""
+
+    def unwrap(self, run: TrainingRun) -> None:
+        """privacy_wrapper: restore a plain nn.Module in run.model after the loop."""
+
+    def transform_batch(
+        self, run: TrainingRun, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """batch_transform: the batch to train on (called with privacy hooks disabled)."""
+        return x, y, s
+
+    def loss_term(
+        self,
+        run: TrainingRun,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        s: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> torch.Tensor:
+        """loss_term: a term added to the batch loss."""
+        return logits.new_zeros(())
+
+    def noisy_step(self, run: TrainingRun) -> None:
+        """parameter_noise: after the batch's backward pass and before the optimizer step."""
+
+    def finetune(self, run: TrainingRun) -> None:
+        """finetune_phase: runs after the main loop on run.model (a plain nn.Module)."""
+
+
+class PostTrainingDefense(Defense):
+    """Transforms a trained model, or wraps its prediction API."""
+
+    @abstractmethod
+    def apply(self, model: nn.Module, env: Environment) -> nn.Module:
+        """A new protected model (the input model is not modified)."""

@@ -1,0 +1,83 @@
+"""Run profiles: how much data, how many epochs and attack steps a run uses.
+
+`quick` is sized for 2 CPU cores (minutes per combination); `paper` is sized for a GPU machine
+(full data, more epochs, 40-step attacks).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from defcon.errors import unknown
+
+
+class Profile(BaseModel):
+    """Sizes and budgets of one run; part of every cache key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    max_train: dict[str, int | None] = Field(default_factory=dict)
+    max_eval: dict[str, int | None] = Field(default_factory=dict)
+    epochs: dict[str, int] = Field(default_factory=dict)
+    batch_size: int = 128
+    lr: float = 1e-3
+    width: int = 16
+    attack_steps: int = 7
+    eval_attack_steps: int = 10
+    finetune_epochs: int = 3
+
+    def train_cap(self, dataset: str) -> int | None:
+        return self.max_train.get(dataset)
+
+    def eval_cap(self, dataset: str) -> int | None:
+        return self.max_eval.get(dataset)
+
+    def epochs_for(self, dataset: str) -> int:
+        return self.epochs.get(dataset, self.epochs.get("default", 5))
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        max_train={"fmnist": 1000, "adult": 2000, "compas": 2000, "digits": None},
+        max_eval={"fmnist": 500, "adult": 1000, "compas": 1000, "digits": None},
+        epochs={"default": 4, "digits": 8},
+        batch_size=64,
+        lr=3e-3,
+        width=8,
+        attack_steps=3,
+        eval_attack_steps=5,
+        finetune_epochs=3,
+    ),
+    "quick": Profile(
+        name="quick",
+        max_train={"fmnist": 10000, "adult": None, "compas": None, "digits": None},
+        max_eval={"fmnist": 2000, "adult": 5000, "compas": None, "digits": None},
+        epochs={"default": 5, "digits": 15, "adult": 5, "compas": 10},
+        batch_size=128,
+        lr=2e-3,
+        width=16,
+        attack_steps=5,
+        eval_attack_steps=10,
+        finetune_epochs=3,
+    ),
+    "paper": Profile(
+        name="paper",
+        max_train={},
+        max_eval={},
+        epochs={"default": 20, "digits": 30},
+        batch_size=256,
+        lr=1e-3,
+        width=32,
+        attack_steps=10,
+        eval_attack_steps=40,
+        finetune_epochs=5,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise unknown("profile", name, PROFILES)
+    return PROFILES[name]

@@ -1,0 +1,166 @@
+"""The one training loop, with named slots that in-training defenses fill without being modified.
+
+Per batch: batch_transform (privacy hooks disabled while it runs) → forward → cross-entropy plus
+every loss_term → backward → parameter_noise steps → optimizer step. Before the loop the
+privacy_wrapper may wrap model/optimizer/loader; after it, it unwraps, then the finetune_phase
+runs. Two defenses that need the same exclusive slot cannot share the loop (structural clash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from defcon.data import Split
+from defcon.defense import Environment, InTrainingDefense
+from defcon.errors import DefconError
+from defcon.models import ArchConfig, arch_for, build_model
+from defcon.vocabulary import Slot
+
+
+@dataclass
+class TrainingRun:
+    """The mutable state of one training run, visible to the defenses' hooks."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    env: Environment
+    train: Split
+    epochs: int
+    lr: float
+    batch_size: int
+    record: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0
+
+    @property
+    def plain_model(self) -> nn.Module:
+        """The model without any privacy wrapper (Opacus' GradSampleModule keeps it in _module)."""
+        model = self.model
+        while hasattr(model, "_module") and isinstance(model._module, nn.Module):
+            model = model._module
+        return model
+
+    @contextlib.contextmanager
+    def hooks_disabled(self) -> Iterator[nn.Module]:
+        """Run code on the plain model with per-sample-gradient hooks off (e.g. an attack)."""
+        wrapper = self.model
+        toggle = hasattr(wrapper, "disable_hooks") and hasattr(wrapper, "enable_hooks")
+        if toggle:
+            wrapper.disable_hooks()
+        try:
+            yield self.plain_model
+        finally:
+            if toggle:
+                wrapper.enable_hooks()
+            self.model.train()
+
+
+@dataclass
+class TrainedModel:
+    """A trained model, the architecture to rebuild it, and facts recorded while training."""
+
+    model: nn.Module
+    arch: ArchConfig
+    record: dict[str, float]
+
+
+def slot_clashes(defenses: Sequence[InTrainingDefense]) -> list[tuple[Slot, list[str]]]:
+    """Exclusive slots that more than one defense needs."""
+    clashes = []
+    for slot in Slot:
+        if not slot.exclusive:
+            continue
+        users = [d.name for d in defenses if slot in d.spec.slots]
+        if len(users) > 1:
+            clashes.append((slot, users))
+    return clashes
+
+
+def _users(defenses: Sequence[InTrainingDefense], slot: Slot) -> list[InTrainingDefense]:
+    return [d for d in defenses if slot in d.spec.slots]
+
+
+def _show_progress() -> bool:
+    setting = os.environ.get("DEFCON_PROGRESS")
+    if setting is not None:
+        return setting not in {"0", "false", "no"}
+    return sys.stderr.isatty()
+
+
+def train(
+    env: Environment,
+    train_split: Split,
+    defenses: Sequence[InTrainingDefense] = (),
+    *,
+    arch: ArchConfig | None = None,
+    epochs: int | None = None,
+    description: str = "training",
+) -> TrainedModel:
+    """Train a fresh model on `train_split` with the given in-training defenses plugged in."""
+    clashes = slot_clashes(defenses)
+    if clashes:
+        slot, users = clashes[0]
+        raise DefconError(
+            f"structural clash: {' and '.join(users)} both need the exclusive training-loop "
+            f"slot '{slot}' ({slot.description}); they cannot run in one training loop unchanged"
+        )
+    profile = env.profile
+    arch = arch or env.arch or arch_for(env.dataset, width=profile.width)
+    for defense in defenses:
+        arch = defense.adapt_arch(arch)
+    torch.manual_seed(env.seed)
+    model = build_model(arch, env.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
+    run = TrainingRun(
+        model=model,
+        optimizer=optimizer,
+        loader=train_split.loader(profile.batch_size, shuffle=True, seed=env.seed),
+        env=env,
+        train=train_split,
+        epochs=epochs if epochs is not None else profile.epochs_for(env.dataset.name),
+        lr=profile.lr,
+        batch_size=profile.batch_size,
+    )
+    for defense in _users(defenses, Slot.PRIVACY_WRAPPER):
+        defense.wrap(run)
+    transforms = _users(defenses, Slot.BATCH_TRANSFORM)
+    loss_terms = _users(defenses, Slot.LOSS_TERM)
+    noise_steps = _users(defenses, Slot.PARAMETER_NOISE)
+    loss = torch.zeros(())
+    bar = tqdm(range(run.epochs), desc=description, disable=not _show_progress(), leave=False)
+    for epoch in bar:
+        run.epoch = epoch
+        run.model.train()
+        for x, y, s in run.loader:
+            if len(y) == 0:  # Poisson sampling (DP-SGD) can draw an empty batch
+                continue
+            for defense in transforms:
+                with run.hooks_disabled():
+                    x, y, s = defense.transform_batch(run, x, y, s)
+            run.optimizer.zero_grad(set_to_none=True)
+            logits = run.model(x)
+            loss = F.cross_entropy(logits, y)
+            for defense in loss_terms:
+                loss = loss + defense.loss_term(run, x, y, s, logits)
+            loss.backward()
+            for defense in noise_steps:
+                defense.noisy_step(run)
+            run.optimizer.step()
+        bar.set_postfix(loss=float(loss.detach()))
+    for defense in _users(defenses, Slot.PRIVACY_WRAPPER):
+        defense.unwrap(run)
+    run.model = run.plain_model
+    for defense in _users(defenses, Slot.FINETUNE_PHASE):
+        defense.finetune(run)
+    run.model.eval()
+    return TrainedModel(model=run.model, arch=arch, record=dict(run.record))

@@ -1,0 +1,212 @@
+"""The shared vocabulary of defcon: stages, risks, slots and the declaration of a defense.
+
+Everything the conflict checker reasons about is declared here as data (frozen pydantic models),
+so that a practitioner can declare a defense of their own without writing any training code.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+
+class Stage(StrEnum):
+    """Where in the ML pipeline a defense acts."""
+
+    PRE = "pre"
+    IN = "in"
+    POST = "post"
+
+    @property
+    def position(self) -> int:
+        """Pipeline order: pre (0) < in (1) < post (2)."""
+        return _STAGE_ORDER[self]
+
+    @property
+    def description(self) -> str:
+        return _STAGE_DESCRIPTIONS[self]
+
+
+_STAGE_ORDER = {Stage.PRE: 0, Stage.IN: 1, Stage.POST: 2}
+_STAGE_DESCRIPTIONS = {
+    Stage.PRE: "pre-training: transforms the training data",
+    Stage.IN: "in-training: changes the training procedure",
+    Stage.POST: "post-training: transforms the trained model or wraps its outputs",
+}
+
+
+class Risk(StrEnum):
+    """Risks to an ML model (Duddu, Szyller & Asokan, SoK S&P 2024)."""
+
+    EVASION = "evasion"
+    POISONING = "poisoning"
+    MODEL_THEFT = "model_theft"
+    DATA_MISUSE = "data_misuse"
+    MEMBERSHIP_INFERENCE = "membership_inference"
+    ATTRIBUTE_INFERENCE = "attribute_inference"
+    DATA_RECONSTRUCTION = "data_reconstruction"
+    DISTRIBUTION_INFERENCE = "distribution_inference"
+    DISCRIMINATION = "discrimination"
+    OPACITY = "opacity"
+
+    @property
+    def description(self) -> str:
+        return RISK_DESCRIPTIONS[self]
+
+
+RISK_DESCRIPTIONS: dict[Risk, str] = {
+    Risk.EVASION: "adversarial examples crafted at test time flip the model's predictions",
+    Risk.POISONING: "tampered training data (incl. backdoor triggers) changes what the model learns",
+    Risk.MODEL_THEFT: "the model is copied or extracted through its API and used without consent",
+    Risk.DATA_MISUSE: "a dataset is used to train a model without its owner's permission",
+    Risk.MEMBERSHIP_INFERENCE: "an attacker tells whether a record was in the training set",
+    Risk.ATTRIBUTE_INFERENCE: "an attacker infers a sensitive attribute of a record from the model",
+    Risk.DATA_RECONSTRUCTION: "an attacker reconstructs training records from the model",
+    Risk.DISTRIBUTION_INFERENCE: "an attacker infers global properties of the training distribution",
+    Risk.DISCRIMINATION: "the model behaves unfairly towards groups defined by a sensitive attribute",
+    Risk.OPACITY: "the model's decisions cannot be explained to the people they affect",
+}
+
+
+class Slot(StrEnum):
+    """Named places in the one training loop that an in-training defense can fill."""
+
+    BATCH_TRANSFORM = "batch_transform"
+    LOSS_TERM = "loss_term"
+    PRIVACY_WRAPPER = "privacy_wrapper"
+    PARAMETER_NOISE = "parameter_noise"
+    FINETUNE_PHASE = "finetune_phase"
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether at most one defense can fill this slot (two would need to change each other)."""
+        return self in EXCLUSIVE_SLOTS
+
+    @property
+    def description(self) -> str:
+        return _SLOT_DESCRIPTIONS[self]
+
+
+EXCLUSIVE_SLOTS: frozenset[Slot] = frozenset(
+    {Slot.BATCH_TRANSFORM, Slot.PRIVACY_WRAPPER, Slot.PARAMETER_NOISE, Slot.FINETUNE_PHASE}
+)
+_SLOT_DESCRIPTIONS = {
+    Slot.BATCH_TRANSFORM: "replaces each training batch (e.g. by adversarial examples)",
+    Slot.LOSS_TERM: "adds a term to the training loss (terms from several defenses add up)",
+    Slot.PRIVACY_WRAPPER: "wraps model, optimizer and loader (e.g. Opacus' PrivacyEngine)",
+    Slot.PARAMETER_NOISE: "perturbs the parameters around each step (e.g. noise training)",
+    Slot.FINETUNE_PHASE: "a phase after the main loop that re-trains part of the model",
+}
+
+
+class Direction(StrEnum):
+    """Which way a metric improves."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+class DataKind(StrEnum):
+    """The kinds of data a defense's mechanism applies to."""
+
+    IMAGE = "image"
+    TABULAR = "tabular"
+
+
+class Threat(StrEnum):
+    """The adversary a defense's effectiveness is measured against."""
+
+    EVASION_ATTACKER = "evasion_attacker"
+    POISONER = "poisoner"
+    MODEL_THIEF = "model_thief"
+    DATA_THIEF = "data_thief"
+    MEMBERSHIP_ATTACKER = "membership_attacker"
+    UNFAIR_DATA = "unfair_data"
+    AUDITOR = "auditor"
+
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class Metric(_Frozen):
+    """How a defense's effectiveness is measured, and how much it may degrade in combination."""
+
+    name: Name
+    direction: Direction
+    tolerance: float = Field(ge=0, description="largest tolerated change in the bad direction")
+    description: str = ""
+
+    def worse_by(self, alone: float, combined: float) -> float:
+        """How much worse `combined` is than `alone` (negative when it improved)."""
+        return alone - combined if self.direction is Direction.HIGHER else combined - alone
+
+
+class RiskUse(_Frozen):
+    """A risk a defense relies on, with the reason its mechanism needs it."""
+
+    risk: Risk
+    reason: str = Field(min_length=1)
+
+
+class DefenseSpec(_Frozen):
+    """The declaration of one defense: what Def\\Con and the composer know about it."""
+
+    name: Name
+    title: str = Field(min_length=1)
+    stage: Stage
+    mitigates: frozenset[Risk] = Field(min_length=1)
+    uses: tuple[RiskUse, ...] = ()
+    slots: frozenset[Slot] = frozenset()
+    metrics: tuple[Metric, ...] = Field(min_length=1)
+    data_kinds: frozenset[DataKind] = frozenset({DataKind.IMAGE, DataKind.TABULAR})
+    needs_sensitive_attribute: bool = False
+    threats: frozenset[Threat] = frozenset()
+    reference: str = ""
+    implementation: str | None = Field(
+        default=None, description="'package.module:Class' of the mechanism, if one exists"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DefenseSpec:
+        both = self.mitigates & self.uses_risks
+        if both:
+            names = ", ".join(sorted(both))
+            raise ValueError(f"defense '{self.name}' both uses and mitigates {names}")
+        if len({u.risk for u in self.uses}) != len(self.uses):
+            raise ValueError(f"defense '{self.name}' declares the same used risk twice")
+        if self.slots and self.stage is not Stage.IN:
+            raise ValueError(
+                f"defense '{self.name}' fills training-loop slots but its stage is "
+                f"'{self.stage}'; only in-training defenses have slots"
+            )
+        if self.stage is Stage.IN and not self.slots:
+            raise ValueError(
+                f"in-training defense '{self.name}' must declare the slots it fills "
+                f"(one of: {', '.join(s.value for s in Slot)})"
+            )
+        if len({m.name for m in self.metrics}) != len(self.metrics):
+            raise ValueError(f"defense '{self.name}' declares the same metric twice")
+        return self
+
+    @property
+    def uses_risks(self) -> frozenset[Risk]:
+        return frozenset(u.risk for u in self.uses)
+
+    def reason_for(self, risk: Risk) -> str:
+        """Why this defense relies on `risk`."""
+        for use in self.uses:
+            if use.risk is risk:
+                return use.reason
+        raise KeyError(risk)
+
+    def metric(self, name: str) -> Metric:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(name)

@@ -1,0 +1,1 @@
+"""Defenses grouped by pipeline stage: one module (and one spec file) per defense."""
