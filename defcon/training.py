@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from defcon.checker.base import structural_clashes
 from defcon.data import Split
 from defcon.defense import Environment, InTrainingDefense
 from defcon.errors import DefconError
@@ -74,18 +75,6 @@ class TrainedModel:
     record: dict[str, float]
 
 
-def slot_clashes(defenses: Sequence[InTrainingDefense]) -> list[tuple[Slot, list[str]]]:
-    """Exclusive slots that more than one defense needs."""
-    clashes = []
-    for slot in Slot:
-        if not slot.exclusive:
-            continue
-        users = [d.name for d in defenses if slot in d.spec.slots]
-        if len(users) > 1:
-            clashes.append((slot, users))
-    return clashes
-
-
 def _users(defenses: Sequence[InTrainingDefense], slot: Slot) -> list[InTrainingDefense]:
     return [d for d in defenses if slot in d.spec.slots]
 
@@ -107,13 +96,9 @@ def train(
     description: str = "training",
 ) -> TrainedModel:
     """Train a fresh model on `train_split` with the given in-training defenses plugged in."""
-    clashes = slot_clashes(defenses)
+    clashes = structural_clashes([defense.spec for defense in defenses])
     if clashes:
-        slot, users = clashes[0]
-        raise DefconError(
-            f"structural clash: {' and '.join(users)} both need the exclusive training-loop "
-            f"slot '{slot}' ({slot.description}); they cannot run in one training loop unchanged"
-        )
+        raise DefconError(f"structural clash: {clashes[0].sentence()}")
     profile = env.profile
     arch = arch or env.arch or arch_for(env.dataset, width=profile.width)
     for defense in defenses:

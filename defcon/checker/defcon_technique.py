@@ -133,7 +133,7 @@ def _explain(units: Sequence[StageUnit], conflicts: Sequence[Conflict]) -> str:
             f"mitigates. Apply them in this order: {order}."
         )
         reasons = [
-            f"{p.before} mitigates {p.risk}, which {p.after} uses, so it goes first"
+            f"{p.before} mitigates {p.risk}, which {p.after} uses, so {p.before} comes first"
             for unit in units
             for p in unit.precedences
         ]
@@ -145,7 +145,7 @@ def _explain(units: Sequence[StageUnit], conflicts: Sequence[Conflict]) -> str:
     losers = sorted({c.earlier for c in conflicts})
     text = (
         f"Def\\Con predicts a conflict: {'; '.join(shown)}{more}. Applied later, the mitigating "
-        f"defense removes what the other relies on, so {', '.join(losers)} "
+        f"defense removes what the other relies on, so {_listing(losers)} "
         f"{'is' if len(losers) == 1 else 'are'} expected to lose effectiveness."
     )
     for unit in units:
@@ -153,6 +153,10 @@ def _explain(units: Sequence[StageUnit], conflicts: Sequence[Conflict]) -> str:
             names = sorted({c.earlier for c in unit.conflicts} | {c.later for c in unit.conflicts})
             text += (
                 f" No ordering of the {unit.stage.value}-training stage avoids this: "
-                f"{', '.join(names)} constrain each other in a cycle."
+                f"{_listing(names)} constrain each other in a cycle."
             )
     return text
+
+
+def _listing(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

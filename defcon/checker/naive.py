@@ -18,7 +18,10 @@ class NaiveTechnique:
 
     def check(self, specs: Sequence[DefenseSpec]) -> Verdict:
         specs = validated(specs)  # sorted by name, so each stage lists its defenses sorted
-        stages = {stage.value: tuple(s.name for s in members) for stage, members in by_stage(specs).items()}
+        stages = {
+            stage.value: tuple(s.name for s in members)
+            for stage, members in by_stage(specs).items()
+        }
         crowded = {stage: names for stage, names in stages.items() if len(names) > 1}
         if crowded:
             listing = "; ".join(f"{stage}: {', '.join(names)}" for stage, names in crowded.items())

@@ -62,11 +62,11 @@ class StructuralClash(_Frozen):
     defenses: tuple[str, ...]
 
     def sentence(self) -> str:
-        names = self.defenses
-        who = f"{names[0]} and {names[1]} both" if len(names) == 2 else f"{', '.join(names)} all"
+        *first, last = self.defenses
+        who = f"{', '.join(first)} and {last} {'both' if len(first) == 1 else 'all'}"
         return (
-            f"{who} need the exclusive training-loop slot '{self.slot}' "
-            f"({self.slot.description}), so they cannot share one training loop unchanged"
+            f"{who} need the exclusive training-loop slot '{self.slot}', so they cannot share "
+            "one training loop unchanged"
         )
 
 

@@ -1,0 +1,280 @@
+"""The benchmark: measure every pair (and chosen triples) and compare each technique's predictions.
+
+Combinations are independent tasks. They run in a local process pool (default) or on a Ray
+cluster, all sharing one model cache folder, so a model needed by several combinations is
+trained once. Each finished combination's record is written atomically; a restarted bench skips
+the combinations whose record is already there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defcon.catalog import builtin_catalog
+from defcon.composer import Composer, applicability_problem
+from defcon.data import load_dataset
+from defcon.errors import DefconError
+from defcon.records import CompositionRecord
+from defcon.reports import load_record, save_record
+
+Executor = Literal["local", "ray"]
+
+
+class Task(BaseModel):
+    """One combination to measure on one dataset; everything a worker needs, picklable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    defenses: tuple[str, ...]
+    seeds: int
+    profile: str
+    cache_dir: str
+    record_path: str
+    data_dir: str | None = None
+    threads: int = 1
+
+
+class Skipped(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    defenses: tuple[str, ...]
+    reason: str
+
+
+class TriplesFile(BaseModel):
+    """`[[triple]] defenses = ["a", "b", "c"]` entries of a triples TOML file."""
+
+    triple: list[dict[str, list[str]]] = Field(min_length=1)
+
+
+def load_triples(path: Path | str) -> list[tuple[str, ...]]:
+    """Read and validate a triples file: each entry names three distinct known defenses."""
+    path = Path(path)
+    if not path.is_file():
+        raise DefconError(
+            f"triples file '{path}' does not exist (expected a TOML file of [[triple]])"
+        )
+    try:
+        parsed = TriplesFile.model_validate(tomllib.loads(path.read_text()))
+    except (tomllib.TOMLDecodeError, ValidationError) as error:
+        first = str(error).splitlines()[0]
+        raise DefconError(
+            f"triples file '{path}' is malformed ({first}); expected [[triple]] tables with "
+            "defenses = [three names]"
+        ) from None
+    catalog = builtin_catalog()
+    triples = []
+    for entry in parsed.triple:
+        names = tuple(entry.get("defenses", ()))
+        if len(names) != 3:
+            raise DefconError(f"triples file '{path}': {list(names)} does not name three defenses")
+        catalog.resolve(names, minimum=3)
+        triples.append(names)
+    return triples
+
+
+def parse_pairs(text: str) -> list[tuple[str, ...]] | None:
+    """`all` → None (every pair); otherwise 'a+b,c+d' → [(a, b), (c, d)]."""
+    if text.strip() == "all":
+        return None
+    pairs = []
+    for item in text.split(","):
+        names = tuple(n.strip() for n in item.split("+") if n.strip())
+        if len(names) != 2:
+            raise DefconError(f"--pairs: '{item}' is not a pair; use 'all' or 'a+b,c+d'")
+        builtin_catalog().resolve(names)
+        pairs.append(names)
+    return pairs
+
+
+def combinations_for(
+    dataset: str,
+    pairs: Sequence[tuple[str, ...]] | None,
+    triples: Sequence[tuple[str, ...]],
+    data_dir: str | None = None,
+) -> tuple[list[tuple[str, ...]], list[Skipped]]:
+    """The combinations that apply to `dataset`, and those skipped with the reason."""
+    catalog = builtin_catalog()
+    probe = load_dataset(dataset, seed=0, max_train=1, max_eval=1, data_dir=data_dir)
+    runnable = [n for n, s in catalog.items() if s.implementation is not None]
+    chosen = list(pairs) if pairs is not None else list(itertools.combinations(sorted(runnable), 2))
+    chosen += list(triples)
+    keep, skipped = [], []
+    for names in chosen:
+        problems = [applicability_problem(catalog[n], probe) for n in names]
+        problems += [f"'{n}' has no mechanism yet" for n in names if n not in runnable]
+        problems = [p for p in problems if p]
+        if problems:
+            skipped.append(
+                Skipped(dataset=dataset, defenses=tuple(names), reason="; ".join(problems))
+            )
+        else:
+            keep.append(tuple(names))
+    return keep, skipped
+
+
+def run_task(task: Task) -> str:
+    """Measure one combination (forced: measuring predicted conflicts is the point) and save it."""
+    import torch
+
+    torch.set_num_threads(task.threads)
+    os.environ.setdefault("DEFCON_PROGRESS", "0")
+    composer = Composer(
+        task.dataset, profile=task.profile, cache_dir=task.cache_dir, data_dir=task.data_dir
+    )
+    record = composer.compose(task.defenses, seeds=task.seeds, force=True)
+    save_record(record, task.record_path)
+    return task.record_path
+
+
+def _run_local(tasks: Sequence[Task], workers: int, report: Callable[[Task], None]) -> None:
+    if workers <= 1:
+        for task in tasks:
+            run_task(task)
+            report(task)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_task, task): task for task in tasks}
+        for future in as_completed(futures):
+            future.result()
+            report(futures[future])
+
+
+def _run_ray(
+    tasks: Sequence[Task], workers: int, report: Callable[[Task], None], address: str | None
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise DefconError(
+            "--executor ray needs Ray: pip install 'defcon[ray]' (or use --executor local)"
+        ) from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            num_cpus=None if address else workers,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    try:
+        remote = ray.remote(num_cpus=1)(run_task)
+        pending = {remote.remote(task): task for task in tasks}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                ray.get(ref)
+                report(pending.pop(ref))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class BenchResult(BaseModel):
+    """All records of a bench run, what was skipped, and its cost."""
+
+    records: list[CompositionRecord]
+    skipped: list[Skipped]
+    wall_time_s: float
+    executor: str
+    workers: int
+    seeds: int
+    profile: str
+
+
+def run_bench(
+    datasets: Iterable[str],
+    *,
+    pairs: Sequence[tuple[str, ...]] | None = None,
+    triples: Sequence[tuple[str, ...]] = (),
+    seeds: int = 3,
+    profile: str = "quick",
+    executor: Executor = "local",
+    workers: int = 1,
+    out: Path | str = "defcon-bench",
+    data_dir: str | None = None,
+    ray_address: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> BenchResult:
+    """Measure every applicable combination on each dataset; resume from records already saved."""
+    if seeds < 1:
+        raise DefconError(f"--seeds must be at least 1, got {seeds}")
+    if workers < 1:
+        raise DefconError(f"--workers must be at least 1, got {workers}")
+    if executor not in ("local", "ray"):
+        raise DefconError(f"unknown executor '{executor}'; accepted: local, ray")
+    out = Path(out)
+    started = time.perf_counter()
+    cache_dir = out / "cache"
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    tasks, skipped, paths = [], [], []
+    for dataset in datasets:
+        keep, skip = combinations_for(dataset, pairs, triples, data_dir)
+        skipped += skip
+        for names in keep:
+            path = (
+                out / "records" / dataset / f"{dataset}-{profile}-s{seeds}-{'+'.join(names)}.json"
+            )
+            paths.append(path)
+            if _finished(path):
+                continue
+            tasks.append(
+                Task(
+                    dataset=dataset,
+                    defenses=names,
+                    seeds=seeds,
+                    profile=profile,
+                    cache_dir=str(cache_dir),
+                    record_path=str(path),
+                    data_dir=data_dir,
+                    threads=threads,
+                )  # fmt: skip
+            )
+    log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
+        f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
+    done = 0
+
+    def report(task: Task) -> None:
+        nonlocal done
+        done += 1
+        log(f"[{done}/{len(tasks)}] {task.dataset}: {' + '.join(task.defenses)}")
+
+    if executor == "ray":
+        _run_ray(tasks, workers, report, ray_address)
+    else:
+        _run_local(tasks, workers, report)
+    records = [load_record(path) for path in paths]
+    return BenchResult(
+        records=records,
+        skipped=skipped,
+        wall_time_s=round(time.perf_counter() - started, 1),
+        executor=executor,
+        workers=workers,
+        seeds=seeds,
+        profile=profile,
+    )
+
+
+def _finished(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        load_record(path)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+__all__ = ["BenchResult", "Task", "load_triples", "parse_pairs", "run_bench"]

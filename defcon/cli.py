@@ -1,0 +1,298 @@
+"""The `defcon` command line: list and show the catalog, check a combination.
+
+Error handling lives in one place, `DefconGroup.main`: any `DefconError` raised by a command (and
+any usage error typer detects) ends as a single `error: ...` line on stderr with exit code 2,
+never a traceback. A new command only raises `DefconError`; it needs no handling of its own.
+This module must not import torch: `defcon check` has to answer instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from defcon.catalog import Catalog, load_catalog
+from defcon.checker import TECHNIQUES, get_technique
+from defcon.errors import DefconError
+
+try:  # recent typer vendors click; older releases depend on it
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print one `error:` line on stderr and exit: the only way the CLI reports bad input."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+class DefconGroup(TyperGroup):
+    """Maps `DefconError` and click's usage errors to `fail` for every command."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except DefconError as error:
+            fail(str(error))
+        except NoArgsIsHelpError as error:  # bare `defcon`: the help (rich prints it itself)
+            if error.format_message().strip():
+                print(error.format_message())
+            raise SystemExit(0) from None
+        except ClickException as error:
+            fail(error.format_message(), error.exit_code)
+        except typer.Abort:
+            fail("aborted", 1)
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    name="defcon",
+    cls=DefconGroup,
+    help="Plan combinations of ML defenses without conflicts (Def\\Con).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+CatalogOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalog",
+        metavar="FILE",
+        help="A TOML/YAML/JSON file of your own defense specs, added to the built-in ones.",
+        show_default=False,
+    ),
+]
+
+
+def stdout() -> Console:
+    return Console(highlight=False)
+
+
+def catalog_from(path: Path | None) -> Catalog:
+    return load_catalog(path)
+
+
+@app.command("list")
+def list_command(catalog: CatalogOption = None) -> None:
+    """List the defenses by stage: what each mitigates, uses and which slots it fills."""
+    from defcon.views import catalog_table
+
+    stdout().print(catalog_table(catalog_from(catalog)))
+
+
+@app.command("show")
+def show_command(
+    name: Annotated[str, typer.Argument(help="The defense to describe.", show_default=False)],
+    catalog: CatalogOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the spec as JSON.")] = False,
+) -> None:
+    """Show everything a defense declares: risks with reasons, metrics, data kinds, threats."""
+    spec = catalog_from(catalog)[name]
+    if as_json:
+        print(json.dumps(spec.model_dump(mode="json"), indent=2))
+        return
+    from defcon.views import spec_view
+
+    stdout().print(spec_view(spec))
+
+
+@app.command("check")
+def check_command(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Two or more defenses to combine.", show_default=False),
+    ] = None,
+    technique: Annotated[
+        str,
+        typer.Option(
+            "--technique", "-t", help=f"Which technique predicts: {', '.join(TECHNIQUES)}."
+        ),
+    ] = "defcon",
+    catalog: CatalogOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Predict whether a combination conflicts, and in which order to apply it."""
+    chosen = get_technique(technique)
+    specs = catalog_from(catalog).resolve(names or [])
+    verdict = chosen.check(specs)
+    if as_json:
+        print(json.dumps(verdict.model_dump(mode="json"), indent=2))
+        return
+    from defcon.views import verdict_view
+
+    stdout().print(verdict_view(verdict))
+
+
+def parse_tolerances(items: list[str] | None) -> dict[str, float]:
+    """`METRIC=VALUE` strings → {metric: value}, with a one-line error for a malformed item."""
+    tolerances: dict[str, float] = {}
+    for item in items or []:
+        metric, sep, value = item.partition("=")
+        try:
+            if not sep or not metric:
+                raise ValueError
+            tolerances[metric.strip()] = float(value)
+        except ValueError:
+            raise DefconError(
+                f"--tolerance '{item}' is malformed; expected METRIC=VALUE, e.g. robust_accuracy=0.05"
+            ) from None
+        if tolerances[metric.strip()] < 0:
+            raise DefconError(f"--tolerance '{item}': a tolerance cannot be negative")
+    return tolerances
+
+
+def writable_folder(path: Path, option: str) -> Path:
+    """Create `path` if needed and make sure we can write there, before any work is done."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".defcon-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise DefconError(
+            f"{option} '{path}' is not a writable folder ({error.strerror or error})"
+        ) from None
+    return path
+
+
+ProfileOption = Annotated[
+    str,
+    typer.Option("--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Folder with the four Fashion-MNIST IDX files.", show_default=False
+    ),
+]
+
+
+@app.command("compose")
+def compose_command(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Two or three defenses to combine.", show_default=False),
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="digits (embedded), fmnist, adult or compas.")
+    ] = "digits",
+    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds 0..N-1 to average over.")] = 3,
+    profile: ProfileOption = "quick",
+    tolerance: Annotated[
+        list[str] | None,
+        typer.Option("--tolerance", metavar="METRIC=VALUE", help="Override a metric's tolerance."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Measure even when Def\\Con predicts a conflict.")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for records, plots and the cache.")
+    ] = Path("defcon-runs"),
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", metavar="PATH", help="Also write the JSON record here.", show_default=False
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Apply defenses in the checker's order and measure each one alone vs combined."""
+    tolerances = parse_tolerances(tolerance)
+    if seeds < 1:
+        raise DefconError(f"--seeds must be at least 1, got {seeds}")
+    writable_folder(out, "--out")
+    if json_path is not None:
+        writable_folder(json_path.parent, "--json")
+    from defcon.composer import Composer
+    from defcon.reports import bar_chart, print_report, record_stem, save_record
+
+    err = Console(stderr=True, highlight=False)
+    composer = Composer(
+        dataset, profile=profile, cache_dir=out / "cache", data_dir=data_dir,
+        log=lambda message: err.print(f"[dim]{message}[/]"),
+    )  # fmt: skip
+    record = composer.compose(names or [], seeds=seeds, force=force, tolerances=tolerances)
+    stem = record_stem(record)
+    record_path = save_record(record, out / "records" / f"{stem}.json")
+    if json_path is not None:
+        save_record(record, json_path)
+    plot = bar_chart(record, out / "plots" / f"{stem}.png")
+    print_report(record, stdout())
+    err.print(f"record: {record_path}   plot: {plot}")
+
+
+@app.command("bench")
+def bench_command(
+    datasets: Annotated[
+        str, typer.Option("--datasets", help="Comma-separated datasets.")
+    ] = "fmnist,adult",
+    pairs: Annotated[str, typer.Option("--pairs", help="'all', or pairs like 'a+b,c+d'.")] = "all",
+    triples: Annotated[
+        Path | None,
+        typer.Option(
+            "--triples",
+            metavar="FILE",
+            help="TOML file of [[triple]] defenses = [...].",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds per combination.")] = 3,
+    profile: ProfileOption = "quick",
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (process pool) or ray.")
+    ] = "local",
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Parallel combinations.")] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster address (default: start Ray locally).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for records, RESULTS.md, plots, cache.")
+    ] = Path("defcon-bench"),
+    data_dir: DataDirOption = None,
+) -> None:
+    """Measure every pair (and triples) and score each technique's predictions against it."""
+    from defcon.bench import load_triples, parse_pairs, run_bench
+    from defcon.bench_report import scores_by_dataset, write_results
+
+    chosen_pairs = parse_pairs(pairs)
+    chosen_triples = load_triples(triples) if triples is not None else []
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not names:
+        raise DefconError("--datasets is empty; name one or more of digits, fmnist, adult, compas")
+    writable_folder(out, "--out")
+    err = Console(stderr=True, highlight=False)
+    result = run_bench(
+        names, pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, profile=profile,
+        executor=executor, workers=workers, out=out, data_dir=str(data_dir) if data_dir else None,
+        ray_address=ray_address, log=lambda message: err.print(f"[dim]{message}[/]"),
+    )  # fmt: skip
+    markdown, plot = write_results(result, out)
+    console = stdout()
+    for dataset, by_technique in scores_by_dataset(result.records).items():
+        for technique, score in by_technique.items():
+            console.print(
+                f"{dataset:>8} {technique:>8}: accuracy {score.accuracy:.2f}, balanced accuracy "
+                f"{score.balanced_accuracy:.2f} over {score.n} combinations"
+            )
+    console.print(f"wall time {result.wall_time_s:.0f} s; results: {markdown}, plot: {plot}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

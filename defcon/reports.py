@@ -1,0 +1,114 @@
+"""Human-facing reports of a composition: a terminal table, a bar chart, the JSON record on disk."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from defcon.effectiveness import Summary
+from defcon.records import CompositionRecord
+from defcon.storage import atomic_write_bytes, atomic_write_text
+from defcon.vocabulary import Direction
+
+_ARROW = {Direction.HIGHER: "↑", Direction.LOWER: "↓"}
+
+
+def record_stem(record: CompositionRecord) -> str:
+    """A file-name stem identifying a combination run."""
+    raw = f"{record.dataset}-{record.profile}-s{len(record.seeds)}-{'+'.join(record.order)}"
+    return re.sub(r"[^A-Za-z0-9_+.-]", "_", raw)
+
+
+def _fmt(summary: Summary | None) -> str:
+    return "—" if summary is None else str(summary)
+
+
+def composition_table(record: CompositionRecord) -> Table:
+    """Alone vs combined per defense metric, with the verdict for each."""
+    seeds = len(record.seeds)
+    table = Table(
+        title=(
+            f"{' → '.join(record.order)} on {record.dataset} "
+            f"({record.profile} profile, {seeds} seed{'s' if seeds > 1 else ''}, mean ± std)"
+        ),
+        title_justify="left",
+    )
+    for column in (
+        "defense",
+        "metric",
+        "no defense",
+        "alone",
+        "combined",
+        "drop (tol.)",
+        "verdict",
+    ):
+        table.add_column(column, justify="left" if column in {"defense", "metric"} else "right")
+    for result in record.results:
+        for index, verdict in enumerate(result.metrics):
+            table.add_row(
+                f"{result.defense} ({result.stage})" if index == 0 else "",
+                f"{verdict.metric} {_ARROW[verdict.direction]}",
+                _fmt(verdict.no_defense),
+                _fmt(verdict.alone),
+                _fmt(verdict.combined),
+                f"{verdict.drop:+.3f} ({verdict.tolerance:g})",
+                "[green]effective[/]" if verdict.effective else "[red]dropped[/]",
+            )
+    table.add_section()
+    table.add_row(
+        "clean accuracy", "accuracy ↑", _fmt(record.clean_accuracy_no_defense), "",
+        _fmt(record.clean_accuracy_combined), "", "",
+    )  # fmt: skip
+    return table
+
+
+def print_report(record: CompositionRecord, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(composition_table(record))
+    colour = "green" if record.label == "effective" else "red"
+    predicted = ", ".join(f"{name}: {label}" for name, label in record.predicted.items())
+    console.print(
+        f"Measured: [bold {colour}]{record.label}[/]   Predicted: {predicted}   "
+        f"Scenario: {', '.join(record.scenario) or 'none'}   Wall time: {record.wall_time_s:.1f} s   "
+        f"Cache: {record.cache['models_trained']} trained, {record.cache['models_reused']} reused"
+    )
+
+
+def bar_chart(record: CompositionRecord, path: Path | str) -> Path:
+    """Alone vs combined (mean ± std) per defense metric, one panel per metric, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(r.defense, v) for r in record.results for v in r.metrics]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (defense, verdict) in zip(axes[0], panels, strict=True):
+        means = [verdict.alone.mean, verdict.combined.mean]
+        stds = [verdict.alone.std, verdict.combined.std]
+        colour = "tab:green" if verdict.effective else "tab:red"
+        ax.bar(["alone", "combined"], means, yerr=stds, capsize=4, color=["tab:blue", colour])
+        ax.set_title(f"{defense}\n{verdict.metric} {_ARROW[verdict.direction]}", fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(
+        f"{' → '.join(record.order)} on {record.dataset}: measured {record.label}", fontsize=10
+    )
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def save_record(record: CompositionRecord, path: Path | str) -> Path:
+    atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
+    return Path(path)
+
+
+def load_record(path: Path | str) -> CompositionRecord:
+    return CompositionRecord.model_validate_json(Path(path).read_text())

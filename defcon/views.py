@@ -1,0 +1,132 @@
+"""Rich renderings of specs, the catalog and verdicts, for the CLI (one screen each).
+
+User-declared text (reasons, titles) is wrapped in `Text`, never parsed as rich markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from defcon.checker import Verdict
+from defcon.vocabulary import DefenseSpec, Stage
+
+_STAGE_NAMES = {Stage.PRE: "pre-training", Stage.IN: "in-training", Stage.POST: "post-training"}
+
+
+def _slots(spec: DefenseSpec) -> str:
+    return "\n".join(f"{s}{'*' if s.exclusive else ''}" for s in sorted(spec.slots)) or "—"
+
+
+def catalog_table(catalog: Mapping[str, DefenseSpec]) -> RenderableType:
+    """Every defense, grouped by stage in pipeline order; one risk or slot per line."""
+    table = Table(
+        title="defcon catalog",
+        caption="* exclusive slot: at most one defense per training loop",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("stage", no_wrap=True)
+    table.add_column("defense", overflow="fold")  # user names may be long: fold, never cut
+    for column in ("mitigates", "uses", "slots"):
+        table.add_column(column, no_wrap=True)
+    stages = sorted({spec.stage for spec in catalog.values()}, key=lambda s: s.position)
+    for stage in stages:
+        members = sorted((s for s in catalog.values() if s.stage is stage), key=lambda s: s.name)
+        for index, spec in enumerate(members):
+            table.add_row(
+                stage.value if index == 0 else "",
+                spec.name,
+                "\n".join(sorted(spec.mitigates)),
+                "\n".join(sorted(spec.uses_risks)) or "—",
+                _slots(spec),
+                end_section=index == len(members) - 1,
+            )
+    return table
+
+
+def spec_view(spec: DefenseSpec) -> RenderableType:
+    """Everything a spec declares, including the reason behind each used risk."""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("stage", f"{spec.stage} ({spec.stage.description})")
+    facts.add_row("mitigates", "\n".join(f"{r}: {r.description}" for r in sorted(spec.mitigates)))
+    uses = "\n".join(f"{u.risk}: {u.reason}" for u in sorted(spec.uses, key=lambda u: u.risk))
+    facts.add_row("uses", Text(uses or "— (relies on no risk)"))
+    if spec.slots:
+        facts.add_row(
+            "slots",
+            "\n".join(
+                f"{s} ({'exclusive' if s.exclusive else 'shared'}): {s.description}"
+                for s in sorted(spec.slots)
+            ),
+        )
+    facts.add_row("data kinds", ", ".join(sorted(spec.data_kinds)))
+    if spec.needs_sensitive_attribute:
+        facts.add_row("needs", "a sensitive attribute in the data")
+    facts.add_row("threats", ", ".join(sorted(spec.threats)) or "—")
+    facts.add_row("reference", Text(spec.reference or "—"))
+    facts.add_row(
+        "mechanism",
+        Text(spec.implementation)
+        if spec.implementation
+        else "none: declaration only (the checker reasons about it; nothing can run it)",
+    )
+    metrics = Table(title="effectiveness metrics", title_justify="left")
+    for column in ("metric", "better", "tolerance", "description"):
+        metrics.add_column(column)
+    for metric in spec.metrics:
+        metrics.add_row(
+            metric.name, metric.direction.value, f"{metric.tolerance:g}", Text(metric.description)
+        )
+    header = Text.assemble((spec.name, "bold"), " — ", spec.title)
+    return Group(header, Text(""), facts, Text(""), metrics)
+
+
+def _bullets(title: str, sentences: list[str]) -> RenderableType:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=3, justify="right")
+    grid.add_column()
+    for sentence in sentences:
+        grid.add_row("•", Text(f"{sentence}."))
+    return Group(Text(""), Text(title, style="bold"), grid)
+
+
+def verdict_view(verdict: Verdict) -> RenderableType:
+    """The label, the order per stage, every conflict as a sentence, and any structural clash."""
+    style = "bold green" if verdict.effective else "bold red"
+    order = Table.grid(padding=(0, 2))
+    order.add_column(width=3)
+    order.add_column(style="bold")
+    order.add_column()
+    for stage, names in verdict.stages.items():
+        order.add_row("", _STAGE_NAMES[Stage(stage)], " → ".join(names))
+    parts: list[RenderableType] = [
+        Text.assemble(
+            (verdict.label.upper(), style),
+            f"  {' + '.join(verdict.defenses)}  ",
+            (f"(technique: {verdict.technique})", "dim"),
+        ),
+        Text(""),
+        Text(verdict.explanation),
+        Text(""),
+        Text("order to apply", style="bold"),
+        order,
+    ]
+    if verdict.conflicts:
+        parts.append(_bullets("conflicts", [c.sentence() for c in verdict.conflicts]))
+    if verdict.clashes:
+        parts.append(
+            _bullets(
+                "structural clashes (they do not change the label)",
+                [c.sentence() for c in verdict.clashes],
+            )
+        )
+    return Group(*parts)

@@ -1,0 +1,48 @@
+"""Shared test setup: single-threaded torch (2-core CI), no progress bars."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DEFCON_PROGRESS", "0")
+
+try:
+    import torch
+except ImportError:  # the checker tests run without torch
+    torch = None
+
+if torch is not None:
+    torch.set_num_threads(1)
+
+
+import functools  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(dataset: str, seed: int, profile: str):
+    from defcon.data import load_dataset
+    from defcon.defense import Environment
+    from defcon.profiles import get_profile
+
+    prof = get_profile(profile)
+    data = load_dataset(
+        dataset, seed=seed, max_train=prof.train_cap(dataset), max_eval=prof.eval_cap(dataset)
+    )
+    return Environment(dataset=data, seed=seed, profile=prof)
+
+
+@pytest.fixture(scope="session")
+def make_env():
+    """make_env(dataset="digits", seed=0, profile="tiny") → a fresh Environment on a small slice.
+
+    The dataset is loaded once per (dataset, seed, profile); each call returns a new Environment
+    so tests can set poisoner / train_data / record without affecting each other.
+    """
+    import dataclasses
+
+    def make(dataset: str = "digits", seed: int = 0, profile: str = "tiny"):
+        return dataclasses.replace(_environment(dataset, seed, profile), record={})
+
+    return make
