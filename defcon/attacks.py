@@ -40,7 +40,9 @@ class Trigger(BaseModel):
         return flat.reshape(x.shape)
 
 
-def make_trigger(dataset: Dataset, seed: int, salt: str, *, corner: str = "bottom_right") -> Trigger:
+def make_trigger(
+    dataset: Dataset, seed: int, salt: str, *, corner: str = "bottom_right"
+) -> Trigger:
     """A random binary patch in an image corner, or maximal values of a few random features."""
     rng = np.random.default_rng(derived_seed(seed, salt))
     shape = dataset.input_shape
@@ -104,7 +106,9 @@ class BadNets(BaseModel):
     def triggered(self, split: Split) -> Split:
         """The inputs of `split` not already of the target class, stamped, with their true labels."""
         keep = split.y != self.target_class
-        return split.subset(torch.nonzero(keep).flatten()).with_(x=self.trigger.stamp(split.x[keep]))
+        return split.subset(torch.nonzero(keep).flatten()).with_(
+            x=self.trigger.stamp(split.x[keep])
+        )
 
     def attack_success_rate(self, model: torch.nn.Module, split: Split) -> float:
         """Share of stamped inputs (true class ≠ target) that the model assigns to the target."""

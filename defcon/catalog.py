@@ -102,7 +102,9 @@ def load_catalog_file(path: Path | str) -> list[DefenseSpec]:
     """Read user-declared specs from a TOML, YAML or JSON file."""
     path = Path(path)
     if not path.is_file():
-        raise DefconError(f"catalog file '{path}' does not exist (expected a .toml, .yaml or .json file)")
+        raise DefconError(
+            f"catalog file '{path}' does not exist (expected a .toml, .yaml or .json file)"
+        )
     text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     try:

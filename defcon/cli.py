@@ -77,7 +77,11 @@ CatalogOption = Annotated[
 
 
 def stdout() -> Console:
-    return Console(highlight=False)
+    """Rich console for results; at least 120 columns wide so tables stay readable when piped."""
+    console = Console(highlight=False)
+    if console.width < 120:
+        console = Console(highlight=False, width=120)
+    return console
 
 
 def catalog_from(path: Path | None) -> Catalog:

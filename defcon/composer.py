@@ -11,6 +11,7 @@ interrupted run resumes.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -235,6 +236,21 @@ class Composer:
         tolerances: Mapping[str, float] | None = None,
     ) -> CompositionRecord:
         """Measure a combination alone vs combined over `seeds` seeds (0 … seeds − 1)."""
+        with warnings.catch_warnings():
+            # Opacus and torch warn on every DP run (secure RNG off, backward hooks); the
+            # record states the library versions, the terminal stays readable.
+            for module in ("opacus", "torch", "captum", "fairlearn", "sklearn"):
+                warnings.filterwarnings("ignore", module=module)
+            return self._compose(names, seeds=seeds, force=force, tolerances=tolerances)
+
+    def _compose(
+        self,
+        names: Sequence[str],
+        *,
+        seeds: int,
+        force: bool,
+        tolerances: Mapping[str, float] | None,
+    ) -> CompositionRecord:
         if seeds < 1:
             raise DefconError(f"--seeds must be at least 1, got {seeds}")
         started = time.perf_counter()

@@ -92,7 +92,11 @@ class Dataset:
         return replace(self, train=train)
 
     def describe(self) -> str:
-        sens = f", sensitive attribute '{self.sensitive_attribute}'" if self.sensitive_attribute else ""
+        sens = (
+            f", sensitive attribute '{self.sensitive_attribute}'"
+            if self.sensitive_attribute
+            else ""
+        )
         return (
             f"{self.name} ({self.kind}, {self.num_classes} classes, input {self.input_shape}, "
             f"train/val/test {len(self.train)}/{len(self.val)}/{len(self.test)}{sens})"

@@ -23,6 +23,4 @@ def unknown(kind: str, word: str, accepted: Iterable[str]) -> DefconError:
     accepted = sorted(accepted)
     hint = closest(word, accepted)
     did_you_mean = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
-    return DefconError(
-        f"unknown {kind} '{word}'.{did_you_mean} Accepted: {', '.join(accepted)}."
-    )
+    return DefconError(f"unknown {kind} '{word}'.{did_you_mean} Accepted: {', '.join(accepted)}.")

@@ -33,7 +33,12 @@ class ArchConfig(BaseModel):
 
 def _norm_layer(norm: Norm, channels: int, dims: int) -> nn.Module:
     if norm == "group":
-        # What Opacus' ModuleValidator.fix puts in place of BatchNorm.
+        if dims == 1:
+            # One group over all features (a LayerNorm with per-feature affine). Opacus'
+            # ModuleValidator.fix would use min(32, C) groups here, which on a flat 64-feature
+            # layer normalises pairs of features to ±1 and leaves the MLP a constant predictor.
+            return nn.GroupNorm(1, channels)
+        # What Opacus' ModuleValidator.fix puts in place of BatchNorm2d.
         return nn.GroupNorm(min(32, channels), channels)
     return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
 

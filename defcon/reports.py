@@ -74,7 +74,9 @@ def print_report(record: CompositionRecord, console: Console | None = None) -> N
     console.print(
         f"Measured: [bold {colour}]{record.label}[/]   Predicted: {predicted}   "
         f"Scenario: {', '.join(record.scenario) or 'none'}   Wall time: {record.wall_time_s:.1f} s   "
-        f"Cache: {record.cache['models_trained']} trained, {record.cache['models_reused']} reused"
+        f"Cache: {record.cache['models_trained']} models trained, "
+        f"{record.cache['models_reused']} reused; {record.cache['measurements_computed']} "
+        f"measurements computed, {record.cache['measurements_reused']} reused"
     )
 
 

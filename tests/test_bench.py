@@ -1,0 +1,80 @@
+"""A tiny bench end to end (3 defenses, digits, 1 seed) under both executors, and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from defcon.bench import combinations_for, load_triples, run_bench
+from defcon.bench_report import results_markdown, write_results
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+PAIRS = [
+    ("model_watermark", "backdoor_pruning"),
+    ("model_watermark", "explanations"),
+    ("backdoor_pruning", "explanations"),
+]
+
+
+def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
+    messages: list[str] = []
+    result = run_bench(
+        ["digits"], pairs=PAIRS, seeds=1, profile="tiny", workers=2, out=tmp_path,
+        log=messages.append,
+    )  # fmt: skip
+    assert len(result.records) == 3
+    labels = {r.order: (r.label, r.predicted["defcon"]) for r in result.records}
+    assert labels[("model_watermark", "backdoor_pruning")][1] == "ineffective"
+    assert labels[("model_watermark", "explanations")][1] == "effective"
+    markdown, plot = write_results(result, tmp_path)
+    text = markdown.read_text()
+    assert "| digits | defcon | 3 |" in text
+    assert "model_watermark → backdoor_pruning" in text
+    assert plot.stat().st_size > 1000
+
+    # Killed and restarted: only the combination whose record is missing runs again.
+    victim = next((tmp_path / "records" / "digits").glob("*model_watermark+explanations*.json"))
+    victim.unlink()
+    messages.clear()
+    again = run_bench(["digits"], pairs=PAIRS, seeds=1, profile="tiny", out=tmp_path, log=messages.append)
+    assert "2 already measured, 1 to run" in messages[0]
+    assert {r.order for r in again.records} == {r.order for r in result.records}
+    rerun = next(r for r in again.records if r.order == ("model_watermark", "explanations"))
+    assert rerun.cache["models_trained"] == 0  # its models came from the shared cache
+
+
+def test_ray_bench_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    result = run_bench(
+        ["digits"], pairs=PAIRS[1:], seeds=1, profile="tiny", executor="ray", workers=2,
+        out=tmp_path,
+    )  # fmt: skip
+    assert {r.order for r in result.records} == {
+        ("model_watermark", "explanations"),
+        ("backdoor_pruning", "explanations"),
+    }
+    assert "## Technique scores" in results_markdown(result)
+
+
+def test_combinations_skip_what_does_not_apply() -> None:
+    keep, skipped = combinations_for("digits", None, [])
+    assert all("group_fairness" not in names for names in keep)
+    assert any(
+        "group_fairness" in s.defenses and "tabular data only" in s.reason for s in skipped
+    )
+    keep_adult, skipped_adult = combinations_for("adult", None, [])
+    assert any("group_fairness" in names for names in keep_adult)
+
+
+def test_committed_triples_file_is_valid() -> None:
+    triples = load_triples(Path(__file__).resolve().parent.parent / "benchmarks" / "triples.toml")
+    assert len(triples) >= 6
+    from defcon.catalog import builtin_catalog
+
+    catalog = builtin_catalog()
+    stages = {catalog[n].stage for t in triples for n in t}
+    assert len(stages) == 3
+    two_post = [t for t in triples if sum(catalog[n].stage.value == "post" for n in t) == 2]
+    assert len(two_post) >= 2
