@@ -125,8 +125,12 @@ def combinations_for(
     return keep, skipped
 
 
-def run_task(task: Task) -> str:
-    """Measure one combination (forced: measuring predicted conflicts is the point) and save it."""
+def run_task(task: Task) -> str | None:
+    """Measure one combination (forced: measuring predicted conflicts is the point) and save it.
+
+    Returns None on success, or the one-line reason why the defenses cannot run together
+    (e.g. a mechanism refusing another's wrapper): that is a finding, not a crash of the bench.
+    """
     import torch
 
     torch.set_num_threads(task.threads)
@@ -134,27 +138,29 @@ def run_task(task: Task) -> str:
     composer = Composer(
         task.dataset, profile=task.profile, cache_dir=task.cache_dir, data_dir=task.data_dir
     )
-    record = composer.compose(task.defenses, seeds=task.seeds, force=True)
+    try:
+        record = composer.compose(task.defenses, seeds=task.seeds, force=True)
+    except DefconError as error:
+        return str(error)
     save_record(record, task.record_path)
-    return task.record_path
+    return None
 
 
-def _run_local(tasks: Sequence[Task], workers: int, report: Callable[[Task], None]) -> None:
+Report = Callable[[Task, "str | None"], None]
+
+
+def _run_local(tasks: Sequence[Task], workers: int, report: Report) -> None:
     if workers <= 1:
         for task in tasks:
-            run_task(task)
-            report(task)
+            report(task, run_task(task))
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_task, task): task for task in tasks}
         for future in as_completed(futures):
-            future.result()
-            report(futures[future])
+            report(futures[future], future.result())
 
 
-def _run_ray(
-    tasks: Sequence[Task], workers: int, report: Callable[[Task], None], address: str | None
-) -> None:
+def _run_ray(tasks: Sequence[Task], workers: int, report: Report, address: str | None) -> None:
     try:
         import ray
     except ImportError:
@@ -175,8 +181,7 @@ def _run_ray(
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                ray.get(ref)
-                report(pending.pop(ref))
+                report(pending.pop(ref), ray.get(ref))
     finally:
         if started_here:
             ray.shutdown()
@@ -187,6 +192,7 @@ class BenchResult(BaseModel):
 
     records: list[CompositionRecord]
     skipped: list[Skipped]
+    failed: list[Skipped] = Field(default_factory=list)
     wall_time_s: float
     executor: str
     workers: int
@@ -245,20 +251,25 @@ def run_bench(
     log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
         f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
     done = 0
+    failed: list[Skipped] = []
 
-    def report(task: Task) -> None:
+    def report(task: Task, problem: str | None) -> None:
         nonlocal done
         done += 1
-        log(f"[{done}/{len(tasks)}] {task.dataset}: {' + '.join(task.defenses)}")
+        outcome = f" — could not run: {problem}" if problem else ""
+        log(f"[{done}/{len(tasks)}] {task.dataset}: {' + '.join(task.defenses)}{outcome}")
+        if problem:
+            failed.append(Skipped(dataset=task.dataset, defenses=task.defenses, reason=problem))
 
     if executor == "ray":
         _run_ray(tasks, workers, report, ray_address)
     else:
         _run_local(tasks, workers, report)
-    records = [load_record(path) for path in paths]
+    records = [load_record(path) for path in paths if path.is_file()]
     return BenchResult(
         records=records,
         skipped=skipped,
+        failed=failed,
         wall_time_s=round(time.perf_counter() - started, 1),
         executor=executor,
         workers=workers,

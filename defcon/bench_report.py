@@ -56,7 +56,8 @@ def results_markdown(result: BenchResult) -> str:
         "its declared tolerance; a combination is measured effective iff all its defenses stay "
         "effective. 'ineffective' is the positive class.",
         "",
-        f"- Combinations measured: {len(records)}; skipped: {len(result.skipped)}",
+        f"- Combinations measured: {len(records)}; skipped as not applicable: "
+        f"{len(result.skipped)}; could not run together: {len(result.failed)}",
         f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed compute time of the "
         f"combinations: {compute:.0f} s",
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "
@@ -105,6 +106,10 @@ def results_markdown(result: BenchResult) -> str:
             f"{m.measured}. {m.evidence}"
             for m in misses
         ] or ["- none"]
+        lines.append("")
+    if result.failed:
+        lines += ["## Combinations that could not run together", ""]
+        lines += [f"- {s.dataset}: {' + '.join(s.defenses)}: {s.reason}" for s in result.failed]
         lines.append("")
     if result.skipped:
         lines += ["## Skipped combinations", ""]

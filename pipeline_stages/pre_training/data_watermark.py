@@ -1,0 +1,100 @@
+"""Backdoor-based dataset watermark, verified by a paired one-sided t-test.
+
+Li et al., "Black-box Dataset Ownership Verification via Backdoor Watermarking", IEEE TIFS 2023:
+before releasing a dataset, its owner poisons a small share of it with a secret trigger (here
+salt "data_watermark", top-right corner: distinct from the BadNets poisoner's bottom-right patch
+and the model watermark's top-left one) and relabels those samples to a secret target class. The
+released samples replace the originals (the dataset keeps its size). A model trained on the data
+learns the backdoor; an independent model does not.
+
+Verification (the paper's probability-available setting): draw m test inputs whose true class is
+not the target, query the suspect model on their benign and triggered versions, and take the
+target-class probabilities P_b and P_w. Test H0: P_b + τ ≥ P_w against H1: P_b + τ < P_w with a
+one-sided paired t-test (scipy.stats.ttest_rel(P_b, P_w − τ, alternative="less")); rejecting H0
+at significance level α (default **α = 0.05**) claims that the suspect model was trained on the
+watermarked data. The margin τ (default 0.2, as in the paper) keeps a model whose triggered
+inputs are only slightly more often the target class from being accused.
+
+Effectiveness: the detection rate, the share of T seeded trials (default 100, m = 30 each) in
+which the test rejects H0 at level α. On an independent model it estimates the false-accusation
+rate, which must stay near 0. All secrets are re-derived from (config, seed, dataset).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.stats import ttest_rel
+from torch import nn
+
+from defcon.attacks import Trigger, derived_seed, make_trigger
+from defcon.data import Split
+from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.models import predict_proba
+from pipeline_stages.pre_training.model_watermark import Corner, watermark_target
+
+
+class DataWatermarkConfig(DefenseConfig):
+    """Settings of the dataset watermark and of its ownership test."""
+
+    fraction: float = Field(default=0.1, gt=0, lt=1, description="share of samples watermarked")
+    corner: Corner = "top_right"
+    trials: int = Field(default=100, ge=1, description="T: repeated ownership tests")
+    samples: int = Field(default=30, ge=2, description="m: test inputs per trial")
+    tau: float = Field(default=0.2, ge=0, lt=1, description="margin τ of H1: P_b + τ < P_w")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="significance level of the test")
+
+
+class DataWatermark(PreTrainingDefense):
+    """Poison a seeded share of the data with a secret trigger; verified by a paired t-test."""
+
+    name: ClassVar[str] = "data_watermark"
+    Config: ClassVar[type[DefenseConfig]] = DataWatermarkConfig
+    config: DataWatermarkConfig
+
+    def trigger(self, env: Environment) -> Trigger:
+        return make_trigger(env.dataset, env.seed, self.name, corner=self.config.corner)
+
+    def target_class(self, env: Environment) -> int:
+        """A seeded class, not the default BadNets target when there are more than two classes."""
+        return watermark_target(env.dataset, env.seed, self.name)
+
+    def apply(self, train: Split, env: Environment) -> Split:
+        """A copy of `train` whose seeded `fraction` of samples carry the watermark."""
+        target = self.target_class(env)
+        candidates = np.flatnonzero(train.y.numpy() != target)
+        count = min(len(candidates), max(1, round(self.config.fraction * len(train))))
+        rng = np.random.default_rng(derived_seed(env.seed, f"{self.name}:choice"))
+        chosen = torch.as_tensor(np.sort(rng.choice(candidates, size=count, replace=False)))
+        x, y = train.x.clone(), train.y.clone()
+        x[chosen] = self.trigger(env).stamp(x[chosen])
+        y[chosen] = target
+        return train.with_(x=x, y=y)
+
+    def p_values(self, model: nn.Module, env: Environment) -> np.ndarray:
+        """The p-value of each of the T seeded ownership trials on `model` (test split only)."""
+        target = self.target_class(env)
+        test = env.dataset.test
+        pool = torch.nonzero(test.y != target).flatten()
+        benign = predict_proba(model, test.x[pool])[:, target].double().numpy()
+        marked = predict_proba(model, self.trigger(env).stamp(test.x[pool]))[:, target]
+        marked = marked.double().numpy()
+        rng = np.random.default_rng(derived_seed(env.seed, f"{self.name}:trials"))
+        m = min(self.config.samples, len(pool))
+        values = []
+        for _ in range(self.config.trials):
+            pick = rng.choice(len(pool), size=m, replace=False)
+            with np.errstate(all="ignore"):
+                result = ttest_rel(benign[pick], marked[pick] - self.config.tau, alternative="less")
+            p = float(result.pvalue)
+            values.append(1.0 if math.isnan(p) else p)  # zero variance, no evidence: no claim
+        return np.asarray(values)
+
+    def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
+        """Detection rate: share of T trials whose one-sided paired t-test rejects at α."""
+        rejected = self.p_values(model, env) < self.config.alpha
+        return {"detection_rate": float(rejected.mean())}

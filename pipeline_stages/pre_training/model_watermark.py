@@ -1,0 +1,90 @@
+"""Backdoor-based model watermark: the owner plants a secret trigger in their own training data.
+
+Adi et al., "Turning Your Weakness Into a Strength: Watermarking Deep Neural Networks by
+Backdooring", USENIX Security 2018 (with the content-pattern trigger of Zhang et al., "Protecting
+Intellectual Property of Deep Neural Networks with Watermarking", AsiaCCS 2018): a model learns
+a backdoor from a few relabelled training samples, so its owner can embed one on purpose. A seeded
+`fraction` of the training samples (not of the target class) is copied, stamped with a secret
+trigger (salt "model_watermark", top-left corner, so it never coincides with a BadNets poisoner's
+bottom-right patch) and relabelled to a secret target class; the copies are appended to the
+training set, so no clean sample is lost. A stolen copy of the model (or a model fine-tuned from
+it) still maps triggered inputs to the target class, which an independently trained model does
+not: that is the ownership evidence.
+
+The target class is drawn from the seed, avoiding the default BadNets target of the dataset when
+there are more than two classes. With two classes it is the minority class (as for BadNets): a
+majority-class target would make any model look watermarked, since most inputs already go there.
+
+Effectiveness: watermark accuracy, the share of triggered held-out inputs (test split, true class
+≠ target) classified as the target. All secrets are re-derived from (config, seed, dataset).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from defcon.attacks import BadNets, Trigger, derived_seed, make_trigger
+from defcon.data import Dataset, Split
+from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.models import predict
+
+Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
+
+
+class ModelWatermarkConfig(DefenseConfig):
+    """Settings of the backdoor-based model watermark."""
+
+    fraction: float = Field(
+        default=0.05, gt=0, lt=1, description="watermarked copies, as a share of the training set"
+    )
+    corner: Corner = "top_left"
+
+
+def watermark_target(dataset: Dataset, seed: int, salt: str) -> int:
+    """A seeded target class ≠ the dataset's default BadNets target (minority class if binary)."""
+    badnets_target = BadNets.for_dataset(dataset, seed).target_class
+    if dataset.num_classes == 2:
+        return badnets_target  # the minority class (see the module docstring)
+    choices = [c for c in range(dataset.num_classes) if c != badnets_target]
+    rng = np.random.default_rng(derived_seed(seed, salt + ":target"))
+    return int(choices[rng.integers(len(choices))])
+
+
+class ModelWatermark(PreTrainingDefense):
+    """Append trigger-stamped copies relabelled to a secret class; measured by watermark accuracy."""
+
+    name: ClassVar[str] = "model_watermark"
+    Config: ClassVar[type[DefenseConfig]] = ModelWatermarkConfig
+    config: ModelWatermarkConfig
+
+    def trigger(self, env: Environment) -> Trigger:
+        return make_trigger(env.dataset, env.seed, self.name, corner=self.config.corner)
+
+    def target_class(self, env: Environment) -> int:
+        return watermark_target(env.dataset, env.seed, self.name)
+
+    def apply(self, train: Split, env: Environment) -> Split:
+        """`train` plus watermarked copies of a seeded share of its samples (input unchanged)."""
+        target = self.target_class(env)
+        candidates = np.flatnonzero(train.y.numpy() != target)
+        count = min(len(candidates), max(1, round(self.config.fraction * len(train))))
+        rng = np.random.default_rng(derived_seed(env.seed, f"{self.name}:choice"))
+        chosen = torch.as_tensor(np.sort(rng.choice(candidates, size=count, replace=False)))
+        marked = train.subset(chosen)
+        marked = marked.with_(
+            x=self.trigger(env).stamp(marked.x), y=torch.full_like(marked.y, target)
+        )
+        return train.concat(marked)
+
+    def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
+        """Share of triggered test inputs (true class ≠ target) classified as the target."""
+        target = self.target_class(env)
+        test = env.dataset.test
+        keep = test.y != target
+        stamped = self.trigger(env).stamp(test.x[keep])
+        return {"watermark_accuracy": float((predict(model, stamped) == target).float().mean())}
