@@ -16,5 +16,8 @@ from defcon.cli import app
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    defaults = ["bench", "--triples", str(HERE / "triples.toml"), "--out", str(HERE / "results")]
+    defaults = [
+        "bench", "--triples", str(HERE / "triples.toml"), "--out", str(HERE / "results"),
+        "--cache", str(HERE.parent / ".defcon-cache"),
+    ]  # fmt: skip
     app(defaults + sys.argv[1:], prog_name="predicted_vs_measured.py")

@@ -210,6 +210,7 @@ def run_bench(
     executor: Executor = "local",
     workers: int = 1,
     out: Path | str = "defcon-bench",
+    cache_dir: Path | str | None = None,
     data_dir: str | None = None,
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -223,7 +224,7 @@ def run_bench(
         raise DefconError(f"unknown executor '{executor}'; accepted: local, ray")
     out = Path(out)
     started = time.perf_counter()
-    cache_dir = out / "cache"
+    cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
     threads = max(1, (os.cpu_count() or 1) // workers)
     tasks, skipped, paths = [], [], []
     for dataset in datasets:

@@ -175,6 +175,14 @@ ProfileOption = Annotated[
     str,
     typer.Option("--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."),
 ]
+CacheOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache",
+        help="Model cache folder (default: OUT/cache); share it between runs.",
+        show_default=False,
+    ),
+]
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
@@ -210,6 +218,7 @@ def compose_command(
             "--json", metavar="PATH", help="Also write the JSON record here.", show_default=False
         ),
     ] = None,
+    cache: CacheOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
@@ -224,7 +233,7 @@ def compose_command(
 
     err = Console(stderr=True, highlight=False)
     composer = Composer(
-        dataset, profile=profile, cache_dir=out / "cache", data_dir=data_dir,
+        dataset, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
         log=lambda message: err.print(f"[dim]{message}[/]"),
     )  # fmt: skip
     record = composer.compose(names or [], seeds=seeds, force=force, tolerances=tolerances)
@@ -269,6 +278,7 @@ def bench_command(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for records, RESULTS.md, plots, cache.")
     ] = Path("defcon-bench"),
+    cache: CacheOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
@@ -284,7 +294,7 @@ def bench_command(
     err = Console(stderr=True, highlight=False)
     result = run_bench(
         names, pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, profile=profile,
-        executor=executor, workers=workers, out=out, data_dir=str(data_dir) if data_dir else None,
+        executor=executor, workers=workers, out=out, cache_dir=cache, data_dir=str(data_dir) if data_dir else None,
         ray_address=ray_address, log=lambda message: err.print(f"[dim]{message}[/]"),
     )  # fmt: skip
     markdown, plot = write_results(result, out)

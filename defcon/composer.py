@@ -153,7 +153,7 @@ class Composer:
     def _defense(self, name: str) -> Defense:
         return make_defense(name, self.configs.get(name))
 
-    def _pipeline(self, names: Sequence[str], seed: int, poisoned: bool) -> Pipeline:
+    def pipeline(self, names: Sequence[str], seed: int, poisoned: bool) -> Pipeline:
         defenses = [self._defense(name) for name in names]
         return Pipeline(
             seed=seed,
@@ -275,8 +275,8 @@ class Composer:
         scenarios_alone: dict[str, tuple[str, ...]] = {}
         for seed in seed_values:
             self.log(f"seed {seed}: {' → '.join(order)} on {self.dataset_name}")
-            no_defense = self.run_pipeline(self._pipeline([], seed, poisoned_combo))
-            combo_pipeline = self._pipeline(order, seed, poisoned_combo)
+            no_defense = self.run_pipeline(self.pipeline([], seed, poisoned_combo))
+            combo_pipeline = self.pipeline(order, seed, poisoned_combo)
             combo = self.run_pipeline(combo_pipeline)
             clean_none.append(self.measure(no_defense, None)[CLEAN_ACCURACY])
             clean_combined.append(self.measure(combo, None)[CLEAN_ACCURACY])
@@ -285,7 +285,7 @@ class Composer:
                 combo_pipeline.defenses,
                 strict=True,
             ):
-                solo_pipeline = self._pipeline([spec.name], seed, Threat.POISONER in spec.threats)
+                solo_pipeline = self.pipeline([spec.name], seed, Threat.POISONER in spec.threats)
                 solo = self.run_pipeline(solo_pipeline)
                 scenarios_alone[spec.name] = solo_pipeline.scenario
                 clean_alone[spec.name].append(self.measure(solo, None)[CLEAN_ACCURACY])
