@@ -46,7 +46,11 @@ def composition_table(record: CompositionRecord) -> Table:
         "drop (tol.)",
         "verdict",
     ):
-        table.add_column(column, justify="left" if column in {"defense", "metric"} else "right")
+        table.add_column(
+            column,
+            justify="left" if column in {"defense", "metric"} else "right",
+            no_wrap=column == "metric",
+        )
     for result in record.results:
         for index, verdict in enumerate(result.metrics):
             table.add_row(
