@@ -107,6 +107,13 @@ def results_markdown(result: BenchResult) -> str:
             for m in misses
         ] or ["- none"]
         lines.append("")
+    flagged = [r for r in records if r.warnings]
+    if flagged:
+        lines += ["## Warnings", ""]
+        lines += [
+            f"- {r.dataset}: {' → '.join(r.order)}: {note}" for r in flagged for note in r.warnings
+        ]
+        lines.append("")
     if result.failed:
         lines += ["## Combinations that could not run together", ""]
         lines += [f"- {s.dataset}: {' + '.join(s.defenses)}: {s.reason}" for s in result.failed]

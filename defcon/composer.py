@@ -57,6 +57,22 @@ def applicability_problem(spec: DefenseSpec, dataset: Dataset) -> str | None:
     return None
 
 
+def degenerate_models(dataset: Dataset, clean: Mapping[str, Sequence[float]]) -> tuple[str, ...]:
+    """Warnings for models no better than always predicting the majority class.
+
+    Such a model makes some metrics trivially good (a constant predictor has an equalized-odds
+    gap of 0), so its verdicts deserve suspicion.
+    """
+    counts = dataset.test.y.bincount()
+    majority = float(counts.max()) / float(counts.sum())
+    return tuple(
+        f"the {what} model is no better than predicting the majority class "
+        f"(clean accuracy {min(values):.3f} ≤ {majority:.3f} on some seed); its metrics may be trivial"
+        for what, values in clean.items()
+        if values and min(values) <= majority + 0.005
+    )
+
+
 @dataclass
 class Pipeline:
     """One model's recipe: seed, scenario and the ordered defenses of each stage."""
@@ -320,6 +336,10 @@ class Composer:
         predicted = {
             name: check(specs, technique=name, catalog=self.catalog).label for name in TECHNIQUES
         }
+        notes = degenerate_models(
+            self.dataset(0),
+            {"combined": clean_combined, **{f"{n} alone": v for n, v in clean_alone.items()}},
+        )
         return CompositionRecord(
             defenses=tuple(names),
             order=order,
@@ -337,4 +357,5 @@ class Composer:
             versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2),
             cache=self.cache.stats(),
+            warnings=notes,
         )

@@ -59,6 +59,7 @@ class CompositionRecord(BaseModel):
     versions: dict[str, str]
     wall_time_s: float
     cache: dict[str, int]
+    warnings: tuple[str, ...] = ()
 
     def result(self, defense: str) -> DefenseResult:
         for result in self.results:

@@ -82,6 +82,8 @@ def print_report(record: CompositionRecord, console: Console | None = None) -> N
         f"{record.cache['models_reused']} reused; {record.cache['measurements_computed']} "
         f"measurements computed, {record.cache['measurements_reused']} reused"
     )
+    for note in record.warnings:
+        console.print(f"[yellow]warning:[/] {note}")
 
 
 def bar_chart(record: CompositionRecord, path: Path | str) -> Path:

@@ -32,7 +32,9 @@ def test_conflicting_pair_collapses_the_watermark(tmp_path: Path) -> None:
     assert len(watermark.alone.values) == 2 and len(watermark.combined.values) == 2
     pruning = record.result("backdoor_pruning").metrics[0]
     assert pruning.no_defense is not None and pruning.no_defense.mean > pruning.alone.mean
-    assert record.label == ("effective" if all(r.effective for r in record.results) else "ineffective")
+    assert record.label == (
+        "effective" if all(r.effective for r in record.results) else "ineffective"
+    )
     assert 0.5 < record.clean_accuracy_combined.mean <= 1.0
     # the record round-trips through its JSON file and plots
     path = save_record(record, tmp_path / "record.json")
@@ -102,3 +104,14 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(DefconError, match="unknown dataset 'mnist'"):
         Composer("mnist", cache_dir=tmp_path)
     assert c.cache.trained == 0  # nothing ran before the refusals
+
+
+def test_models_no_better_than_the_majority_class_are_flagged(make_env) -> None:
+    from defcon.composer import degenerate_models
+
+    dataset = make_env("adult").dataset
+    majority = float(dataset.test.y.bincount().max()) / len(dataset.test)
+    notes = degenerate_models(
+        dataset, {"combined": [majority, 0.84], "dp_sgd alone": [majority + 0.05]}
+    )
+    assert len(notes) == 1 and notes[0].startswith("the combined model is no better")
