@@ -1,0 +1,186 @@
+"""Fingerprinting by dataset inference (Maini, Yaghini & Papernot, ICLR 2021).
+
+Mechanism. A model trained on a dataset has its training samples further from its decision
+boundaries than samples it never saw; a stolen model (a copy, or one extracted or distilled from
+the victim) inherits this "knowledge" of the owner's private data. The owner therefore measures,
+on the suspect model, how far each of a few of its private samples and of some public unseen
+samples are from the decision boundary, and tests whether the private ones are significantly
+further.
+
+Per sample, two distance-to-boundary features computed on the suspect model (the paper uses a
+black-box "blind walk" or white-box "MinGD" distances; we keep one cheap estimate of each kind,
+because on our small, well-generalising models a regressor on many noisy features overfits and
+loses power while these two aggregate the signal):
+- blind walk (black box): along a few seeded random directions, walk outwards on a geometric
+  grid of step sizes and record the smallest perturbation (root-mean-square per input feature)
+  at which the prediction leaves the sample's label (0 if already misclassified; capped above);
+  the feature is the mean log distance over the directions;
+- nearest boundary (white box, the first DeepFool/MinGD step): min over the three
+  highest-scoring other classes j of (f_y − f_j) / ‖∇ₓ(f_y − f_j)‖₂, through arcsinh (negative
+  when already misclassified).
+
+A logistic-regression "confidence regressor" is fitted on the suspect's features of owner-private samples (from the training split
+the model was built on, `env.training_split`) labelled 1 and unseen samples (`env.dataset.val`)
+labelled 0. The ownership test then scores disjoint private samples (not used for fitting) and
+unseen test samples (`env.dataset.test`), and runs a one-sided Welch t-test that the private
+scores are larger: `ownership_p_value` is its p-value (small: the suspect knows the owner's
+data). Sample splitting keeps the test valid: for a model that never saw the owner's data the
+regressor learns noise and the p-value is uniform on [0, 1] (mostly large).
+
+`apply` returns an unchanged copy: dataset inference does not alter the model, it is a
+verification the owner can run on any suspect model at any time.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from defcon.attacks import derived_seed
+from defcon.data import Split
+from defcon.defense import DefenseConfig, Environment, PostTrainingDefense
+
+
+class DatasetInferenceConfig(DefenseConfig):
+    """Settings of the blind-walk features and of the ownership test."""
+
+    directions: int = Field(
+        default=2, ge=0, description="random directions walked per sample (0: no blind walk)"
+    )
+    grid_points: int = Field(default=16, ge=2, description="step sizes tried along a direction")
+    min_step: float = Field(default=0.01, gt=0, description="smallest RMS perturbation tried")
+    max_step: float = Field(default=2.0, gt=0, description="largest RMS perturbation tried")
+    fit_samples: int = Field(
+        default=1000, ge=10, description="private and unseen samples (each) fitting the regressor"
+    )
+    test_samples: int = Field(
+        default=4000,
+        ge=5,
+        description="private and unseen samples (each, at most) in the ownership test",
+    )
+
+
+@torch.no_grad()
+def blind_walk_distances(
+    model: nn.Module, split: Split, config: DatasetInferenceConfig, seed: int
+) -> np.ndarray:
+    """Per sample and direction: the smallest RMS perturbation on the grid that changes the
+    model's prediction away from the sample's label (0 if already wrong, capped above)."""
+    model.eval()
+    n, k = len(split), config.directions
+    generator = torch.Generator().manual_seed(seed)
+    flat = split.x.reshape(n, -1)
+    directions = torch.randn(n, k, flat.shape[1], generator=generator)
+    directions = directions / directions.pow(2).mean(-1, keepdim=True).sqrt()  # RMS 1 per feature
+    grid = np.geomspace(config.min_step, config.max_step, config.grid_points)
+    distance = torch.full((n, k), float(config.max_step * grid[-1] / grid[-2]))
+    labels = split.y
+    predicted = torch.cat([model(c).argmax(1) for c in split.x.split(1024)])
+    distance[predicted != labels] = 0.0
+    open_ = distance > 0  # (sample, direction) pairs still inside their label's region
+    for step in grid:
+        index = torch.nonzero(open_)
+        if len(index) == 0:
+            break
+        points = flat[index[:, 0]] + float(step) * directions[index[:, 0], index[:, 1]]
+        points = points.reshape(len(index), *split.x.shape[1:])
+        out = torch.cat([model(c).argmax(1) for c in points.split(2048)])
+        flipped = out != labels[index[:, 0]]
+        hit = index[flipped]
+        distance[hit[:, 0], hit[:, 1]] = float(step)
+        open_[hit[:, 0], hit[:, 1]] = False
+    return distance.numpy()
+
+
+def linear_distances(model: nn.Module, split: Split, candidates: int = 3) -> np.ndarray:
+    """Per sample: DeepFool's first-order distance to the nearest decision boundary,
+    min_j (f_y − f_j) / ‖∇ₓ(f_y − f_j)‖₂ over the `candidates` highest-scoring classes j ≠ y
+    (negative when the sample is already on another class's side)."""
+    model.eval()
+    out = []
+    for x, y in zip(split.x.split(256), split.y.split(256), strict=True):
+        x = x.clone().requires_grad_(True)
+        logits = model(x)
+        own = logits.gather(1, y[:, None])[:, 0]
+        others = logits.detach().scatter(1, y[:, None], -torch.inf)
+        count = min(candidates, logits.shape[1] - 1)
+        best = torch.full((len(x),), torch.inf)
+        for j in others.topk(count, dim=1).indices.T:
+            margin = own - logits.gather(1, j[:, None])[:, 0]
+            (grad,) = torch.autograd.grad(margin.sum(), x, retain_graph=True)
+            norm = grad.reshape(len(x), -1).norm(dim=1).clamp(min=1e-8)
+            best = torch.minimum(best, (margin / norm).detach())
+        out.append(best)
+    return torch.cat(out).numpy()
+
+
+class DatasetInference(PostTrainingDefense):
+    """Ownership verification: does the suspect model know the owner's private samples?"""
+
+    name: ClassVar[str] = "dataset_inference"
+    Config: ClassVar[type[DefenseConfig]] = DatasetInferenceConfig
+
+    config: DatasetInferenceConfig
+
+    def apply(self, model: nn.Module, env: Environment) -> nn.Module:
+        """The model unchanged (a copy): dataset inference verifies, it does not modify."""
+        return copy.deepcopy(model)
+
+    def _samples(self, split: Split, count: int, salt: str, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(derived_seed(seed, f"dataset_inference:{salt}"))
+        return rng.permutation(len(split))[: min(count, len(split))]
+
+    def _features(self, model: nn.Module, split: Split, salt: str, seed: int) -> np.ndarray:
+        """Distance-to-boundary features per sample (see the module docstring)."""
+        columns = [np.arcsinh(linear_distances(model, split))]
+        if self.config.directions > 0:
+            walk_seed = derived_seed(seed, f"dataset_inference:walk:{salt}")
+            walk = blind_walk_distances(model, split, self.config, walk_seed)
+            columns.append(np.log(np.maximum(walk, self.config.min_step / 2)).mean(1))
+        return np.stack(columns, 1)
+
+    def scores(self, model: nn.Module, env: Environment) -> tuple[np.ndarray, np.ndarray]:
+        """Regressor scores of held-out private samples and of unseen test samples."""
+        cfg = self.config
+        private = env.training_split
+        order = self._samples(private, len(private), "private", env.seed)
+        n_fit = min(cfg.fit_samples, len(order) // 2)
+        fit_private = private.subset(order[:n_fit])
+        test_private = private.subset(order[n_fit : n_fit + cfg.test_samples])
+        val, test = env.dataset.val, env.dataset.test
+        fit_unseen = val.subset(self._samples(val, cfg.fit_samples, "unseen", env.seed))
+        test_unseen = test.subset(self._samples(test, cfg.test_samples, "test", env.seed))
+
+        x_fit = np.concatenate([
+            self._features(model, fit_private, "fit_private", env.seed),
+            self._features(model, fit_unseen, "fit_unseen", env.seed),
+        ])  # fmt: skip
+        y_fit = np.concatenate([np.ones(len(fit_private)), np.zeros(len(fit_unseen))])
+        regressor = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        regressor.fit(x_fit, y_fit)
+        score_private = regressor.decision_function(
+            self._features(model, test_private, "test_private", env.seed)
+        )
+        score_unseen = regressor.decision_function(
+            self._features(model, test_unseen, "test_unseen", env.seed)
+        )
+        return score_private, score_unseen
+
+    def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
+        """p-value of the one-sided Welch t-test 'private scores > unseen scores' on `model`."""
+        score_private, score_unseen = self.scores(model, env)
+        if np.ptp(np.concatenate([score_private, score_unseen])) == 0:
+            return {"ownership_p_value": 1.0}  # no signal at all
+        result = stats.ttest_ind(
+            score_private, score_unseen, equal_var=False, alternative="greater"
+        )
+        return {"ownership_p_value": float(result.pvalue)}

@@ -1,0 +1,172 @@
+"""Output watermark of the prediction API: DAWN (Szyller et al., ACM MM 2021).
+
+Mechanism. A model thief extracts a surrogate by querying the owner's API and training on its
+answers. DAWN answers a small keyed fraction of the queries with a wrong label. Whether a query is
+watermarked, and which wrong label it gets, is a deterministic function of a secret key and the
+query itself (HMAC-SHA256 of the input rounded to a fixed grid), so the same query always gets the
+same answer and the thief cannot average the watermark away by re-asking. A surrogate trained on
+the API's answers learns (memorises) those wrong labels; the owner, who can recompute from the key
+which of the thief's queries were watermarked and with which label, proves the theft by the
+surrogate's agreement with the watermark labels, which an independently trained model reproduces
+only by chance.
+
+Here `apply` returns `WatermarkedAPI`, an nn.Module wrapping (a copy of) the model: for a
+watermarked input the logits of the model's own top class and of the watermark class are swapped,
+so the wrong class becomes the argmax; all other inputs get the model's logits unchanged. The
+wrong label is ``(ŷ + 1 + h mod (C − 1)) mod C`` where ŷ is the wrapped model's prediction and
+h a keyed hash of the input, so it always differs from ŷ (also for binary tasks).
+
+`measure` plays the thief against the given model: it queries it on the thief's own data (the
+validation split plus a seeded half of the test split, never the owner's training data), trains
+a fresh surrogate of the same architecture family on the answered labels, and reports
+`extracted_watermark_accuracy`: the share of the thief's watermarked queries (recomputed from
+the key, derived from the seed) on which the surrogate outputs the watermark label. The
+watermark label is computed from the prediction of the unprotected model inside the API (found
+by walking the given model's modules); when the given model carries no DAWN API (no defense, or
+the watermark was stripped), the model itself is the reference, the surrogate copies its honest
+answers and the number is low.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from defcon.attacks import derived_seed
+from defcon.data import Split
+from defcon.defense import DefenseConfig, Environment, PostTrainingDefense
+from defcon.models import arch_for, predict
+from defcon.training import train
+
+
+class OutputWatermarkConfig(DefenseConfig):
+    """Settings of the DAWN output watermark and of the thief it is measured against."""
+
+    fraction: float = Field(
+        default=0.05, gt=0, lt=0.5, description="share of queries answered with a watermark label"
+    )
+    decimals: int = Field(
+        default=4, ge=0, le=8, description="inputs are rounded to this many decimals before hashing"
+    )
+    surrogate_epochs: int = Field(
+        default=40, ge=1, description="epochs the thief trains its surrogate on the API's answers"
+    )
+    thief_test_share: float = Field(
+        default=0.5, ge=0, le=1, description="share of the test split the thief adds to its queries"
+    )
+
+
+def watermark_key(seed: int) -> bytes:
+    """The owner's secret key, re-derivable from the run's seed."""
+    return hashlib.sha256(f"dawn-key:{derived_seed(seed, 'output_watermark')}".encode()).digest()
+
+
+def keyed_choice(
+    x: torch.Tensor, key: bytes, fraction: float, decimals: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input: whether it is watermarked, and a keyed offset that picks its wrong label.
+
+    A function of the key and the input's values only (not of the batch it arrives in).
+    """
+    grid = torch.round(x.detach().reshape(len(x), -1).double() * 10**decimals).to(torch.int64)
+    rows = grid.cpu().numpy()
+    marked = np.zeros(len(rows), dtype=bool)
+    offsets = np.zeros(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        digest = hmac.new(key, row.tobytes(), hashlib.sha256).digest()
+        marked[i] = int.from_bytes(digest[:8], "little") / 2.0**64 < fraction
+        offsets[i] = int.from_bytes(digest[8:12], "little")
+    return torch.from_numpy(marked), torch.from_numpy(offsets)
+
+
+def watermark_labels(
+    predictions: torch.Tensor, offsets: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """The wrong label DAWN answers: never the model's own prediction."""
+    return (predictions + 1 + offsets % (num_classes - 1)) % num_classes
+
+
+class WatermarkedAPI(nn.Module):
+    """The protected prediction API: the model's logits, with keyed answers made wrong."""
+
+    def __init__(self, model: nn.Module, key: bytes, fraction: float, decimals: int) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+        self.fraction = fraction
+        self.decimals = decimals
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        marked, offsets = keyed_choice(x, self.key, self.fraction, self.decimals)
+        if not bool(marked.any()):
+            return logits
+        rows = torch.nonzero(marked).flatten().to(logits.device)
+        own = logits[rows].argmax(1)
+        wrong = watermark_labels(own, offsets[marked].to(logits.device), logits.shape[1])
+        out = logits.clone()
+        out[rows, own] = logits[rows, wrong]
+        out[rows, wrong] = logits[rows, own]
+        return out
+
+
+def find_api(model: nn.Module) -> WatermarkedAPI | None:
+    """The DAWN API inside `model` (possibly wrapped by later defenses), if any."""
+    return next((m for m in model.modules() if isinstance(m, WatermarkedAPI)), None)
+
+
+class OutputWatermark(PostTrainingDefense):
+    """DAWN: a keyed fraction of the API's answers is wrong, and extracted models inherit them."""
+
+    name: ClassVar[str] = "output_watermark"
+    Config: ClassVar[type[DefenseConfig]] = OutputWatermarkConfig
+
+    config: OutputWatermarkConfig
+
+    def apply(self, model: nn.Module, env: Environment) -> nn.Module:
+        """The protected API around a copy of `model`."""
+        cfg = self.config
+        return WatermarkedAPI(
+            copy.deepcopy(model), watermark_key(env.seed), cfg.fraction, cfg.decimals
+        )
+
+    def thief_queries(self, env: Environment) -> Split:
+        """The thief's own inputs: the validation split and a seeded share of the test split."""
+        test = env.dataset.test
+        rng = np.random.default_rng(derived_seed(env.seed, "output_watermark:thief"))
+        count = int(round(self.config.thief_test_share * len(test)))
+        part = test.subset(np.sort(rng.permutation(len(test))[:count]))
+        return env.dataset.val.concat(part)
+
+    def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
+        """Extract a surrogate by querying `model`; its agreement with the watermark labels."""
+        cfg = self.config
+        queries = self.thief_queries(env)
+        answers = predict(model, queries.x)  # the thief only sees top-1 labels
+        stolen = Split(queries.x, answers)
+        arch = env.arch or arch_for(env.dataset, width=env.profile.width)
+        thief_env = Environment(
+            dataset=env.dataset, seed=derived_seed(env.seed, "output_watermark:surrogate"),
+            profile=env.profile, arch=arch,
+        )  # fmt: skip
+        surrogate = train(
+            thief_env, stolen, arch=arch, epochs=cfg.surrogate_epochs, description="model theft"
+        ).model
+        marked, offsets = keyed_choice(
+            queries.x, watermark_key(env.seed), cfg.fraction, cfg.decimals
+        )
+        if not bool(marked.any()):
+            return {"extracted_watermark_accuracy": float("nan")}
+        api = find_api(model)
+        reference = api.model if api is not None else model
+        honest = predict(reference, queries.x[marked])
+        expected = watermark_labels(honest, offsets[marked], env.dataset.num_classes)
+        copied = predict(surrogate, queries.x[marked])
+        return {"extracted_watermark_accuracy": float((copied == expected).float().mean())}

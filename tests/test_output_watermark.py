@@ -1,0 +1,88 @@
+"""DAWN output watermark: a keyed, deterministic share of wrong answers that extracted models inherit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from defcon.models import predict
+from defcon.training import train
+from pipeline_stages.post_training.output_watermark import (
+    OutputWatermark,
+    WatermarkedAPI,
+    find_api,
+    keyed_choice,
+    watermark_key,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(make_env):
+    env = make_env("digits", seed=0, profile="tiny")
+    return env, train(env, env.dataset.train).model
+
+
+class _Outer(nn.Module):
+    """Stands for a later post-training defense wrapping the API."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_extracted_model_carries_the_watermark_unlike_an_unprotected_one(trained):
+    env, model = trained
+    defense = OutputWatermark({"surrogate_epochs": 60})
+    api = defense.apply(model, env)
+    protected = defense.measure(api, env)["extracted_watermark_accuracy"]
+    unprotected = defense.measure(model, env)["extracted_watermark_accuracy"]
+    assert protected > 0.7
+    assert unprotected < 0.15  # no watermark: the surrogate copies honest answers
+    # A later wrapper around the API does not hide it.
+    assert defense.measure(_Outer(api), env)["extracted_watermark_accuracy"] == protected
+
+
+def test_share_of_changed_answers_matches_the_configured_fraction(trained):
+    env, model = trained
+    api = OutputWatermark({"fraction": 0.05}).apply(model, env)
+    x = torch.rand(4000, *env.dataset.input_shape, generator=torch.Generator().manual_seed(1))
+    changed = float((predict(api, x) != predict(model, x)).float().mean())
+    assert 0.035 < changed < 0.065
+    # Unmarked queries get the model's logits untouched.
+    marked, _ = keyed_choice(x, watermark_key(env.seed), 0.05, 4)
+    with torch.no_grad():
+        assert torch.equal(api(x[~marked][:500]), model(x[~marked][:500]))
+        assert (api(x[marked]).argmax(1) != model(x[marked]).argmax(1)).all()
+
+
+def test_answers_are_deterministic_per_query(trained):
+    env, model = trained
+    api = OutputWatermark().apply(model, env)
+    x = env.dataset.test.x
+    first = predict(api, x)
+    assert torch.equal(first, predict(api, x))
+    # Independent of batch composition and order: one query at a time, reversed.
+    single = torch.stack([api(x[i : i + 1]).argmax(1)[0] for i in reversed(range(60))]).flip(0)
+    assert torch.equal(single, first[:60])
+    # A fresh API built from the same seed answers identically (the key is re-derived).
+    again = OutputWatermark().apply(model, env)
+    assert torch.equal(predict(again, x), first)
+    # Another seed's key watermarks other queries.
+    other = WatermarkedAPI(model, watermark_key(env.seed + 1), 0.05, 4)
+    assert not torch.equal(predict(other, x), first)
+
+
+def test_input_not_modified_and_measure_on_fresh_instance(trained):
+    env, model = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    api = OutputWatermark({"surrogate_epochs": 5}).apply(model, env)
+    assert api.model is not model and find_api(api) is api and find_api(model) is None
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    first = OutputWatermark({"surrogate_epochs": 5}).measure(api, env)
+    second = OutputWatermark({"surrogate_epochs": 5}).measure(api, env)
+    assert first == second
