@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 from defcon.bench import BenchResult
 from defcon.checker import TECHNIQUES
 from defcon.records import CompositionRecord
+from defcon.reports import save_figure
 from defcon.scoring import LABELS, TechniqueScore, score
-from defcon.storage import atomic_write_bytes, atomic_write_text
+from defcon.storage import atomic_write_text
 
 
 def _stages(record: CompositionRecord) -> str:
@@ -147,12 +147,7 @@ def summary_plot(result: BenchResult, path: Path | str) -> Path:
         ax.set_title(attribute.replace("_", " "))
     axes[0].legend(fontsize=8)
     fig.suptitle("Predicted vs measured conflicts", fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_results(result: BenchResult, out: Path | str) -> tuple[Path, Path]:

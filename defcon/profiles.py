@@ -52,9 +52,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         name="quick",
-        max_train={"fmnist": 8000, "adult": None, "compas": None, "digits": None},
+        max_train={"fmnist": 5000, "adult": None, "compas": None, "digits": None},
         max_eval={"fmnist": 1000, "adult": 5000, "compas": None, "digits": None},
-        epochs={"default": 4, "digits": 15, "adult": 5, "compas": 10},
+        epochs={"default": 4, "fmnist": 3, "digits": 15, "adult": 5, "compas": 10},
         batch_size=128,
         lr=2e-3,
         width=16,

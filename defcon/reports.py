@@ -105,6 +105,13 @@ def bar_chart(record: CompositionRecord, path: Path | str) -> Path:
     fig.suptitle(
         f"{' → '.join(record.order)} on {record.dataset}: measured {record.label}", fontsize=10
     )
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path | str) -> Path:  # fig: matplotlib Figure (imported lazily)
+    """Write a matplotlib figure as a PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

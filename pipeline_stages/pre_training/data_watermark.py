@@ -31,14 +31,14 @@ from pydantic import Field
 from scipy.stats import ttest_rel
 from torch import nn
 
-from defcon.attacks import Trigger, derived_seed, make_trigger
+from defcon.attacks import derived_seed
 from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.defense import DefenseConfig, Environment
 from defcon.models import predict_proba
-from pipeline_stages.pre_training.model_watermark import Corner, watermark_target
+from pipeline_stages.pre_training.stamping import Corner, StampingConfig, StampingWatermark
 
 
-class DataWatermarkConfig(DefenseConfig):
+class DataWatermarkConfig(StampingConfig):
     """Settings of the dataset watermark and of its ownership test."""
 
     fraction: float = Field(default=0.1, gt=0, lt=1, description="share of samples watermarked")
@@ -49,27 +49,17 @@ class DataWatermarkConfig(DefenseConfig):
     alpha: float = Field(default=0.05, gt=0, lt=1, description="significance level of the test")
 
 
-class DataWatermark(PreTrainingDefense):
+class DataWatermark(StampingWatermark):
     """Poison a seeded share of the data with a secret trigger; verified by a paired t-test."""
 
     name: ClassVar[str] = "data_watermark"
     Config: ClassVar[type[DefenseConfig]] = DataWatermarkConfig
     config: DataWatermarkConfig
 
-    def trigger(self, env: Environment) -> Trigger:
-        return make_trigger(env.dataset, env.seed, self.name, corner=self.config.corner)
-
-    def target_class(self, env: Environment) -> int:
-        """A seeded class, not the default BadNets target when there are more than two classes."""
-        return watermark_target(env.dataset, env.seed, self.name)
-
     def apply(self, train: Split, env: Environment) -> Split:
         """A copy of `train` whose seeded `fraction` of samples carry the watermark."""
         target = self.target_class(env)
-        candidates = np.flatnonzero(train.y.numpy() != target)
-        count = min(len(candidates), max(1, round(self.config.fraction * len(train))))
-        rng = np.random.default_rng(derived_seed(env.seed, f"{self.name}:choice"))
-        chosen = torch.as_tensor(np.sort(rng.choice(candidates, size=count, replace=False)))
+        chosen = self.chosen(train, target, env)
         x, y = train.x.clone(), train.y.clone()
         x[chosen] = self.trigger(env).stamp(x[chosen])
         y[chosen] = target

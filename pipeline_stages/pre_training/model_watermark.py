@@ -21,61 +21,32 @@ Effectiveness: watermark accuracy, the share of triggered held-out inputs (test 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets, Trigger, derived_seed, make_trigger
-from defcon.data import Dataset, Split
-from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.data import Split
+from defcon.defense import DefenseConfig, Environment
 from defcon.models import predict
-
-Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
-
-
-class ModelWatermarkConfig(DefenseConfig):
-    """Settings of the backdoor-based model watermark."""
-
-    fraction: float = Field(
-        default=0.05, gt=0, lt=1, description="watermarked copies, as a share of the training set"
-    )
-    corner: Corner = "top_left"
+from pipeline_stages.pre_training.stamping import StampingConfig, StampingWatermark
 
 
-def watermark_target(dataset: Dataset, seed: int, salt: str) -> int:
-    """A seeded target class ≠ the dataset's default BadNets target (minority class if binary)."""
-    badnets_target = BadNets.for_dataset(dataset, seed).target_class
-    if dataset.num_classes == 2:
-        return badnets_target  # the minority class (see the module docstring)
-    choices = [c for c in range(dataset.num_classes) if c != badnets_target]
-    rng = np.random.default_rng(derived_seed(seed, salt + ":target"))
-    return int(choices[rng.integers(len(choices))])
+class ModelWatermarkConfig(StampingConfig):
+    """Settings of the backdoor-based model watermark (fraction: appended copies)."""
 
 
-class ModelWatermark(PreTrainingDefense):
+class ModelWatermark(StampingWatermark):
     """Append trigger-stamped copies relabelled to a secret class; measured by watermark accuracy."""
 
     name: ClassVar[str] = "model_watermark"
     Config: ClassVar[type[DefenseConfig]] = ModelWatermarkConfig
     config: ModelWatermarkConfig
 
-    def trigger(self, env: Environment) -> Trigger:
-        return make_trigger(env.dataset, env.seed, self.name, corner=self.config.corner)
-
-    def target_class(self, env: Environment) -> int:
-        return watermark_target(env.dataset, env.seed, self.name)
-
     def apply(self, train: Split, env: Environment) -> Split:
         """`train` plus watermarked copies of a seeded share of its samples (input unchanged)."""
         target = self.target_class(env)
-        candidates = np.flatnonzero(train.y.numpy() != target)
-        count = min(len(candidates), max(1, round(self.config.fraction * len(train))))
-        rng = np.random.default_rng(derived_seed(env.seed, f"{self.name}:choice"))
-        chosen = torch.as_tensor(np.sort(rng.choice(candidates, size=count, replace=False)))
-        marked = train.subset(chosen)
+        marked = train.subset(self.chosen(train, target, env))
         marked = marked.with_(
             x=self.trigger(env).stamp(marked.x), y=torch.full_like(marked.y, target)
         )
