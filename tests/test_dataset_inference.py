@@ -40,12 +40,18 @@ def test_owner_model_recognised_independent_model_not(owner_and_independent):
     assert p_independent > 0.1  # the independent model is not claimed
 
 
+def test_model_trained_on_other_data_is_not_claimed(owner_and_independent):
+    env, _, _ = owner_and_independent
+    on_validation = train(dataclasses.replace(env, seed=200), env.dataset.val).model
+    assert DatasetInference().measure(on_validation, env)["ownership_p_value"] > 0.1
+
+
 def test_apply_is_an_unchanged_copy_and_measure_is_reproducible(owner_and_independent):
     env, owner, _ = owner_and_independent
     copied = DatasetInference().apply(owner, env)
     assert copied is not owner
     assert torch.equal(predict(copied, env.dataset.test.x), predict(owner, env.dataset.test.x))
-    config = {"fit_samples": 100, "test_samples": 100}
+    config = {"fit_samples": 100, "test_samples": 100, "directions": 2}  # with the blind walk
     first = DatasetInference(config).measure(owner, env)
     assert DatasetInference(config).measure(copied, env) == first  # fresh instance, same p-value
     assert 0.0 <= first["ownership_p_value"] <= 1.0
@@ -53,7 +59,7 @@ def test_apply_is_an_unchanged_copy_and_measure_is_reproducible(owner_and_indepe
 
 def test_blind_walk_distances(owner_and_independent):
     env, owner, _ = owner_and_independent
-    config = DatasetInferenceConfig()
+    config = DatasetInferenceConfig(directions=4)
     test = env.dataset.test.subset(np.arange(120))
     wrong_labels = test.with_(y=(predict(owner, test.x) + 1) % env.dataset.num_classes)
     assert (blind_walk_distances(owner, wrong_labels, config, seed=0) == 0).all()

@@ -20,13 +20,15 @@ feature) at which the prediction leaves the sample's label (0 if already misclas
 above); its mean log distance is added as a feature. In our trials on digits, Fashion-MNIST and
 Adult it cost 5–15× more and added noise rather than power, hence off by default.
 
-A logistic-regression "confidence regressor" is fitted on the suspect's features of owner-private samples (from the training split
-the model was built on, `env.training_split`) labelled 1 and unseen samples (`env.dataset.val`)
-labelled 0. The ownership test then scores disjoint private samples (not used for fitting) and
-unseen test samples (`env.dataset.test`), and runs a one-sided Welch t-test that the private
-scores are larger: `ownership_p_value` is its p-value (small: the suspect knows the owner's
-data). Sample splitting keeps the test valid: for a model that never saw the owner's data the
-regressor learns noise and the p-value is uniform on [0, 1] (mostly large).
+A logistic-regression "confidence regressor" is fitted on the suspect's features of
+owner-private samples (from the training split the model was built on, `env.training_split`)
+labelled 1 and unseen samples (`env.dataset.val`) labelled 0. The ownership test then scores
+disjoint private samples (not used for fitting) and unseen test samples (`env.dataset.test`), and
+runs a one-sided Welch t-test that the private scores are larger: `ownership_p_value` is its
+p-value (small: the suspect knows the owner's data). Sample splitting keeps the test valid: for a
+model that never saw the owner's data the regressor learns noise and the p-value is uniform on
+[0, 1] (mostly large). The test's power needs a generalisation gap: a model that does not
+overfit its training data at all (train ≈ test accuracy) cannot be told from an independent one.
 
 `apply` returns an unchanged copy: dataset inference does not alter the model, it is a
 verification the owner can run on any suspect model at any time.
