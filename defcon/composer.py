@@ -257,6 +257,8 @@ class Composer:
             # record states the library versions, the terminal stays readable.
             for module in ("opacus", "torch", "captum", "fairlearn", "sklearn"):
                 warnings.filterwarnings("ignore", module=module)
+            # raised by torch on behalf of the caller's backward() under Opacus' hooks
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
             return self._compose(names, seeds=seeds, force=force, tolerances=tolerances)
 
     def _compose(
