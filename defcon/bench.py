@@ -133,6 +133,7 @@ def run_task(task: Task) -> str | None:
     """
     import torch
 
+    caller_threads = torch.get_num_threads()  # restored: with one worker this runs in-process
     torch.set_num_threads(task.threads)
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     composer = Composer(
@@ -142,6 +143,8 @@ def run_task(task: Task) -> str | None:
         record = composer.compose(task.defenses, seeds=task.seeds, force=True)
     except DefconError as error:
         return str(error)
+    finally:
+        torch.set_num_threads(caller_threads)
     save_record(record, task.record_path)
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from defcon.bench import combinations_for, load_triples, run_bench
 from defcon.bench_report import results_markdown, write_results
@@ -40,6 +41,7 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     messages.clear()
     again = run_bench(["digits"], pairs=PAIRS, seeds=1, profile="tiny", out=tmp_path, log=messages.append)
     assert "2 already measured, 1 to run" in messages[0]
+    assert torch.get_num_threads() == 1  # the in-process run gave the caller's threads back
     assert {r.order for r in again.records} == {r.order for r in result.records}
     rerun = next(r for r in again.records if r.order == ("model_watermark", "explanations"))
     assert rerun.cache["models_trained"] == 0  # its models came from the shared cache

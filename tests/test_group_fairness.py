@@ -53,11 +53,17 @@ def test_lowers_equalized_odds_gap_on_adult():
 
 
 def test_lowers_equalized_odds_gap_on_compas(make_env):
-    env = make_env("compas")
-    gap_plain, acc_plain = _gap_and_accuracy(env, [])
-    gap_fair, acc_fair = _gap_and_accuracy(env, [GroupFairness()])
-    assert gap_fair <= gap_plain - 0.08, (gap_plain, gap_fair)
-    assert acc_fair >= acc_plain - 0.06
+    # Averaged over three seeds: one seed's gap moves by a few points with the thread count.
+    plain, fair = [], []
+    for seed in (0, 1, 2):
+        env = make_env("compas", seed=seed)
+        plain.append(_gap_and_accuracy(env, []))
+        fair.append(_gap_and_accuracy(env, [GroupFairness()]))
+    gap_plain = sum(g for g, _ in plain) / 3
+    gap_fair = sum(g for g, _ in fair) / 3
+    assert gap_fair <= gap_plain - 0.1, (plain, fair)
+    for (_, acc_plain), (_, acc_fair) in zip(plain, fair, strict=True):
+        assert acc_fair >= acc_plain - 0.06
 
 
 def test_one_instance_trains_like_a_fresh_one_every_time(make_env):
