@@ -131,7 +131,7 @@ class Composer:
         self.configs = {name: dict(cfg) for name, cfg in (configs or {}).items()}
         self.log = log or (lambda message: None)
         self._datasets: dict[int, Dataset] = {}
-        load_dataset(dataset, seed=0, max_train=1, max_eval=1, data_dir=data_dir)  # fail fast
+        self.dataset(0)  # fail fast on an unknown or missing dataset; every run needs seed 0
 
     # ------------------------------------------------------------------ planning
 
@@ -298,11 +298,8 @@ class Composer:
             combo = self.run_pipeline(combo_pipeline)
             clean_none.append(self.measure(no_defense, None)[CLEAN_ACCURACY])
             clean_combined.append(self.measure(combo, None)[CLEAN_ACCURACY])
-            for spec, defense in zip(
-                (self.catalog[d.name] for d in combo_pipeline.defenses),
-                combo_pipeline.defenses,
-                strict=True,
-            ):
+            for defense in combo_pipeline.defenses:
+                spec = self.catalog[defense.name]
                 solo_pipeline = self.pipeline([spec.name], seed, Threat.POISONER in spec.threats)
                 solo = self.run_pipeline(solo_pipeline)
                 scenarios_alone[spec.name] = solo_pipeline.scenario
