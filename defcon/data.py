@@ -33,28 +33,61 @@ FMNIST_FILES = {
 
 @dataclass(frozen=True)
 class Split:
-    """One split: inputs `x`, labels `y` and, where the dataset has one, sensitive groups `s`."""
+    """One split: inputs `x`, labels `y` and, where the dataset has one, sensitive groups `s`.
+
+    `origin` is provenance: for every row, the index of the record of the original split it was
+    derived from (a poisoned or watermarked row keeps the index of the record it was made from;
+    an appended copy carries its source's index). None means "row i is record i". Membership
+    inference and DP accounting need it: a person is a record, not a row.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     s: torch.Tensor | None = None
+    origin: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def origins(self) -> torch.Tensor:
+        """Per row, the index of the original record it derives from."""
+        return self.origin if self.origin is not None else torch.arange(len(self))
+
     def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
-        return Split(self.x[index], self.y[index], None if self.s is None else self.s[index])
+        return Split(
+            self.x[index],
+            self.y[index],
+            None if self.s is None else self.s[index],
+            self.origins[index],
+        )
 
     def with_(self, **changes: torch.Tensor | None) -> Split:
         """A copy with some fields replaced (splits are never modified in place)."""
         return replace(self, **changes)
 
     def concat(self, other: Split) -> Split:
+        """Rows of `self`, then rows of `other` (which keep their own provenance)."""
         s = None
         if self.s is not None and other.s is not None:
             s = torch.cat([self.s, other.s])
-        return Split(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), s)
+        origin = torch.cat([self.origins, other.origins])
+        return Split(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), s, origin)
+
+    def unchanged_rows(self, original: Split) -> torch.Tensor:
+        """Indices of rows that are exactly their original record (same input and label)."""
+        origins = self.origins
+        valid = (origins >= 0) & (origins < len(original))
+        same = torch.zeros(len(self), dtype=torch.bool)
+        index = torch.nonzero(valid).flatten()
+        if len(index):
+            src = origins[index]
+            equal_x = (
+                self.x[index].reshape(len(index), -1) == original.x[src].reshape(len(index), -1)
+            ).all(1)
+            same[index] = equal_x & (self.y[index] == original.y[src])
+        return torch.nonzero(same).flatten()
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """(x, y, s) with a dummy group 0 where the dataset has no sensitive attribute."""
@@ -73,8 +106,25 @@ class Split:
 
 
 @dataclass(frozen=True)
+class FeatureGroup:
+    """Columns of a tabular input that encode one original attribute.
+
+    A categorical attribute is one-hot encoded over several columns (a valid record has exactly
+    one of them set to 1); a numeric attribute is one column scaled to [0, 1].
+    """
+
+    name: str
+    columns: tuple[int, ...]
+    categorical: bool
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """A dataset's three splits and what defenses need to know about it."""
+    """A dataset's three splits and what defenses need to know about it.
+
+    `feature_groups` describes the columns of tabular data (empty for images), so that secrets
+    such as triggers can be valid records.
+    """
 
     name: str
     kind: DataKind
@@ -83,6 +133,7 @@ class Dataset:
     val: Split
     test: Split
     sensitive_attribute: str | None = None
+    feature_groups: tuple[FeatureGroup, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -163,15 +214,26 @@ def _adult_frame():  # -> tuple[pd.DataFrame, int]
     return frame
 
 
-def _tabular_features(frame, categorical: list[str], numeric: list[str]) -> np.ndarray:
-    """One-hot categoricals and min-max scaled numerics, all in [0, 1]."""
+def _tabular_features(
+    frame, categorical: list[str], numeric: list[str]
+) -> tuple[np.ndarray, tuple[FeatureGroup, ...]]:
+    """One-hot categoricals and min-max scaled numerics, all in [0, 1], and the column groups."""
     import pandas as pd
 
     numeric_part = frame[numeric].astype(float)
     span = (numeric_part.max() - numeric_part.min()).replace(0, 1.0)
     numeric_part = (numeric_part - numeric_part.min()) / span
-    onehot = pd.get_dummies(frame[categorical].astype(str), dtype=float)
-    return np.concatenate([numeric_part.to_numpy(), onehot.to_numpy()], axis=1).astype(np.float32)
+    parts = [numeric_part.to_numpy()]
+    groups = [FeatureGroup(name, (i,), categorical=False) for i, name in enumerate(numeric)]
+    start = len(numeric)
+    for name in categorical:
+        onehot = pd.get_dummies(frame[name].astype(str), dtype=float).to_numpy()
+        groups.append(
+            FeatureGroup(name, tuple(range(start, start + onehot.shape[1])), categorical=True)
+        )
+        parts.append(onehot)
+        start += onehot.shape[1]
+    return np.concatenate(parts, axis=1).astype(np.float32), tuple(groups)
 
 
 # --------------------------------------------------------------------------- splitting
@@ -189,7 +251,8 @@ def _cap(split: Split, limit: int | None, seed: int) -> Split:
     """A seeded random subset of at most `limit` rows (the whole split when no limit)."""
     if limit is None or len(split) <= limit:
         return split
-    return split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
+    chosen = split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
+    return chosen.with_(origin=None)  # a fresh split: row i is record i
 
 
 def _to_split(x: np.ndarray, y: np.ndarray, s: np.ndarray | None, index: np.ndarray) -> Split:
@@ -237,7 +300,7 @@ def _load_adult(seed: int, data_dir: Path | None) -> Dataset:
     categorical = ["workclass", "education", "marital_status", "occupation", "relationship",
                    "race", "sex", "native_country"]  # fmt: skip
     numeric = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
-    x = _tabular_features(frame, categorical, numeric)
+    x, groups = _tabular_features(frame, categorical, numeric)
     y = (frame["income"] == ">50K").to_numpy().astype(np.int64)
     s = (frame["sex"] == "Male").to_numpy().astype(np.int64)
     is_test = frame["is_test"].to_numpy()
@@ -247,7 +310,7 @@ def _load_adult(seed: int, data_dir: Path | None) -> Dataset:
     return Dataset(
         "adult", DataKind.TABULAR, 2,
         _to_split(x, y, s, order[n_val:]), _to_split(x, y, s, order[:n_val]),
-        _to_split(x, y, s, test), sensitive_attribute="sex",
+        _to_split(x, y, s, test), sensitive_attribute="sex", feature_groups=groups,
     )  # fmt: skip
 
 
@@ -264,13 +327,13 @@ def _load_compas(seed: int, data_dir: Path | None) -> Dataset:
     ]
     categorical = ["sex", "race", "age_cat", "c_charge_degree"]
     numeric = ["age", "juv_fel_count", "juv_misd_count", "juv_other_count", "priors_count"]
-    x = _tabular_features(frame, categorical, numeric)
+    x, groups = _tabular_features(frame, categorical, numeric)
     y = frame["two_year_recid"].to_numpy().astype(np.int64)
     s = (frame["race"] == "African-American").to_numpy().astype(np.int64)
     train, val, test = _split_indices(len(y), (0.15, 0.2), seed)
     return Dataset(
         "compas", DataKind.TABULAR, 2, _to_split(x, y, s, train), _to_split(x, y, s, val),
-        _to_split(x, y, s, test), sensitive_attribute="race",
+        _to_split(x, y, s, test), sensitive_attribute="race", feature_groups=groups,
     )  # fmt: skip
 
 

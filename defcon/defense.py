@@ -11,15 +11,17 @@ No defense modifies its inputs in place.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from defcon.attacks import BadNets
+from defcon.attacks import BadNets, derived_seed
 from defcon.catalog import builtin_catalog
 from defcon.data import Dataset, Split
 from defcon.profiles import Profile
@@ -37,7 +39,11 @@ class Environment:
     `dataset` holds the clean splits; `train_data` is the training split the model was actually
     trained on (after poisoning and pre-training defenses). `poisoner` is the active BadNets
     adversary when the scenario includes one. `record` holds facts logged during training (e.g.
-    the ε that DP-SGD spent), keyed '<defense>.<fact>'.
+    the ε that DP-SGD spent), keyed '<defense>.<fact>'. `deployed` names the defenses applied
+    in this pipeline (a verification-only defense reads it to know whether it is deployed).
+    `reference_model` returns an *independent* model: the threat model's fixed architecture
+    trained by the plain recipe on `attacker_data` (disjoint from the owner's training data), for
+    calibrated attacks and false-accusation checks; the composer supplies a cached one.
     """
 
     dataset: Dataset
@@ -47,10 +53,60 @@ class Environment:
     train_data: Split | None = None
     record: dict[str, float] = field(default_factory=dict)
     arch: ArchConfig | None = None
+    deployed: frozenset[str] = frozenset()
+    reference_model: Callable[[], nn.Module] | None = None
 
     @property
     def training_split(self) -> Split:
         return self.train_data if self.train_data is not None else self.dataset.train
+
+    @cached_property
+    def members(self) -> Split:
+        """The original clean records the model was trained on, once each.
+
+        Poisoned rows, watermarked rows and appended copies are not members of the owner's data:
+        membership inference and dataset inference are scored on these records only.
+        """
+        train = self.training_split
+        rows = train.unchanged_rows(self.dataset.train)
+        origins = train.origins[rows]
+        keep = np.unique(origins.numpy(), return_index=True)[1]
+        return train.subset(rows[torch.as_tensor(np.sort(keep))])
+
+    @property
+    def group_size(self) -> int:
+        """The most training rows derived from one original record (1 without copies)."""
+        origins = self.training_split.origins
+        return int(torch.bincount(origins[origins >= 0]).max()) if len(origins) else 1
+
+    @cached_property
+    def _val_halves(self) -> tuple[Split, Split]:
+        val = self.dataset.val
+        order = np.random.default_rng(derived_seed(self.seed, "env:val-halves")).permutation(
+            len(val)
+        )
+        half = len(val) // 2
+        return val.subset(np.sort(order[:half])), val.subset(np.sort(order[half:]))
+
+    @property
+    def attacker_data(self) -> Split:
+        """Population data an attacker holds (half of the validation split, seeded)."""
+        return self._val_halves[0]
+
+    @property
+    def calibration_data(self) -> Split:
+        """The other half of the validation split: non-members for calibrating thresholds,
+        unseen by the model and by the reference model."""
+        return self._val_halves[1]
+
+    def independent_model(self) -> nn.Module:
+        """The reference model (see the class docstring); trained here if none is supplied."""
+        if self.reference_model is None:
+            from defcon.training import train_reference
+
+            model = train_reference(self)
+            self.reference_model = lambda: model
+        return self.reference_model()
 
 
 class DefenseConfig(BaseModel):
@@ -135,6 +191,29 @@ class InTrainingDefense(Defense):
 
     def finetune(self, run: TrainingRun) -> None:
         """finetune_phase: runs after the main loop on run.model (a plain nn.Module)."""
+
+
+class ServingWrapper(nn.Module):
+    """A prediction API placed in front of a model (an output watermark, an explanation service).
+
+    The wrapped weights are `self.model`. A thief who copies the model holds the weights, not the
+    API: `weights_of` removes serving wrappers, so checks made on "the copy a thief holds" read
+    the weights.
+    """
+
+    model: nn.Module
+
+
+def weights_of(model: nn.Module) -> nn.Module:
+    """The model's weights without the serving wrappers in front of them."""
+    while isinstance(model, ServingWrapper):
+        model = model.model
+    return model
+
+
+def find_served(model: nn.Module, kind: type[nn.Module]) -> nn.Module | None:
+    """The first module of type `kind` in the served pipeline (outermost first)."""
+    return next((m for m in model.modules() if isinstance(m, kind)), None)
 
 
 class PostTrainingDefense(Defense):

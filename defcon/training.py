@@ -20,12 +20,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from defcon.attacks import derived_seed
 from defcon.checker.base import structural_clashes
 from defcon.data import Split
 from defcon.defense import Environment, InTrainingDefense
 from defcon.errors import DefconError
-from defcon.models import ArchConfig, arch_for, build_model
+from defcon.models import ArchConfig, accuracy, arch_for, build_model
 from defcon.vocabulary import Slot
+
+CONVERGED_GAIN = 0.01  # a last epoch that still adds more validation accuracy is not converged
 
 
 @dataclass
@@ -122,6 +125,7 @@ def train(
     loss_terms = _users(defenses, Slot.LOSS_TERM)
     noise_steps = _users(defenses, Slot.PARAMETER_NOISE)
     loss = torch.zeros(())
+    val_accuracy: list[float] = []
     bar = tqdm(range(run.epochs), desc=description, disable=not _show_progress(), leave=False)
     for epoch in bar:
         run.epoch = epoch
@@ -142,10 +146,48 @@ def train(
                 defense.noisy_step(run)
             run.optimizer.step()
         bar.set_postfix(loss=float(loss.detach()))
+        if epoch >= run.epochs - 2:  # convergence check: the last epoch's validation gain
+            val_accuracy.append(_val_accuracy(run))
     for defense in _users(defenses, Slot.PRIVACY_WRAPPER):
         defense.unwrap(run)
     run.model = run.plain_model
     for defense in _users(defenses, Slot.FINETUNE_PHASE):
         defense.finetune(run)
     run.model.eval()
-    return TrainedModel(model=run.model, arch=arch, record=dict(run.record))
+    record = dict(run.record)
+    if val_accuracy:
+        record["training.val_accuracy"] = val_accuracy[-1]
+        record["training.last_epoch_val_gain"] = (
+            val_accuracy[-1] - val_accuracy[0] if len(val_accuracy) > 1 else 0.0
+        )
+    return TrainedModel(model=run.model, arch=arch, record=record)
+
+
+def _val_accuracy(run: TrainingRun) -> float:
+    """Clean validation accuracy of the model being trained (hooks off, mode restored)."""
+    with run.hooks_disabled() as model:
+        val = run.env.dataset.val
+        value = accuracy(model, val.x, val.y)
+    return value
+
+
+def train_reference(env: Environment, *, steps_like: int | None = None) -> nn.Module:
+    """An independent model: the threat model's fixed architecture (the dataset's default, with
+    BatchNorm, whatever the victim uses) trained by the plain recipe on `env.attacker_data`.
+
+    It takes as many optimizer steps as the victim's plain training would (at most 40 epochs),
+    so its per-example losses calibrate what a model of this recipe finds hard.
+    """
+    profile = env.profile
+    data = env.attacker_data
+    arch = arch_for(env.dataset, width=profile.width)
+    victim_steps = steps_like or (
+        profile.epochs_for(env.dataset.name) * -(-len(env.dataset.train) // profile.batch_size)
+    )
+    per_epoch = max(1, -(-len(data) // profile.batch_size))
+    epochs = max(1, min(40, -(-victim_steps // per_epoch)))
+    reference_env = Environment(
+        dataset=env.dataset, seed=derived_seed(env.seed, "reference-model"), profile=profile,
+        arch=arch,
+    )  # fmt: skip
+    return train(reference_env, data, arch=arch, epochs=epochs, description="reference").model

@@ -139,8 +139,15 @@ class Metric(_Frozen):
 
     name: Name
     direction: Direction
-    tolerance: float = Field(ge=0, description="largest tolerated change in the bad direction")
+    tolerance: float = Field(
+        ge=0, allow_inf_nan=False, description="largest tolerated change in the bad direction"
+    )
     description: str = ""
+    judged: bool = Field(
+        default=True,
+        description="False for a diagnostic: measured and reported beside the verdict, never "
+        "part of it (e.g. a consistency check of what is served)",
+    )
 
     def worse_by(self, alone: float, combined: float) -> float:
         """How much worse `combined` is than `alone` (negative when it improved)."""
