@@ -24,6 +24,7 @@ from defcon.catalog import builtin_catalog
 from defcon.composer import Composer, applicability_problem
 from defcon.data import load_dataset
 from defcon.errors import DefconError
+from defcon.profiles import get_profile
 from defcon.records import CompositionRecord
 from defcon.reports import load_record, save_record
 
@@ -38,6 +39,8 @@ class Task(BaseModel):
     dataset: str
     defenses: tuple[str, ...]
     seeds: int
+    max_seeds: int
+    seed_start: int
     profile: str
     cache_dir: str
     record_path: str
@@ -140,7 +143,13 @@ def run_task(task: Task) -> str | None:
         task.dataset, profile=task.profile, cache_dir=task.cache_dir, data_dir=task.data_dir
     )
     try:
-        record = composer.compose(task.defenses, seeds=task.seeds, force=True)
+        record = composer.compose(
+            task.defenses,
+            seeds=task.seeds,
+            max_seeds=task.max_seeds,
+            seed_start=task.seed_start,
+            force=True,
+        )
     except DefconError as error:
         return str(error)
     finally:
@@ -200,6 +209,8 @@ class BenchResult(BaseModel):
     executor: str
     workers: int
     seeds: int
+    max_seeds: int = 0
+    seed_start: int = 0
     profile: str
 
 
@@ -209,6 +220,8 @@ def run_bench(
     pairs: Sequence[tuple[str, ...]] | None = None,
     triples: Sequence[tuple[str, ...]] = (),
     seeds: int = 3,
+    max_seeds: int | None = None,
+    seed_start: int = 0,
     profile: str = "quick",
     executor: Executor = "local",
     workers: int = 1,
@@ -221,6 +234,12 @@ def run_bench(
     """Measure every applicable combination on each dataset; resume from records already saved."""
     if seeds < 1:
         raise DefconError(f"--seeds must be at least 1, got {seeds}")
+    max_seeds = seeds if max_seeds is None else max_seeds
+    if max_seeds < seeds:
+        raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
+    if seed_start < 0:
+        raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
+    get_profile(profile)  # an unknown profile fails here, before anything runs
     if workers < 1:
         raise DefconError(f"--workers must be at least 1, got {workers}")
     if executor not in ("local", "ray"):
@@ -234,8 +253,9 @@ def run_bench(
         keep, skip = combinations_for(dataset, pairs, triples, data_dir)
         skipped += skip
         for names in keep:
+            seed_set = f"seeds{seed_start}+{seeds}to{max_seeds}"
             path = (
-                out / "records" / dataset / f"{dataset}-{profile}-s{seeds}-{'+'.join(names)}.json"
+                out / "records" / dataset / f"{dataset}-{profile}-{seed_set}-{'+'.join(names)}.json"
             )
             paths.append(path)
             if _finished(path):
@@ -245,6 +265,8 @@ def run_bench(
                     dataset=dataset,
                     defenses=names,
                     seeds=seeds,
+                    max_seeds=max_seeds,
+                    seed_start=seed_start,
                     profile=profile,
                     cache_dir=str(cache_dir),
                     record_path=str(path),
@@ -278,6 +300,8 @@ def run_bench(
         executor=executor,
         workers=workers,
         seeds=seeds,
+        max_seeds=max_seeds,
+        seed_start=seed_start,
         profile=profile,
     )
 

@@ -3,29 +3,128 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from defcon.bench import BenchResult
 from defcon.checker import TECHNIQUES
+from defcon.effectiveness import LABELS as MEASURED_LABELS
 from defcon.records import CompositionRecord
 from defcon.reports import save_figure
 from defcon.scoring import LABELS, TechniqueScore, score
 from defcon.storage import atomic_write_text
+
+_MARK = {"held": "✓", "dropped": "✗", "inconclusive": "?", "not_effective_alone": "∅",
+         "diagnostic": "·"}  # fmt: skip
+
+
+def _key(record: CompositionRecord) -> tuple[str, tuple[str, ...]]:
+    return record.dataset, tuple(sorted(record.defenses))
+
+
+def stability(first: Sequence[CompositionRecord], second: Sequence[CompositionRecord]) -> dict:
+    """Labels of the same combinations measured on two disjoint seed sets.
+
+    `label_flip_rate` is the share of combinations conclusive in both runs whose labels differ.
+    """
+    by_key = {_key(r): r for r in second}
+    pairs = [(r, by_key[_key(r)]) for r in first if _key(r) in by_key]
+    both = [(a, b) for a, b in pairs if a.conclusive and b.conclusive]
+    flips = [(a, b) for a, b in both if a.label != b.label]
+    return {
+        "combinations_in_both": len(pairs),
+        "conclusive_in_both": len(both),
+        "label_flips": len(flips),
+        "label_flip_rate": len(flips) / len(both) if both else None,
+        "same_label_any": sum(a.label == b.label for a, b in pairs),
+        "first_seeds": sorted({s for r in first for s in r.seeds}),
+        "second_seeds": sorted({s for r in second for s in r.seeds}),
+        "flipped": [
+            {
+                "dataset": a.dataset,
+                "combination": list(a.order),
+                "first": a.label,
+                "second": b.label,
+            }
+            for a, b in flips
+        ],
+        "changed_conclusiveness": [
+            {
+                "dataset": a.dataset,
+                "combination": list(a.order),
+                "first": a.label,
+                "second": b.label,
+            }
+            for a, b in pairs
+            if a.conclusive != b.conclusive
+        ],  # fmt: skip
+    }
+
+
+def label_counts(records: Sequence[CompositionRecord]) -> dict[str, dict[str, int]]:
+    """Per dataset (and 'all'): how many combinations got each measured label."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        for group in (record.dataset, "all"):
+            row = counts.setdefault(group, {label: 0 for label in MEASURED_LABELS})
+            row[record.label] += 1
+    return counts
+
+
+def time_breakdown(records: Sequence[CompositionRecord]) -> dict[str, float]:
+    """Compute seconds of all records' cache misses, by what (training, measuring X, …)."""
+    total: dict[str, float] = {}
+    for record in records:
+        for label, seconds in record.seconds.items():
+            total[label] = total.get(label, 0.0) + seconds
+    return dict(sorted(total.items(), key=lambda item: -item[1]))
+
+
+def undefended_readings(records: Sequence[CompositionRecord]) -> list[tuple]:
+    """Per dataset, defense and metric: the values without the defense (every seed seen).
+
+    For an ownership check this is its false-accusation reading on a model that does not carry
+    the defense; for every metric it shows the undefended model failing (or not).
+    """
+    seen: dict[tuple[str, str, str], dict[int, float | None]] = {}
+    alone: dict[tuple[str, str, str], dict[int, float | None]] = {}
+    for record in records:
+        for result in record.results:
+            for v in result.metrics:
+                key = (record.dataset, result.defense, v.metric)
+                for seed, value in zip(record.seeds, v.no_defense.values, strict=False):
+                    seen.setdefault(key, {})[seed] = value
+                for seed, value in zip(record.seeds, v.alone.values, strict=False):
+                    alone.setdefault(key, {})[seed] = value
+    rows = []
+    for key in sorted(seen):
+        none = [x for x in seen[key].values() if x is not None]
+        defended = [x for x in alone.get(key, {}).values() if x is not None]
+        rows.append((*key, len(seen[key]), none, defended))
+    return rows
 
 
 def _stages(record: CompositionRecord) -> str:
     return " + ".join(result.stage.value for result in record.results)
 
 
+def _short(summary) -> str:  # Summary
+    center = summary.center
+    if math.isnan(center):
+        return "n/a"
+    if math.isinf(center):
+        return "∞" if center > 0 else "−∞"
+    return f"{center:.2f}±{summary.std or 0.0:.2f}"
+
+
 def _defense_cell(record: CompositionRecord) -> str:
     cells = []
     for result in record.results:
         for v in result.metrics:
-            mark = "✓" if v.effective else "✗"
             cells.append(
-                f"{result.defense}.{v.metric} {v.alone.mean:.2f}±{v.alone.std:.2f} → "
-                f"{v.combined.mean:.2f}±{v.combined.std:.2f} {mark}"
+                f"{result.defense}.{v.metric} {_short(v.no_defense)} / {_short(v.alone)} → "
+                f"{_short(v.combined)} {_MARK[v.outcome]}"
             )
     return "<br>".join(cells)
 
@@ -39,31 +138,65 @@ def scores_by_dataset(records: Sequence[CompositionRecord]) -> dict[str, dict[st
     return {name: {t: score(t, group) for t in TECHNIQUES} for name, group in groups.items()}
 
 
-def results_markdown(result: BenchResult) -> str:
-    """The RESULTS.md text: scores first, then every combination with its evidence."""
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _stats(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    return f"{mean:.3f} (min {min(values):.3f}, max {max(values):.3f})"
+
+
+def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> str:
+    """The RESULTS.md text: scores first, then labels, stability, time, every combination."""
     records = result.records
     techniques = list(TECHNIQUES)
     scores = scores_by_dataset(records)
     trained = sum(r.cache["models_trained"] for r in records)
     reused = sum(r.cache["models_reused"] for r in records)
     compute = sum(r.wall_time_s for r in records)
+    seeds_used = [len(r.seeds) for r in records]
     lines = [
         "# defcon benchmark: predicted vs measured",
         "",
-        f"Profile `{result.profile}`, {result.seeds} seed(s) per combination, executor "
-        f"`{result.executor}` with {result.workers} worker(s). A defense stays effective unless "
-        "the one-sided 90 % lower confidence bound of its paired drop (alone → combined) exceeds "
-        "its declared tolerance; a combination is measured effective iff all its defenses stay "
-        "effective. 'ineffective' is the positive class.",
+        f"Profile `{result.profile}`; seeds from {result.seed_start}, {result.seeds} per "
+        f"combination, more added one at a time up to {result.max_seeds} while a verdict is "
+        f"inconclusive; executor `{result.executor}` with {result.workers} worker(s).",
+        "",
+        "Rule (see `defcon/effectiveness.py`): every arm — no defense, each defense alone, the "
+        "combination — runs under the combination's threat scenario. A metric whose gain alone "
+        "over no defense is not significantly positive (one-sided 90 % bound ≤ 0) is "
+        "`not_effective_alone` and cannot drop. Its paired drop alone → combined has a two-sided "
+        "interval (90 % per side); `dropped` when the interval lies above the tolerance "
+        "(declared, or half the defense's own gain where smaller), `held` when below it, "
+        "`inconclusive` otherwise. Combination: `ineffective` if a defense dropped, else "
+        "`inconclusive` if one is, else `not_effective_alone` if one is, else `effective`. "
+        "Only `effective` / `ineffective` labels score the techniques; 'ineffective' is the "
+        "positive class.",
         "",
         f"- Combinations measured: {len(records)}; skipped as not applicable: "
         f"{len(result.skipped)}; could not run together: {len(result.failed)}",
+        f"- Seeds used per combination: mean {sum(seeds_used) / max(1, len(seeds_used)):.1f}, "
+        f"max {max(seeds_used, default=0)}",
         f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed compute time of the "
         f"combinations: {compute:.0f} s",
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "
         f"({reused / max(1, trained + reused):.0%} of all model requests)",
         "",
-        "## Technique scores",
+        "## Measured labels",
+        "",
+        "| dataset | " + " | ".join(MEASURED_LABELS) + " |",
+        "|---|" + "---|" * len(MEASURED_LABELS),
+    ]
+    for dataset, row in label_counts(records).items():
+        lines.append(
+            f"| {dataset} | " + " | ".join(str(row[label]) for label in MEASURED_LABELS) + " |"
+        )
+    lines += [
+        "",
+        "## Technique scores (conclusive labels only)",
         "",
         "| dataset | technique | n | accuracy | balanced accuracy | confusion (measured → predicted) |",
         "|---|---|---|---|---|---|",
@@ -72,31 +205,99 @@ def results_markdown(result: BenchResult) -> str:
         for technique, s in by_technique.items():
             confusion = "; ".join(f"{m}→{p}: {s.confusion[m][p]}" for m in LABELS for p in LABELS)
             lines.append(
-                f"| {dataset} | {technique} | {s.n} | {s.accuracy:.2f} | "
-                f"{s.balanced_accuracy:.2f} | {confusion} |"
+                f"| {dataset} | {technique} | {s.n} | {_score(s.accuracy)} | "
+                f"{_score(s.balanced_accuracy)} | {confusion} |"
             )
+    if repeat is not None:
+        st = stability(records, repeat.records)
+        rate = st["label_flip_rate"]
+        lines += [
+            "",
+            "## Stability: the same benchmark on a disjoint seed set",
+            "",
+            f"Seeds {st['first_seeds'][0] if st['first_seeds'] else '-'}… vs "
+            f"{st['second_seeds'][0] if st['second_seeds'] else '-'}… "
+            f"({repeat.wall_time_s:.0f} s wall time for the repeat). "
+            f"{st['combinations_in_both']} combinations in both runs, "
+            f"{st['conclusive_in_both']} conclusive in both; label flips among those: "
+            f"{st['label_flips']} (label_flip_rate "
+            f"{'n/a' if rate is None else f'{rate:.3f}'}); same label overall (any of the four): "
+            f"{st['same_label_any']}.",
+            "",
+        ]
+        lines += [
+            f"- flipped: {f['dataset']}: {' → '.join(f['combination'])}: {f['first']} → "
+            f"{f['second']}"
+            for f in st["flipped"]
+        ]
+        lines += [
+            f"- conclusive in one run only: {f['dataset']}: {' → '.join(f['combination'])}: "
+            f"{f['first']} vs {f['second']}"
+            for f in st["changed_conclusiveness"]
+        ]
+    breakdown = time_breakdown(records)
+    total = sum(breakdown.values())
+    lines += [
+        "",
+        "## Where the time goes",
+        "",
+        "Compute seconds of the cache misses of all combinations (a model or measurement shared "
+        "by several combinations is counted once, by the one that computed it).",
+        "",
+        "| what | seconds | share |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {seconds:.0f} | {seconds / max(total, 1e-9):.0%} |"
+        for label, seconds in breakdown.items()
+    ]
+    lines += [
+        "",
+        "## Undefended readings (can every metric fail?)",
+        "",
+        "Each defense metric on the no-defense model of its combinations (per seed; for ownership "
+        "checks this is the false-accusation reading on a model that does not carry the defense) "
+        "beside the defended value.",
+        "",
+        "| dataset | defense | metric | seeds | no defense: mean (min, max) | alone: mean (min, max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {dataset} | {defense} | {metric} | {n} | {_stats(none)} | {_stats(alone)} |"
+        for dataset, defense, metric, n, none, alone in undefended_readings(records)
+    ]
     lines += ["", "## Combinations", ""]
     for dataset in sorted({r.dataset for r in records}):
         lines += [
             f"### {dataset}",
             "",
-            "| combination (applied order) | stages | per-defense metric alone → combined "
-            "(mean±std) | clean acc. combined | measured | " + " | ".join(techniques) + " |",
-            "|---|---|---|---|---|" + "---|" * len(techniques),
+            "| combination (applied order) | stages | per-defense metric no defense / alone → "
+            "combined (mean±std), outcome | seeds | clean acc. none / combined | measured | "
+            + " | ".join(techniques)
+            + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(techniques),
         ]
         for record in sorted(
             (r for r in records if r.dataset == dataset), key=lambda r: (len(r.order), r.order)
         ):
             predictions = " | ".join(
-                record.predicted[t] + ("" if record.predicted[t] == record.label else " ✗")
+                record.predicted[t]
+                + ("" if not record.conclusive or record.predicted[t] == record.label else " ✗")
                 for t in techniques
             )
             lines.append(
                 f"| {' → '.join(record.order)} | {_stages(record)} | {_defense_cell(record)} | "
-                f"{record.clean_accuracy_combined.mean:.3f} | **{record.label}** | {predictions} |"
+                f"{len(record.seeds)} | {record.clean_accuracy_no_defense} / "
+                f"{record.clean_accuracy_combined} | **{record.label}** | {predictions} |"
             )
         lines.append("")
-    lines += ["## Misses (prediction ≠ measurement) with the measured evidence", ""]
+    lines += [
+        "Outcome marks: ✓ held, ✗ dropped, ? inconclusive, ∅ not effective alone, · diagnostic "
+        "(reported, not judged).",
+        "",
+        "## Misses (prediction ≠ conclusive measurement) with the measured evidence",
+        "",
+    ]
     for technique in techniques:
         misses = scores["all"][technique].misses
         lines.append(f"### {technique} ({len(misses)})")
@@ -139,7 +340,7 @@ def summary_plot(result: BenchResult, path: Path | str) -> Path:
     width = 0.8 / len(techniques)
     for ax, attribute in zip(axes, ("accuracy", "balanced_accuracy"), strict=True):
         for i, technique in enumerate(techniques):
-            values = [getattr(scores[d][technique], attribute) for d in datasets]
+            values = [getattr(scores[d][technique], attribute) or 0.0 for d in datasets]
             ax.bar([j + i * width for j in range(len(datasets))], values, width, label=technique)
         ax.set_xticks([j + width * (len(techniques) - 1) / 2 for j in range(len(datasets))])
         ax.set_xticklabels(datasets)
@@ -150,15 +351,25 @@ def summary_plot(result: BenchResult, path: Path | str) -> Path:
     return save_figure(fig, path)
 
 
-def write_results(result: BenchResult, out: Path | str) -> tuple[Path, Path]:
-    """Write RESULTS.md, the summary plot and a JSON summary into `out`."""
+def write_results(
+    result: BenchResult, out: Path | str, repeat: BenchResult | None = None
+) -> tuple[Path, Path]:
+    """Write RESULTS.md, the summary plot and scores.json (with `stability` when repeated)."""
     out = Path(out)
     markdown = out / "RESULTS.md"
-    atomic_write_text(markdown, results_markdown(result) + "\n")
+    atomic_write_text(markdown, results_markdown(result, repeat) + "\n")
     plot = summary_plot(result, out / "summary.png")
-    summary = {
+    summary: dict = {
         name: {t: s.model_dump(mode="json", exclude={"misses"}) for t, s in by.items()}
         for name, by in scores_by_dataset(result.records).items()
     }
-    atomic_write_text(out / "scores.json", json.dumps(summary, indent=2) + "\n")
+    summary["labels"] = label_counts(result.records)
+    summary["seconds"] = {k: round(v, 1) for k, v in time_breakdown(result.records).items()}
+    summary["wall_time_s"] = result.wall_time_s
+    if repeat is not None:
+        summary["stability"] = {
+            **stability(result.records, repeat.records),
+            "wall_time_s": repeat.wall_time_s,
+        }
+    atomic_write_text(out / "scores.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return markdown, plot

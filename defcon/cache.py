@@ -1,11 +1,13 @@
 """A content-addressed cache of trained models and of measurements.
 
 Keys are SHA-256 hashes of a canonical JSON description of everything that determines the
-result (dataset, seed, profile, scenario, ordered defense configs). Entries are written
-atomically, so an interrupted run leaves either a complete entry or none, and a rerun resumes
-from what is there. Checkpoints are plain state dicts, loaded with `weights_only=True`.
-Concurrent workers sharing one folder coordinate through a lock per key, so a model is trained
-once even when two combinations need it at the same time.
+result (dataset, seed, profile, scenario, ordered defense configs, torch threads, a hash of the
+code that trains and measures). Entries are written atomically, so an interrupted run leaves
+either a complete entry or none, and a rerun resumes from what is there. Every entry carries a
+SHA-256 checksum of its content and is verified on load: a truncated, corrupt or edited entry is
+never served; it is recomputed with a warning naming its path. Checkpoints are plain state
+dicts, loaded with `weights_only=True`. Concurrent workers sharing one folder coordinate through
+a lock per key, so a model is trained once even when two combinations need it at the same time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,15 +35,35 @@ def content_key(description: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-class ModelCache:
-    """Trained models and measurements on disk, with counters of what was computed vs reused."""
+def _checksum(payload: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
 
-    def __init__(self, root: Path | str) -> None:
+
+def _warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class ModelCache:
+    """Trained models and measurements on disk, with counters of what was computed vs reused.
+
+    `seconds` accumulates the time spent computing (cache misses), by label, so a run can say
+    where its time went.
+    """
+
+    def __init__(self, root: Path | str, warn: Callable[[str], None] = _warn_stderr) -> None:
         self.root = Path(root)
+        self.warn = warn
         self.trained = 0
         self.reused = 0
         self.measured = 0
         self.measurements_reused = 0
+        self.recomputed = 0
+        self.seconds: dict[str, float] = {}
+
+    def _spent(self, label: str, started: float) -> None:
+        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         folder = self.root / "models" / key[:2]
@@ -51,19 +75,37 @@ class ModelCache:
         return FileLock(str(lock_dir / f"{key}.lock"))
 
     def load_model(self, key: str) -> TrainedModel | None:
+        """The verified cached model, or None when absent (or bad: warned, to be recomputed)."""
         weights, meta = self._paths(key)
-        if not (weights.is_file() and meta.is_file()):
+        if not (weights.is_file() or meta.is_file()):
             return None
-        info = json.loads(meta.read_text())
-        arch = ArchConfig.model_validate(info["arch"])
-        model = build_model(arch, seed=0)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        try:
+            info = json.loads(meta.read_text())
+            data = weights.read_bytes()
+            if info.get("sha256") != hashlib.sha256(data).hexdigest():
+                raise ValueError("weights do not match their recorded checksum")
+            payload = {k: info[k] for k in ("arch", "record", "description")}
+            if info.get("meta_sha256") != _checksum(payload):
+                raise ValueError("metadata does not match its recorded checksum")
+            arch = ArchConfig.model_validate(info["arch"])
+            model = build_model(arch, seed=0)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:  # any corruption: never served, recomputed
+            self.warn(
+                f"cache entry {weights} is corrupt or was modified ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); recomputing it"
+            )
+            self.recomputed += 1
+            return None
         model.eval()
         return TrainedModel(model=model, arch=arch, record=dict(info.get("record", {})))
 
     def model(
-        self, description: dict[str, Any], train_fn: Callable[[], TrainedModel]
+        self,
+        description: dict[str, Any],
+        train_fn: Callable[[], TrainedModel],
+        label: str = "training",
     ) -> TrainedModel:
         """The cached model for `description`, training it with `train_fn` on a miss."""
         key = content_key(description)
@@ -72,34 +114,67 @@ class ModelCache:
             if cached is not None:
                 self.reused += 1
                 return cached
+            started = time.perf_counter()
             trained = train_fn()
+            self._spent(label, started)
             buffer = io.BytesIO()
             torch.save(trained.model.state_dict(), buffer)
+            data = buffer.getvalue()
             weights, meta = self._paths(key)
-            atomic_write_bytes(weights, buffer.getvalue())
+            atomic_write_bytes(weights, data)
+            payload = {
+                "arch": trained.arch.model_dump(mode="json"),
+                "record": trained.record,
+                "description": description,
+            }
             atomic_write_json(
                 meta,
                 {
-                    "arch": trained.arch.model_dump(mode="json"),
-                    "record": trained.record,
-                    "description": description,
+                    **payload,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "meta_sha256": _checksum(payload),
                 },
             )
             self.trained += 1
             return trained
 
     def measurement(
-        self, description: dict[str, Any], measure_fn: Callable[[], dict[str, float]]
+        self,
+        description: dict[str, Any],
+        measure_fn: Callable[[], dict[str, float]],
+        label: str = "measuring",
     ) -> dict[str, float]:
-        """Cached metrics for `description`, computing them with `measure_fn` on a miss."""
+        """Cached metrics for `description`, computing them with `measure_fn` on a miss.
+
+        Values are stored as JSON numbers; ±∞ and NaN as the strings "inf", "-inf", "nan"
+        inside the checksummed payload (never served unverified).
+        """
         key = content_key(description)
         path = self.root / "measurements" / key[:2] / f"{key}.json"
         with self._lock(key):
             if path.is_file():
-                self.measurements_reused += 1
-                return json.loads(path.read_text())["metrics"]
+                try:
+                    entry = json.loads(path.read_text())
+                    payload = {"metrics": entry["metrics"], "description": entry["description"]}
+                    if entry.get("sha256") != _checksum(payload):
+                        raise ValueError("content does not match its recorded checksum")
+                    metrics = {name: float(value) for name, value in entry["metrics"].items()}
+                except Exception as error:
+                    self.warn(
+                        f"cache entry {path} is corrupt or was modified ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); "
+                        "recomputing it"
+                    )
+                    self.recomputed += 1
+                else:
+                    self.measurements_reused += 1
+                    return metrics
+            started = time.perf_counter()
             metrics = {name: float(value) for name, value in measure_fn().items()}
-            atomic_write_json(path, {"metrics": metrics, "description": description})
+            self._spent(label, started)
+            stored = {name: _json_number(value) for name, value in metrics.items()}
+            payload = {"metrics": stored, "description": description}
+            atomic_write_json(path, {**payload, "sha256": _checksum(payload)})
             self.measured += 1
             return metrics
 
@@ -109,4 +184,14 @@ class ModelCache:
             "models_reused": self.reused,
             "measurements_computed": self.measured,
             "measurements_reused": self.measurements_reused,
+            "entries_recomputed": self.recomputed,
         }
+
+
+def _json_number(value: float) -> float | str:
+    """A JSON-safe number: finite floats as is, ±∞/NaN as the strings float() reads back."""
+    if value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return value

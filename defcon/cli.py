@@ -9,6 +9,7 @@ This module must not import torch: `defcon check` has to answer instantly.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -139,6 +140,10 @@ def check_command(
     stdout().print(verdict_view(verdict))
 
 
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def parse_tolerances(items: list[str] | None) -> dict[str, float]:
     """`METRIC=VALUE` strings → {metric: value}, with a one-line error for a malformed item."""
     tolerances: dict[str, float] = {}
@@ -152,8 +157,8 @@ def parse_tolerances(items: list[str] | None) -> dict[str, float]:
             raise DefconError(
                 f"--tolerance '{item}' is malformed; expected METRIC=VALUE, e.g. robust_accuracy=0.05"
             ) from None
-        if tolerances[metric.strip()] < 0:
-            raise DefconError(f"--tolerance '{item}': a tolerance cannot be negative")
+        if not math.isfinite(tolerances[metric.strip()]) or tolerances[metric.strip()] < 0:
+            raise DefconError(f"--tolerance '{item}': a tolerance must be a finite number ≥ 0")
     return tolerances
 
 
@@ -183,6 +188,18 @@ CacheOption = Annotated[
         show_default=False,
     ),
 ]
+MaxSeedsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-seeds",
+        help="Add seeds one at a time, up to this many, while a verdict is inconclusive "
+        "(default: --seeds, no extra seeds).",
+        show_default=False,
+    ),
+]
+SeedStartOption = Annotated[
+    int, typer.Option("--seed-start", help="First seed (seeds are START, START+1, ...).")
+]
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
@@ -200,7 +217,9 @@ def compose_command(
     dataset: Annotated[
         str, typer.Option("--dataset", "-d", help="digits (embedded), fmnist, adult or compas.")
     ] = "digits",
-    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds 0..N-1 to average over.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds to start with.")] = 3,
+    max_seeds: MaxSeedsOption = None,
+    seed_start: SeedStartOption = 0,
     profile: ProfileOption = "quick",
     tolerance: Annotated[
         list[str] | None,
@@ -225,6 +244,11 @@ def compose_command(
     tolerances = parse_tolerances(tolerance)
     if seeds < 1:
         raise DefconError(f"--seeds must be at least 1, got {seeds}")
+    max_seeds = seeds if max_seeds is None else max_seeds
+    if max_seeds < seeds:
+        raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
+    if seed_start < 0:
+        raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
     writable_folder(out, "--out")
     if json_path is not None:
         writable_folder(json_path.parent, "--json")
@@ -236,7 +260,10 @@ def compose_command(
         dataset, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
         log=lambda message: err.print(f"[dim]{message}[/]"),
     )  # fmt: skip
-    record = composer.compose(names or [], seeds=seeds, force=force, tolerances=tolerances)
+    record = composer.compose(
+        names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
+        tolerances=tolerances,
+    )  # fmt: skip
     stem = record_stem(record)
     record_path = save_record(record, out / "records" / f"{stem}.json")
     if json_path is not None:
@@ -262,6 +289,17 @@ def bench_command(
         ),
     ] = None,
     seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds per combination.")] = 3,
+    max_seeds: MaxSeedsOption = None,
+    seed_start: SeedStartOption = 0,
+    stability_start: Annotated[
+        int | None,
+        typer.Option(
+            "--stability-start",
+            help="Repeat the benchmark on the disjoint seed set starting here (in OUT/stability) "
+            "and report the label flip rate.",
+            show_default=False,
+        ),
+    ] = None,
     profile: ProfileOption = "quick",
     executor: Annotated[
         str, typer.Option("--executor", help="local (process pool) or ray.")
@@ -292,18 +330,35 @@ def bench_command(
         raise DefconError("--datasets is empty; name one or more of digits, fmnist, adult, compas")
     writable_folder(out, "--out")
     err = Console(stderr=True, highlight=False)
-    result = run_bench(
-        names, pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, profile=profile,
-        executor=executor, workers=workers, out=out, cache_dir=cache, data_dir=str(data_dir) if data_dir else None,
-        ray_address=ray_address, log=lambda message: err.print(f"[dim]{message}[/]"),
+    max_seeds = seeds if max_seeds is None else max_seeds
+    common = dict(
+        pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, max_seeds=max_seeds,
+        profile=profile, executor=executor, workers=workers, cache_dir=cache,
+        data_dir=str(data_dir) if data_dir else None, ray_address=ray_address,
+        log=lambda message: err.print(f"[dim]{message}[/]"),
     )  # fmt: skip
-    markdown, plot = write_results(result, out)
+    if (
+        stability_start is not None
+        and stability_start < seed_start + max_seeds
+        and (seed_start < stability_start + max_seeds)
+    ):
+        raise DefconError(
+            f"--stability-start {stability_start} overlaps the seeds {seed_start}.."
+            f"{seed_start + max_seeds - 1}; pick a disjoint seed set"
+        )
+    result = run_bench(names, seed_start=seed_start, out=out, **common)
+    repeat = None
+    if stability_start is not None:
+        err.print(f"[dim]stability: the same benchmark on seeds from {stability_start}[/]")
+        repeat = run_bench(names, seed_start=stability_start, out=out / "stability", **common)
+    markdown, plot = write_results(result, out, repeat=repeat)
     console = stdout()
     for dataset, by_technique in scores_by_dataset(result.records).items():
         for technique, score in by_technique.items():
             console.print(
-                f"{dataset:>8} {technique:>8}: accuracy {score.accuracy:.2f}, balanced accuracy "
-                f"{score.balanced_accuracy:.2f} over {score.n} combinations"
+                f"{dataset:>8} {technique:>8}: accuracy {_score(score.accuracy)}, balanced "
+                f"accuracy {_score(score.balanced_accuracy)} over {score.n} conclusive "
+                "combinations"
             )
     console.print(f"wall time {result.wall_time_s:.0f} s; results: {markdown}, plot: {plot}")
 

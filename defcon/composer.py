@@ -1,15 +1,17 @@
 """The composer: apply a combination in the checker's order and measure each defense alone vs combined.
 
 For every seed it builds the no-defense model, each defense's standalone model and the combined
-model, each under its threat scenario (a BadNets poisoner is active when a defense is measured
-against one), measures every defense's metrics and the clean accuracy on the models, and judges
-per defense whether it stayed effective (`defcon.effectiveness`). Trained models and
-measurements come from a content-addressed cache, so shared prefixes are computed once and an
-interrupted run resumes.
+model, all under the combination's threat scenario (the union of its defenses' adversaries, so
+alone → combined isolates the interaction), measures every defense's metrics and the clean
+accuracy on the models, and judges per defense whether it held, dropped or cannot be told
+(`defcon.effectiveness`). Seeds are added, up to a cap, while a verdict is inconclusive. Trained
+models and measurements come from a content-addressed, verified cache, so shared prefixes are
+computed once and an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from defcon.attacks import BadNets
@@ -32,17 +35,24 @@ from defcon.defense import (
     PostTrainingDefense,
     PreTrainingDefense,
 )
-from defcon.effectiveness import Summary, judge
+from defcon.effectiveness import (
+    MetricVerdict,
+    Summary,
+    combination_label,
+    defense_outcome,
+    judge,
+)
 from defcon.errors import DefconError
+from defcon.fingerprint import code_of, core_code
 from defcon.models import accuracy, arch_for
 from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
-from defcon.training import TrainedModel, train
+from defcon.training import CONVERGED_GAIN, TrainedModel, train, train_reference
 from defcon.vocabulary import DefenseSpec, Stage, Threat
 from pipeline_stages.registry import make_defense
 
-CACHE_VERSION = 1  # bump when a change to training or measuring invalidates cached results
 CLEAN_ACCURACY = "clean_accuracy"
+NO_DEFENSE = "no defense"
 
 
 def applicability_problem(spec: DefenseSpec, dataset: Dataset) -> str | None:
@@ -88,6 +98,10 @@ class Pipeline:
         return (*self.pre, *self.during, *self.post)
 
     @property
+    def names(self) -> frozenset[str]:
+        return frozenset(d.name for d in self.defenses)
+
+    @property
     def scenario(self) -> tuple[str, ...]:
         threats = {threat for d in self.defenses for threat in d.spec.threats}
         if self.poisoned:
@@ -125,11 +139,11 @@ class Composer:
     ) -> None:
         self.dataset_name = dataset
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.log = log or (lambda message: None)
         self.cache = ModelCache(cache_dir)
         self.data_dir = data_dir
         self.catalog = catalog or builtin_catalog()
         self.configs = {name: dict(cfg) for name, cfg in (configs or {}).items()}
-        self.log = log or (lambda message: None)
         self._datasets: dict[int, Dataset] = {}
         self.dataset(0)  # fail fast on an unknown or missing dataset; every run needs seed 0
 
@@ -181,14 +195,43 @@ class Composer:
 
     # ------------------------------------------------------------------ running
 
+    def _base_key(self, seed: int) -> dict[str, Any]:
+        """What every model of this composer and seed depends on (code, data, profile, threads)."""
+        return {
+            "code": core_code(),
+            "dataset": self.dataset_name,
+            # the folder only matters where the loader reads it; resolved, so ./x == /abs/x
+            "data_dir": str(Path(self.data_dir).resolve())
+            if self.data_dir and self.dataset_name == "fmnist"
+            else None,
+            "seed": seed,
+            "profile": self.profile.model_dump(mode="json"),
+            "threads": torch.get_num_threads(),
+        }
+
+    def reference_model(self, env: Environment) -> nn.Module:
+        """The independent model of `env`'s seed (see Environment), trained once and cached."""
+        key = {**self._base_key(env.seed), "reference": "plain recipe on attacker_data"}
+
+        def train_it() -> TrainedModel:
+            self.log(f"seed {env.seed}: training the independent reference model")
+            model = train_reference(env)
+            return TrainedModel(
+                model=model, arch=arch_for(env.dataset, width=self.profile.width), record={}
+            )
+
+        return self.cache.model(key, train_it, label="reference model").model
+
     def run_pipeline(self, pipeline: Pipeline) -> PipelineResult:
         """Apply pre-training defenses, train (or load) the model, prepare post-training steps."""
         dataset = self.dataset(pipeline.seed)
         poisoner = BadNets.for_dataset(dataset, pipeline.seed) if pipeline.poisoned else None
         arch = arch_for(dataset, width=self.profile.width)
         env = Environment(
-            dataset=dataset, seed=pipeline.seed, profile=self.profile, poisoner=poisoner, arch=arch
-        )
+            dataset=dataset, seed=pipeline.seed, profile=self.profile, poisoner=poisoner,
+            arch=arch, deployed=pipeline.names,
+        )  # fmt: skip
+        env.reference_model = lambda: self.reference_model(env)
         train_split = dataset.train
         if poisoner is not None:
             train_split, _ = poisoner.poison(train_split, pipeline.seed)
@@ -196,17 +239,13 @@ class Composer:
             train_split = defense.apply(train_split, env)
         env.train_data = train_split
         model_key = {
-            "cache_version": CACHE_VERSION,
-            "dataset": self.dataset_name,
-            "data_dir": str(self.data_dir) if self.data_dir else None,
-            "seed": pipeline.seed,
-            "profile": self.profile.model_dump(mode="json"),
+            **self._base_key(pipeline.seed),
             "poisoner": poisoner.model_dump(mode="json") if poisoner else None,
-            "pre": [d.cache_key() for d in pipeline.pre],
-            "in": [d.cache_key() for d in pipeline.during],
+            "pre": [_keyed(d) for d in pipeline.pre],
+            "in": [_keyed(d) for d in pipeline.during],
             "arch": arch.model_dump(mode="json"),
         }
-        names = [d.name for d in (*pipeline.pre, *pipeline.during)] or ["no defense"]
+        names = [d.name for d in (*pipeline.pre, *pipeline.during)] or [NO_DEFENSE]
 
         def train_model() -> TrainedModel:
             self.log(f"seed {pipeline.seed}: training {' + '.join(names)}")
@@ -218,14 +257,16 @@ class Composer:
             env.arch = trained.arch
             model = trained.model
             for defense in pipeline.post:
+                started = time.perf_counter()
                 model = defense.apply(model, env)
+                self.cache._spent(f"applying {defense.name}", started)
             return model
 
-        return PipelineResult(env, build, model_key, [d.cache_key() for d in pipeline.post])
+        return PipelineResult(env, build, model_key, [_keyed(d) for d in pipeline.post])
 
     def measure(self, result: PipelineResult, defense: Defense | None) -> dict[str, float]:
         """A defense's metrics (or clean accuracy when `defense` is None) on a pipeline's model."""
-        what = defense.cache_key() if defense is not None else CLEAN_ACCURACY
+        what = _keyed(defense) if defense is not None else CLEAN_ACCURACY
         description = {"model": result.model_key, "post": result.post_keys, "measure": what}
 
         def compute() -> dict[str, float]:
@@ -241,17 +282,30 @@ class Composer:
                 )
             return metrics
 
-        return self.cache.measurement(description, compute)
+        label = f"measuring {defense.name}" if defense is not None else "clean accuracy"
+        return self.cache.measurement(description, compute, label=label)
+
+    def training_facts(self, result: PipelineResult) -> dict[str, float]:
+        """Facts the training recorded (convergence, ε, …), from the cache when possible."""
+        if not result.env.record:
+            _ = result.model
+        return dict(result.env.record)
 
     def compose(
         self,
         names: Sequence[str],
         *,
         seeds: int = 3,
+        max_seeds: int | None = None,
+        seed_start: int = 0,
         force: bool = False,
         tolerances: Mapping[str, float] | None = None,
     ) -> CompositionRecord:
-        """Measure a combination alone vs combined over `seeds` seeds (0 … seeds − 1)."""
+        """Measure a combination: no defense, each defense alone, combined, under one scenario.
+
+        Starts with `seeds` seeds (seed_start, seed_start + 1, …) and adds one at a time, up to
+        `max_seeds` (default: `seeds`, i.e. no extra seeds), while a verdict is inconclusive.
+        """
         with warnings.catch_warnings():
             # Opacus and torch warn on every DP run (secure RNG off, backward hooks); the
             # record states the library versions, the terminal stays readable.
@@ -259,102 +313,203 @@ class Composer:
                 warnings.filterwarnings("ignore", module=module)
             # raised by torch on behalf of the caller's backward() under Opacus' hooks
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return self._compose(names, seeds=seeds, force=force, tolerances=tolerances)
+            return self._compose(
+                names,
+                seeds=seeds,
+                max_seeds=seeds if max_seeds is None else max_seeds,
+                seed_start=seed_start,
+                force=force,
+                tolerances=tolerances,
+            )
+
+    def _measure_seed(self, order: Sequence[str], seed: int, poisoned: bool, arms: _Arms) -> None:
+        """One seed of every arm, all under the combination's scenario (`poisoned`)."""
+        no_defense = self.run_pipeline(self.pipeline([], seed, poisoned))
+        combo_pipeline = self.pipeline(order, seed, poisoned)
+        combo = self.run_pipeline(combo_pipeline)
+        arms.clean[NO_DEFENSE].append(self.measure(no_defense, None)[CLEAN_ACCURACY])
+        arms.clean["combined"].append(self.measure(combo, None)[CLEAN_ACCURACY])
+        arms.facts[NO_DEFENSE].append(self.training_facts(no_defense))
+        for defense in combo_pipeline.defenses:
+            solo = self.run_pipeline(self.pipeline([defense.name], seed, poisoned))
+            arms.clean[defense.name].append(self.measure(solo, None)[CLEAN_ACCURACY])
+            for arm, result in (("alone", solo), ("combined", combo), ("none", no_defense)):
+                for metric, value in self.measure(result, defense).items():
+                    arms.values[(defense.name, metric, arm)].append(value)
+
+    def _judge(
+        self, specs: Sequence[DefenseSpec], arms: _Arms, tolerances: Mapping[str, float]
+    ) -> list[tuple[DefenseSpec, tuple[MetricVerdict, ...]]]:
+        judged = []
+        for spec in specs:
+            verdicts = tuple(
+                judge(
+                    spec.name,
+                    metric,
+                    arms.values[(spec.name, metric.name, "alone")],
+                    arms.values[(spec.name, metric.name, "combined")],
+                    arms.values[(spec.name, metric.name, "none")],
+                    tolerances.get(metric.name),
+                )
+                for metric in spec.metrics
+            )
+            judged.append((spec, verdicts))
+        return judged
 
     def _compose(
         self,
         names: Sequence[str],
         *,
         seeds: int,
+        max_seeds: int,
+        seed_start: int,
         force: bool,
         tolerances: Mapping[str, float] | None,
     ) -> CompositionRecord:
         if seeds < 1:
             raise DefconError(f"--seeds must be at least 1, got {seeds}")
+        if max_seeds < seeds:
+            raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
+        if seed_start < 0:
+            raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
         started = time.perf_counter()
+        before = dict(self.cache.seconds)
         specs, verdict = self.plan(names, force=force)
-        tolerances = dict(tolerances or {})
-        metric_names = {m.name for spec in specs for m in spec.metrics}
-        for metric in tolerances:
-            if metric not in metric_names:
-                raise DefconError(
-                    f"tolerance given for metric '{metric}', which no defense of this combination "
-                    f"reports; accepted: {', '.join(sorted(metric_names))}"
-                )
+        tolerances = validate_tolerances(tolerances, specs)
         order = verdict.order
-        poisoned_combo = any(Threat.POISONER in s.threats for s in specs)
-        seed_values = list(range(seeds))
-        alone: dict[str, dict[str, list[float]]] = {s.name: {} for s in specs}
-        combined: dict[str, dict[str, list[float]]] = {s.name: {} for s in specs}
-        baseline: dict[str, dict[str, list[float]]] = {s.name: {} for s in specs}
-        clean_alone: dict[str, list[float]] = {s.name: [] for s in specs}
-        clean_none: list[float] = []
-        clean_combined: list[float] = []
-        scenarios_alone: dict[str, tuple[str, ...]] = {}
-        for seed in seed_values:
-            self.log(f"seed {seed}: {' → '.join(order)} on {self.dataset_name}")
-            no_defense = self.run_pipeline(self.pipeline([], seed, poisoned_combo))
-            combo_pipeline = self.pipeline(order, seed, poisoned_combo)
-            combo = self.run_pipeline(combo_pipeline)
-            clean_none.append(self.measure(no_defense, None)[CLEAN_ACCURACY])
-            clean_combined.append(self.measure(combo, None)[CLEAN_ACCURACY])
-            for defense in combo_pipeline.defenses:
-                spec = self.catalog[defense.name]
-                solo_pipeline = self.pipeline([spec.name], seed, Threat.POISONER in spec.threats)
-                solo = self.run_pipeline(solo_pipeline)
-                scenarios_alone[spec.name] = solo_pipeline.scenario
-                clean_alone[spec.name].append(self.measure(solo, None)[CLEAN_ACCURACY])
-                for target, result in (
-                    (alone, solo), (combined, combo), (baseline, no_defense)
-                ):  # fmt: skip
-                    for metric, value in self.measure(result, defense).items():
-                        target[spec.name].setdefault(metric, []).append(value)
-        results = []
-        for spec in sorted(specs, key=lambda s: order.index(s.name)):
-            verdicts = tuple(
-                judge(
-                    spec.name,
-                    metric,
-                    alone[spec.name][metric.name],
-                    combined[spec.name][metric.name],
-                    baseline[spec.name][metric.name],
-                    tolerances.get(metric.name),
-                )
-                for metric in spec.metrics
+        poisoned = any(Threat.POISONER in s.threats for s in specs)
+        ordered_specs = sorted(specs, key=lambda s: order.index(s.name))
+        arms = _Arms()
+        seed_values: list[int] = []
+        while True:
+            seed = seed_start + len(seed_values)
+            self.log(
+                f"seed {len(seed_values) + 1}/{seeds if len(seed_values) < seeds else max_seeds}: "
+                f"{' → '.join(order)} on {self.dataset_name}"
             )
-            results.append(
-                DefenseResult(
-                    defense=spec.name,
-                    stage=spec.stage,
-                    metrics=verdicts,
-                    effective=all(v.effective for v in verdicts),
-                    clean_accuracy_alone=Summary.of(clean_alone[spec.name]),
-                    scenario_alone=scenarios_alone[spec.name],
-                )
+            self._measure_seed(order, seed, poisoned, arms)
+            seed_values.append(seed)
+            if len(seed_values) < seeds:
+                continue
+            judged = self._judge(ordered_specs, arms, tolerances)
+            undecided = [
+                f"{v.defense}.{v.metric}"
+                for _, verdicts in judged
+                for v in verdicts
+                if v.judged and not v.conclusive
+            ]
+            if not undecided or len(seed_values) >= max_seeds:
+                break
+            self.log(
+                f"inconclusive after {len(seed_values)} seeds ({', '.join(undecided)}): adding a seed"
             )
+        results = tuple(
+            DefenseResult(
+                defense=spec.name,
+                stage=spec.stage,
+                metrics=verdicts,
+                outcome=defense_outcome(verdicts),
+                clean_accuracy_alone=Summary.of(arms.clean[spec.name]),
+            )
+            for spec, verdicts in judged
+        )
         predicted = {
             name: check(specs, technique=name, catalog=self.catalog).label for name in TECHNIQUES
         }
         notes = degenerate_models(
-            self.dataset(0),
-            {"combined": clean_combined, **{f"{n} alone": v for n, v in clean_alone.items()}},
+            self.dataset(seed_start),
+            {"combined": arms.clean["combined"], **{f"{n} alone": arms.clean[n] for n in order}},
         )
+        notes += unconverged(arms.facts[NO_DEFENSE])
+        spent = {
+            label: round(value - before.get(label, 0.0), 2)
+            for label, value in self.cache.seconds.items()
+            if value - before.get(label, 0.0) > 0
+        }
         return CompositionRecord(
             defenses=tuple(names),
             order=order,
             dataset=self.dataset_name,
             profile=self.profile.name,
             seeds=tuple(seed_values),
-            scenario=combo_pipeline.scenario,
-            results=tuple(results),
-            clean_accuracy_no_defense=Summary.of(clean_none),
-            clean_accuracy_combined=Summary.of(clean_combined),
-            label="effective" if all(r.effective for r in results) else "ineffective",
+            seed_start=seed_start,
+            max_seeds=max_seeds,
+            scenario=_scenario(specs, poisoned),
+            results=results,
+            clean_accuracy_no_defense=Summary.of(arms.clean[NO_DEFENSE]),
+            clean_accuracy_combined=Summary.of(arms.clean["combined"]),
+            label=combination_label([r.outcome for r in results]),
             predicted=predicted,
             forced=force,
             tolerances=tolerances,
+            configs={name: dict(cfg) for name, cfg in self.configs.items() if name in order},
+            threads=torch.get_num_threads(),
+            code=core_code(),
             versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2),
             cache=self.cache.stats(),
+            seconds=spent,
             warnings=notes,
         )
+
+
+@dataclass
+class _Arms:
+    """Per-seed values gathered so far: (defense, metric, arm) → values; clean accuracy by arm."""
+
+    values: dict[tuple[str, str, str], list[float]] = field(default_factory=lambda: _DefaultList())
+    clean: dict[str, list[float]] = field(default_factory=lambda: _DefaultList())
+    facts: dict[str, list[dict[str, float]]] = field(default_factory=lambda: _DefaultList())
+
+
+class _DefaultList(dict):
+    def __missing__(self, key: Any) -> list:
+        self[key] = value = []
+        return value
+
+
+def _keyed(defense: Defense) -> dict[str, Any]:
+    """A defense's cache key plus the hash of the code behind it."""
+    return {**defense.cache_key(), "code": code_of(type(defense))}
+
+
+def _scenario(specs: Sequence[DefenseSpec], poisoned: bool) -> tuple[str, ...]:
+    threats = {threat for spec in specs for threat in spec.threats}
+    if poisoned:
+        threats.add(Threat.POISONER)
+    return tuple(sorted(t.value for t in threats))
+
+
+def validate_tolerances(
+    tolerances: Mapping[str, float] | None, specs: Sequence[DefenseSpec]
+) -> dict[str, float]:
+    """Tolerance overrides: known metrics, finite numbers ≥ 0 (checked before any training)."""
+    tolerances = dict(tolerances or {})
+    metric_names = {m.name for spec in specs for m in spec.metrics}
+    for metric, value in tolerances.items():
+        if metric not in metric_names:
+            raise DefconError(
+                f"tolerance given for metric '{metric}', which no defense of this combination "
+                f"reports; accepted: {', '.join(sorted(metric_names))}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DefconError(
+                f"tolerance for '{metric}' must be a number, got {type(value).__name__} {value!r}"
+            )
+        if not math.isfinite(value) or value < 0:
+            raise DefconError(f"tolerance for '{metric}' must be a finite number ≥ 0, got {value}")
+    return {metric: float(value) for metric, value in tolerances.items()}
+
+
+def unconverged(facts: Sequence[Mapping[str, float]]) -> tuple[str, ...]:
+    """Warnings for undefended models whose last epoch still improved validation accuracy."""
+    gains = [
+        f["training.last_epoch_val_gain"] for f in facts if "training.last_epoch_val_gain" in f
+    ]
+    if gains and max(gains) > CONVERGED_GAIN:
+        return (
+            f"the undefended model is not converged: its last epoch still added "
+            f"{max(gains):.3f} validation accuracy on some seed (> {CONVERGED_GAIN}); "
+            "the profile may be too short",
+        )
+    return ()

@@ -1,19 +1,31 @@
-"""Deciding whether a defense stays effective in combination, from per-seed measurements.
+"""Whether a defense stays effective in combination: the verdict rule, from per-seed measurements.
 
-For each of a defense's metrics we pair, seed by seed, its value on the defense's standalone model
-(`alone`) with its value on the combined model (`combined`) and compute how much worse the
-combination is, in the metric's bad direction. The defense is judged to have *dropped* on a metric
-only when we are confident the drop exceeds the declared tolerance: the one-sided lower
-confidence bound of the mean paired drop (Student t, 90 %, n − 1 degrees of freedom) is above
-the tolerance. With one seed there is no variance estimate and the mean drop itself is compared.
-A defense stays effective iff it did not drop on any of its metrics; a combination is measured
-effective iff every defense stays effective.
+Every defense metric is measured, seed by seed, on three models built under the *same* threat
+scenario: no defense, the defense alone, and the combination. Per judged metric:
+
+1. **Effective alone (the gate).** The paired gain g_i (alone vs no defense, in the metric's good
+   direction) must be significantly positive: the one-sided lower confidence bound of its mean
+   is above 0. A metric that fails the gate cannot lose effectiveness it never had: it is
+   `not_effective_alone` and takes no part in the verdict.
+2. **Tolerance.** The declared tolerance, or half the defense's own mean gain where that is
+   smaller: a fixed tolerance larger than the gain would let the defense lose all of it unseen.
+3. **Three outcomes.** The paired drop d_i (alone vs combined, in the bad direction) has a
+   two-sided confidence interval [L, U] (Student t, n − 1 degrees of freedom, each side at
+   `CONFIDENCE`). `dropped` when L > tolerance, `held` when U < tolerance, `inconclusive` when
+   the interval straddles it (and whenever a value is NaN or there is a single seed).
+
+A defense is `not_effective_alone` when none of its judged metrics passes the gate; otherwise it
+`dropped` if one of its gated metrics dropped, is `inconclusive` if none dropped and one is
+inconclusive, and `held` otherwise. A combination is `ineffective` if a defense dropped,
+`inconclusive` if none dropped and one is inconclusive, `not_effective_alone` if a defense is, and
+`effective` otherwise. Only `effective` and `ineffective` labels score prediction techniques.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -21,67 +33,156 @@ from scipy import stats
 
 from defcon.vocabulary import Direction, Metric
 
-CONFIDENCE = 0.90
+CONFIDENCE = 0.90  # per side: P(dropped | true drop = tolerance) ≤ 10 %, same for held
+Outcome = Literal["held", "dropped", "inconclusive", "not_effective_alone", "diagnostic"]
+DefenseOutcome = Literal["held", "dropped", "inconclusive", "not_effective_alone"]
+Label = Literal["effective", "ineffective", "inconclusive", "not_effective_alone"]
+LABELS: tuple[Label, ...] = ("effective", "ineffective", "inconclusive", "not_effective_alone")
+CONCLUSIVE: tuple[Label, ...] = ("effective", "ineffective")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 class Summary(BaseModel):
-    """Mean and sample standard deviation over seeds (std 0 for a single seed)."""
+    """Mean and sample standard deviation over seeds (std 0 for a single seed).
 
-    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+    Non-finite values (ε = ∞ for a model trained without DP) are kept in `values` as `null`
+    in JSON with `infinite` listing their sign, so every field is a number or null.
+    """
 
-    mean: float
-    std: float
-    values: tuple[float, ...]
+    model_config = ConfigDict(frozen=True)
+
+    mean: float | None
+    std: float | None
+    values: tuple[float | None, ...]
+    infinite: tuple[int, ...] = ()  # per value: +1 / −1 for ±∞, 0 otherwise (empty: none)
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Summary:
         arr = np.asarray(values, dtype=float)
         finite = arr[np.isfinite(arr)]
-        if len(finite) == 0:
-            return cls(
-                mean=float("nan") if len(arr) == 0 else float(arr[0]), std=0.0, values=tuple(arr)
+        inf_signs = tuple(int(np.sign(v)) if np.isinf(v) else 0 for v in arr)
+        if len(finite) == len(arr) and len(arr):
+            mean = float(finite.mean())
+            std = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
+        elif len(arr) and np.all(np.isinf(arr)) and len(set(inf_signs)) == 1:
+            mean, std = float(arr[0]), 0.0
+        else:
+            mean, std = float("nan"), float("nan")
+        return cls(
+            mean=_finite_or_none(mean) if not math.isinf(mean) else None,
+            std=_finite_or_none(std),
+            values=tuple(_finite_or_none(float(v)) for v in arr),
+            infinite=inf_signs if any(inf_signs) else (),
+        )
+
+    def raw(self) -> list[float]:
+        """The per-seed values as floats (±inf and NaN restored)."""
+        out = []
+        for i, value in enumerate(self.values):
+            sign = self.infinite[i] if self.infinite else 0
+            out.append(
+                math.copysign(math.inf, sign) if sign else (math.nan if value is None else value)
             )
-        std = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
-        return cls(mean=float(finite.mean()), std=std, values=tuple(float(v) for v in arr))
+        return out
+
+    @property
+    def center(self) -> float:
+        """The mean as a float (±inf when every value is, NaN when undefined)."""
+        if self.mean is not None:
+            return self.mean
+        raw = self.raw()
+        if raw and all(math.isinf(v) for v in raw) and len({v > 0 for v in raw}) == 1:
+            return raw[0]
+        return math.nan
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.std:.3f}"
+        center = self.center
+        if math.isinf(center):
+            return "∞" if center > 0 else "−∞"
+        if math.isnan(center):
+            return "n/a"
+        return f"{center:.3f} ± {self.std or 0.0:.3f}"
+
+
+class Interval(BaseModel):
+    """Mean of paired differences and its two-sided confidence interval (each side CONFIDENCE)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mean: float | None
+    lower: float | None
+    upper: float | None
+    n: int
+
+
+def interval(differences: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, lower, upper) of paired differences; NaN bounds when they cannot be estimated.
+
+    ±∞ differences (a guarantee lost or gained entirely) make the interval that infinity on both
+    sides when they all agree in sign; mixed signs or NaN give NaN.
+    """
+    d = np.asarray(differences, dtype=float)
+    if len(d) == 0 or np.any(np.isnan(d)):
+        return math.nan, math.nan, math.nan
+    if np.any(np.isinf(d)):
+        signs = set(np.sign(d[np.isinf(d)]).tolist())
+        if len(signs) == 1:
+            value = math.copysign(math.inf, signs.pop())
+            return value, value, value
+        return math.nan, math.nan, math.nan
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, math.nan, math.nan
+    se = float(d.std(ddof=1)) / math.sqrt(len(d))
+    t = float(stats.t.ppf(CONFIDENCE, df=len(d) - 1))
+    return mean, mean - t * se, mean + t * se
 
 
 class MetricVerdict(BaseModel):
-    """One metric of one defense: alone vs combined over seeds, and whether it held."""
+    """One metric of one defense: no defense, alone and combined over seeds, and the outcome."""
 
-    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+    model_config = ConfigDict(frozen=True)
 
     defense: str
     metric: str
     direction: Direction
-    tolerance: float
+    judged: bool = True
+    declared_tolerance: float
+    tolerance: float  # the one applied: min(declared, gain / 2)
+    no_defense: Summary
     alone: Summary
     combined: Summary
-    no_defense: Summary | None = None
-    drop: float
-    drop_lower_bound: float
-    effective: bool
+    gain: Interval  # alone vs no defense, positive = the defense helps
+    drop: Interval  # alone vs combined, positive = worse in combination
+    effective_alone: bool
+    outcome: Outcome
+
+    @property
+    def conclusive(self) -> bool:
+        return self.outcome in ("held", "dropped", "diagnostic") or (
+            self.outcome == "not_effective_alone" and not self.gate_undecided
+        )
+
+    @property
+    def gate_undecided(self) -> bool:
+        """Not effective alone on these seeds, but the mean gain is positive: more seeds may tell."""
+        return (
+            self.judged
+            and not self.effective_alone
+            and self.gain.mean is not None
+            and self.gain.mean > 0
+            and self.gain.n >= 2
+        )
 
 
-def paired_drop(
-    metric: Metric, alone: Sequence[float], combined: Sequence[float]
-) -> tuple[float, float]:
-    """Mean paired drop (positive = worse in combination) and its one-sided lower confidence bound."""
-    if len(alone) != len(combined) or not alone:
-        raise ValueError("alone and combined need the same, non-zero number of seeds")
-    drops = np.array([metric.worse_by(a, c) for a, c in zip(alone, combined, strict=True)])
-    if not np.all(np.isfinite(drops)):
-        # e.g. ε = inf: a privacy guarantee lost entirely is an unbounded drop.
-        worst = float(np.nanmax(np.where(np.isnan(drops), -np.inf, drops)))
-        return worst, worst
-    mean = float(drops.mean())
-    if len(drops) < 2:
-        return mean, mean
-    se = float(drops.std(ddof=1)) / math.sqrt(len(drops))
-    t = float(stats.t.ppf(CONFIDENCE, df=len(drops) - 1))
-    return mean, mean - t * se
+def _worse_by(metric: Metric, reference: float, other: float) -> float:
+    """How much worse `other` is than `reference` in the metric's bad direction (inf-safe)."""
+    if math.isinf(reference) and math.isinf(other) and (reference > 0) == (other > 0):
+        return 0.0
+    return metric.worse_by(reference, other)
 
 
 def judge(
@@ -89,21 +190,90 @@ def judge(
     metric: Metric,
     alone: Sequence[float],
     combined: Sequence[float],
-    no_defense: Sequence[float] | None = None,
+    no_defense: Sequence[float],
     tolerance: float | None = None,
 ) -> MetricVerdict:
-    """Whether `defense` held on `metric`: not confidently worse than alone by > tolerance."""
-    tol = metric.tolerance if tolerance is None else tolerance
-    drop, lower = paired_drop(metric, alone, combined)
+    """The outcome of `defense` on `metric` (see the module docstring for the rule)."""
+    if not (len(alone) == len(combined) == len(no_defense)) or not alone:
+        raise ValueError("no defense, alone and combined need the same, non-zero number of seeds")
+    declared = metric.tolerance if tolerance is None else tolerance
+    if not math.isfinite(declared) or declared < 0:
+        raise ValueError(f"tolerance of {metric.name} must be a finite number ≥ 0, got {declared}")
+    gains = [_worse_by(metric, a, n) for a, n in zip(alone, no_defense, strict=True)]
+    gain_mean, gain_lower, gain_upper = interval(gains)
+    if len(gains) == 1:
+        effective_alone = bool(gain_mean > 0)
+    else:
+        effective_alone = bool(not math.isnan(gain_lower) and gain_lower > 0)
+    used = declared
+    if effective_alone and math.isfinite(gain_mean):
+        used = min(declared, gain_mean / 2)
+    drops = [_worse_by(metric, a, c) for a, c in zip(alone, combined, strict=True)]
+    drop_mean, drop_lower, drop_upper = interval(drops)
+    if not metric.judged:
+        outcome: Outcome = "diagnostic"
+    elif not effective_alone:
+        outcome = "not_effective_alone"
+    elif not math.isnan(drop_lower) and drop_lower > used:
+        outcome = "dropped"
+    elif not math.isnan(drop_upper) and drop_upper < used:
+        outcome = "held"
+    else:
+        outcome = "inconclusive"
     return MetricVerdict(
         defense=defense,
         metric=metric.name,
         direction=metric.direction,
-        tolerance=tol,
+        judged=metric.judged,
+        declared_tolerance=declared,
+        tolerance=used,
+        no_defense=Summary.of(no_defense),
         alone=Summary.of(alone),
         combined=Summary.of(combined),
-        no_defense=Summary.of(no_defense) if no_defense else None,
-        drop=drop,
-        drop_lower_bound=lower,
-        effective=not lower > tol,
+        gain=Interval(
+            mean=_finite_or_none(gain_mean) if not math.isnan(gain_mean) else None,
+            lower=_bound_finite(gain_lower),
+            upper=_bound_finite(gain_upper),
+            n=len(gains),
+        ),
+        drop=Interval(
+            mean=_finite_or_none(drop_mean) if not math.isnan(drop_mean) else None,
+            lower=_bound_finite(drop_lower),
+            upper=_bound_finite(drop_upper),
+            n=len(drops),
+        ),
+        effective_alone=effective_alone,
+        outcome=outcome,
     )
+
+
+def _bound_finite(value: float) -> float | None:
+    """JSON-safe bound: NaN → null; ±∞ clipped to ±1e300 so the sign survives."""
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return math.copysign(1e300, value)
+    return value
+
+
+def defense_outcome(verdicts: Sequence[MetricVerdict]) -> DefenseOutcome:
+    """held / dropped / inconclusive / not_effective_alone from a defense's metric verdicts."""
+    gated = [v for v in verdicts if v.judged and v.effective_alone]
+    if not gated:
+        return "not_effective_alone"
+    if any(v.outcome == "dropped" for v in gated):
+        return "dropped"
+    if any(v.outcome == "inconclusive" for v in gated):
+        return "inconclusive"
+    return "held"
+
+
+def combination_label(outcomes: Sequence[DefenseOutcome]) -> Label:
+    """The combination's label from its defenses' outcomes (exactly one of LABELS)."""
+    if "dropped" in outcomes:
+        return "ineffective"
+    if "inconclusive" in outcomes:
+        return "inconclusive"
+    if "not_effective_alone" in outcomes:
+        return "not_effective_alone"
+    return "effective"

@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defcon.effectiveness import MetricVerdict, Summary
+from defcon.effectiveness import DefenseOutcome, Label, MetricVerdict, Summary
 from defcon.vocabulary import Stage
 
-Label = Literal["effective", "ineffective"]
+Prediction = Literal["effective", "ineffective"]
 
 _VERSIONED = (
     "defcon",
@@ -26,40 +26,60 @@ _VERSIONED = (
 
 
 class DefenseResult(BaseModel):
-    """One defense of the combination: each of its metrics alone vs combined, and the verdict."""
+    """One defense of the combination: each of its metrics over the three arms, and its outcome."""
 
-    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+    model_config = ConfigDict(frozen=True)
 
     defense: str
     stage: Stage
     metrics: tuple[MetricVerdict, ...]
-    effective: bool
+    outcome: DefenseOutcome
     clean_accuracy_alone: Summary
-    scenario_alone: tuple[str, ...]
+
+    @property
+    def effective(self) -> bool:
+        """False only when the defense measurably dropped."""
+        return self.outcome != "dropped"
 
 
 class CompositionRecord(BaseModel):
-    """Everything about one measured combination; written atomically as JSON."""
+    """Everything about one measured combination; written atomically as JSON.
 
-    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+    Every arm (no defense, each defense alone, the combination) ran under `scenario`. `label` is
+    one of effective, ineffective, inconclusive, not_effective_alone (see defcon.effectiveness).
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     defenses: tuple[str, ...]
     order: tuple[str, ...]
     dataset: str
     profile: str
     seeds: tuple[int, ...]
-    scenario: tuple[str, ...] = Field(description="threats active in the combined run")
+    seed_start: int = 0
+    max_seeds: int = 0
+    scenario: tuple[str, ...] = Field(description="threats active in every arm")
     results: tuple[DefenseResult, ...]
     clean_accuracy_no_defense: Summary
     clean_accuracy_combined: Summary
     label: Label
-    predicted: dict[str, Label]
+    predicted: dict[str, Prediction]
     forced: bool
     tolerances: dict[str, float]
+    configs: dict[str, dict] = Field(default_factory=dict)
+    threads: int = 1
+    code: str = ""
     versions: dict[str, str]
     wall_time_s: float
     cache: dict[str, int]
+    seconds: dict[str, float] = Field(
+        default_factory=dict, description="compute time of this run's cache misses, by what"
+    )
     warnings: tuple[str, ...] = ()
+
+    @property
+    def conclusive(self) -> bool:
+        return self.label in ("effective", "ineffective")
 
     def result(self, defense: str) -> DefenseResult:
         for result in self.results:

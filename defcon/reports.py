@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import math
 import re
 from pathlib import Path
 
@@ -18,8 +21,21 @@ _ARROW = {Direction.HIGHER: "↑", Direction.LOWER: "↓"}
 
 
 def record_stem(record: CompositionRecord) -> str:
-    """A file-name stem identifying a combination run."""
-    raw = f"{record.dataset}-{record.profile}-s{len(record.seeds)}-{'+'.join(record.order)}"
+    """A file-name stem naming a combination run and every setting that changes its result.
+
+    Dataset, profile, seed set and combination are readable; tolerances, forced, configs, the
+    thread count and the code hash go into a short hash, so two runs that differ only there never
+    overwrite each other's record.
+    """
+    settings = {
+        "tolerances": record.tolerances, "forced": record.forced, "configs": record.configs,
+        "threads": record.threads, "code": record.code, "max_seeds": record.max_seeds,
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    raw = (
+        f"{record.dataset}-{record.profile}-seeds{record.seed_start}x{len(record.seeds)}-"
+        f"{'+'.join(record.order)}-{digest}"
+    )
     return re.sub(r"[^A-Za-z0-9_+.-]", "_", raw)
 
 
@@ -43,8 +59,8 @@ def composition_table(record: CompositionRecord) -> Table:
         "no defense",
         "alone",
         "combined",
-        "drop (tol.)",
-        "verdict",
+        "drop [interval] (tol.)",
+        "outcome",
     ):
         table.add_column(
             column,
@@ -59,9 +75,10 @@ def composition_table(record: CompositionRecord) -> Table:
                 _fmt(verdict.no_defense),
                 _fmt(verdict.alone),
                 _fmt(verdict.combined),
-                f"{verdict.drop:+.3f} ({verdict.tolerance:g})",
-                "[green]effective[/]" if verdict.effective else "[red]dropped[/]",
+                _drop(verdict),
+                _OUTCOME_STYLE[verdict.outcome],
             )
+        table.add_row("", f"[dim]defense outcome: {result.outcome}[/]", "", "", "", "", "")
     table.add_section()
     table.add_row(
         "clean accuracy", "accuracy ↑", _fmt(record.clean_accuracy_no_defense), "",
@@ -70,14 +87,43 @@ def composition_table(record: CompositionRecord) -> Table:
     return table
 
 
+_OUTCOME_STYLE = {
+    "held": "[green]held[/]",
+    "dropped": "[red]dropped[/]",
+    "inconclusive": "[yellow]inconclusive[/]",
+    "not_effective_alone": "[magenta]not effective alone[/]",
+    "diagnostic": "[dim]diagnostic[/]",
+}
+_LABEL_COLOUR = {
+    "effective": "green",
+    "ineffective": "red",
+    "inconclusive": "yellow",
+    "not_effective_alone": "magenta",
+}
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def _drop(verdict) -> str:  # MetricVerdict
+    if not verdict.judged:
+        return f"{_signed(verdict.drop.mean)}"
+    return (
+        f"{_signed(verdict.drop.mean)} [{_signed(verdict.drop.lower)}, "
+        f"{_signed(verdict.drop.upper)}] ({verdict.tolerance:.3g})"
+    )
+
+
 def print_report(record: CompositionRecord, console: Console | None = None) -> None:
     console = console or Console()
     console.print(composition_table(record))
-    colour = "green" if record.label == "effective" else "red"
+    colour = _LABEL_COLOUR[record.label]
     predicted = ", ".join(f"{name}: {label}" for name, label in record.predicted.items())
     console.print(
         f"Measured: [bold {colour}]{record.label}[/]   Predicted: {predicted}   "
-        f"Scenario: {', '.join(record.scenario) or 'none'}   Wall time: {record.wall_time_s:.1f} s   "
+        f"Scenario (every arm): {', '.join(record.scenario) or 'none'}   "
+        f"Seeds: {', '.join(map(str, record.seeds))}   Wall time: {record.wall_time_s:.1f} s   "
         f"Cache: {record.cache['models_trained']} models trained, "
         f"{record.cache['models_reused']} reused; {record.cache['measurements_computed']} "
         f"measurements computed, {record.cache['measurements_reused']} reused"
@@ -96,16 +142,26 @@ def bar_chart(record: CompositionRecord, path: Path | str) -> Path:
     panels = [(r.defense, v) for r in record.results for v in r.metrics]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (defense, verdict) in zip(axes[0], panels, strict=True):
-        means = [verdict.alone.mean, verdict.combined.mean]
-        stds = [verdict.alone.std, verdict.combined.std]
-        colour = "tab:green" if verdict.effective else "tab:red"
-        ax.bar(["alone", "combined"], means, yerr=stds, capsize=4, color=["tab:blue", colour])
+        arms = (verdict.no_defense, verdict.alone, verdict.combined)
+        means = [_plottable(a.center) for a in arms]
+        stds = [a.std or 0.0 for a in arms]
+        colour = {"dropped": "tab:red", "held": "tab:green"}.get(verdict.outcome, "tab:gray")
+        ax.bar(
+            ["none", "alone", "combined"], means, yerr=stds, capsize=4,
+            color=["tab:gray", "tab:blue", colour],
+        )  # fmt: skip
+        ax.set_xlabel(verdict.outcome.replace("_", " "), fontsize=8)
         ax.set_title(f"{defense}\n{verdict.metric} {_ARROW[verdict.direction]}", fontsize=9)
         ax.tick_params(labelsize=8)
     fig.suptitle(
         f"{' → '.join(record.order)} on {record.dataset}: measured {record.label}", fontsize=10
     )
     return save_figure(fig, path)
+
+
+def _plottable(value: float) -> float:
+    """Bars cannot show ∞ or NaN: draw them as 0 (the table prints the real value)."""
+    return value if math.isfinite(value) else 0.0
 
 
 def save_figure(fig, path: Path | str) -> Path:  # fig: matplotlib Figure (imported lazily)

@@ -1,7 +1,9 @@
 """How well each prediction technique agrees with measured labels.
 
 'ineffective' (a conflict) is the positive class of the confusion matrix: a technique exists to
-warn about conflicts, so a missed conflict (false negative) is the costly error.
+warn about conflicts, so a missed conflict (false negative) is the costly error. Only conclusive
+labels score a technique: a combination measured `inconclusive` (the seeds cannot tell) or
+`not_effective_alone` (a defense had nothing to lose) is counted and reported, never scored.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ class TechniqueScore(BaseModel):
 
     technique: str
     n: int
-    accuracy: float
-    balanced_accuracy: float
+    accuracy: float | None  # None: no conclusive combination to score
+    balanced_accuracy: float | None
     confusion: dict[str, dict[str, int]]  # measured label → predicted label → count
     misses: tuple[Miss, ...]
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
 
 
 def evidence(record: CompositionRecord) -> str:
@@ -46,25 +52,33 @@ def evidence(record: CompositionRecord) -> str:
     parts = []
     for result in record.results:
         for verdict in result.metrics:
-            if not verdict.effective:
+            if verdict.outcome in ("dropped", "inconclusive", "not_effective_alone"):
                 parts.append(
-                    f"{result.defense}.{verdict.metric} {verdict.alone.mean:.3f} → "
-                    f"{verdict.combined.mean:.3f} (drop {verdict.drop:+.3f}, lower bound "
-                    f"{verdict.drop_lower_bound:+.3f} > tolerance {verdict.tolerance:g})"
+                    f"{result.defense}.{verdict.metric} {verdict.outcome}: none "
+                    f"{verdict.no_defense} / alone {verdict.alone} → combined {verdict.combined} "
+                    f"(drop {_num(verdict.drop.mean)}, interval [{_num(verdict.drop.lower)}, "
+                    f"{_num(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
+                    f"gain alone {_num(verdict.gain.mean)})"
                 )
     if parts:
         return "; ".join(parts)
-    worst = max((v for r in record.results for v in r.metrics), key=lambda v: v.drop - v.tolerance)
+    judged = [v for r in record.results for v in r.metrics if v.outcome == "held"]
+    if not judged:
+        return "no judged metric"
+    worst = max(judged, key=lambda v: (v.drop.upper or 0.0) - v.tolerance)
     return (
-        f"every defense held; closest: {worst.defense}.{worst.metric} drop {worst.drop:+.3f} "
-        f"(lower bound {worst.drop_lower_bound:+.3f} ≤ tolerance {worst.tolerance:g})"
+        f"every defense held; closest: {worst.defense}.{worst.metric} drop "
+        f"{_num(worst.drop.mean)} (upper bound {_num(worst.drop.upper)} < tolerance "
+        f"{worst.tolerance:.3g})"
     )
 
 
 def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScore:
-    """Accuracy, balanced accuracy, confusion matrix and misses of `technique` on `records`."""
+    """Accuracy, balanced accuracy, confusion matrix and misses of `technique` on the
+    conclusively labelled `records` (the others are not scored)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
+    records = [record for record in records if record.conclusive]
     measured = [record.label for record in records]
     predicted = [record.predicted[technique] for record in records]
     matrix = confusion_matrix(measured, predicted, labels=list(LABELS)) if records else None
@@ -83,7 +97,7 @@ def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScor
         for record, guess in zip(records, predicted, strict=True)
         if guess != record.label
     )
-    nan = float("nan")
+    nan = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one measured class only: sklearn warns, value is defined
         balanced = float(balanced_accuracy_score(measured, predicted)) if records else nan

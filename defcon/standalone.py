@@ -20,7 +20,7 @@ from defcon.vocabulary import Direction, Threat
 class StandaloneResult(BaseModel):
     """One defense on one dataset: its metrics and clean accuracy without and with it."""
 
-    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+    model_config = ConfigDict(frozen=True)
 
     defense: str
     dataset: str

@@ -21,7 +21,7 @@ def composer(tmp_path: Path, **kwargs) -> Composer:
 
 def test_conflicting_pair_collapses_the_watermark(tmp_path: Path) -> None:
     record = composer(tmp_path).compose(
-        ["backdoor_pruning", "model_watermark"], seeds=2, force=True
+        ["backdoor_pruning", "model_watermark"], seeds=3, force=True
     )
     assert record.order == ("model_watermark", "backdoor_pruning")
     assert record.predicted == {"defcon": "ineffective", "naive": "effective"}
@@ -29,12 +29,13 @@ def test_conflicting_pair_collapses_the_watermark(tmp_path: Path) -> None:
     watermark = record.result("model_watermark").metrics[0]
     assert watermark.metric == "watermark_accuracy"
     assert watermark.alone.mean > 0.8  # the watermark works alone
-    assert len(watermark.alone.values) == 2 and len(watermark.combined.values) == 2
+    assert len(watermark.alone.values) == 3 and len(watermark.combined.values) == 3
+    assert watermark.no_defense.mean < 0.2  # the same check on an unwatermarked model fails
+    assert record.result("model_watermark").outcome == "dropped"
     pruning = record.result("backdoor_pruning").metrics[0]
-    assert pruning.no_defense is not None and pruning.no_defense.mean > pruning.alone.mean
-    assert record.label == (
-        "effective" if all(r.effective for r in record.results) else "ineffective"
-    )
+    # one scenario for every arm: the no-defense model was poisoned too, and pruning helps
+    assert pruning.no_defense.mean > 0.5 > pruning.alone.mean
+    assert record.label == "ineffective"
     assert 0.5 < record.clean_accuracy_combined.mean <= 1.0
     # the record round-trips through its JSON file and plots
     path = save_record(record, tmp_path / "record.json")
@@ -50,9 +51,10 @@ def test_three_defense_composition_and_cache_sharing(tmp_path: Path) -> None:
     assert record.predicted["defcon"] == "effective"
     assert {r.defense for r in record.results} == {"model_watermark", "dp_sgd", "explanations"}
     dp = record.result("dp_sgd")
-    assert {m.metric for m in dp.metrics} == {"mia_advantage", "epsilon"}
-    # no defense, combination (pre+in), watermark alone, dp alone; explanations reuses no defense
-    assert first.cache.trained == 4
+    assert "epsilon" in {m.metric for m in dp.metrics}
+    # no defense, combination (pre+in), watermark alone, dp alone, the independent reference
+    # model of the membership attack; explanations reuses no defense
+    assert first.cache.trained == 5
     assert first.cache.reused >= 1
 
     second = composer(tmp_path)  # a new invocation on the same cache

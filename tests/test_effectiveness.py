@@ -1,81 +1,160 @@
-"""The per-defense verdict on constructed measurements: direction, tolerance, seed variance."""
+"""The verdict rule on constructed measurements: gate, tolerance, three outcomes, labels."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 
-from defcon.effectiveness import Summary, judge, paired_drop
+from defcon.effectiveness import (
+    Summary,
+    combination_label,
+    defense_outcome,
+    interval,
+    judge,
+)
 from defcon.vocabulary import Direction, Metric
 
 HIGHER = Metric(name="watermark_accuracy", direction=Direction.HIGHER, tolerance=0.10)
 LOWER = Metric(name="attack_success_rate", direction=Direction.LOWER, tolerance=0.05)
+NONE_HIGH = [0.05, 0.02, 0.08]  # an undefended model fails a watermark check
+NONE_LOW = [0.99, 1.0, 0.98]  # an undefended model is fully backdoored
 
 
 def test_collapse_of_a_higher_is_better_metric_is_a_drop() -> None:
-    verdict = judge("model_watermark", HIGHER, [0.98, 0.99, 1.0], [0.12, 0.08, 0.15])
-    assert not verdict.effective
-    assert verdict.drop == pytest.approx(0.8733, abs=1e-3)
+    verdict = judge("model_watermark", HIGHER, [0.98, 0.99, 1.0], [0.12, 0.08, 0.15], NONE_HIGH)
+    assert verdict.outcome == "dropped"
+    assert verdict.drop.mean == pytest.approx(0.8733, abs=1e-3)
 
 
 def test_rise_of_a_lower_is_better_metric_is_a_drop() -> None:
-    verdict = judge("backdoor_pruning", LOWER, [0.02, 0.03, 0.01], [0.60, 0.55, 0.70])
-    assert not verdict.effective
-    assert verdict.drop > 0.5
+    verdict = judge("backdoor_pruning", LOWER, [0.02, 0.03, 0.01], [0.60, 0.55, 0.70], NONE_LOW)
+    assert verdict.outcome == "dropped"
 
 
-def test_improvement_is_never_a_drop() -> None:
-    assert judge("x", LOWER, [0.5, 0.5], [0.0, 0.1]).effective
-    assert judge("x", HIGHER, [0.5, 0.5], [0.9, 0.8]).effective
+def test_improvement_is_held() -> None:
+    assert judge("x", LOWER, [0.5, 0.5, 0.5], [0.0, 0.1, 0.05], NONE_LOW).outcome == "held"
+    assert judge("x", HIGHER, [0.5, 0.5, 0.5], [0.9, 0.8, 0.85], NONE_HIGH).outcome == "held"
 
 
-def test_small_drop_within_tolerance_stays_effective() -> None:
-    assert judge("x", HIGHER, [0.90, 0.91, 0.92], [0.86, 0.87, 0.88]).effective
+def test_small_consistent_drop_within_tolerance_is_held() -> None:
+    verdict = judge("x", HIGHER, [0.90, 0.91, 0.92], [0.87, 0.88, 0.89], NONE_HIGH)
+    assert verdict.outcome == "held"
 
 
-def test_noisy_seeds_do_not_produce_a_confident_drop() -> None:
-    # mean drop 0.12 > tolerance 0.10, but the seeds disagree wildly: not a confident drop
-    alone, combined = [0.9, 0.9, 0.9], [0.6, 1.0, 0.74]
-    mean, lower = paired_drop(HIGHER, alone, combined)
-    assert mean == pytest.approx(0.12, abs=1e-9)
-    assert lower < HIGHER.tolerance
-    assert judge("x", HIGHER, alone, combined).effective
+def test_noisy_seeds_are_inconclusive_not_a_drop_nor_a_hold() -> None:
+    # mean drop 0.12 > tolerance 0.10, but the seeds disagree wildly: the seeds cannot tell
+    verdict = judge("x", HIGHER, [0.9, 0.9, 0.9], [0.6, 1.0, 0.74], NONE_HIGH)
+    assert verdict.drop.mean == pytest.approx(0.12, abs=1e-9)
+    assert verdict.outcome == "inconclusive"
 
 
-def test_consistent_seeds_with_the_same_mean_drop_are_a_confident_drop() -> None:
-    alone, combined = [0.9, 0.9, 0.9], [0.77, 0.78, 0.79]
-    mean, lower = paired_drop(HIGHER, alone, combined)
-    assert mean == pytest.approx(0.12, abs=1e-9)
-    assert lower > HIGHER.tolerance
-    assert not judge("x", HIGHER, alone, combined).effective
+def test_consistent_seeds_with_the_same_mean_drop_are_a_drop() -> None:
+    verdict = judge("x", HIGHER, [0.9, 0.9, 0.9], [0.77, 0.78, 0.79], NONE_HIGH)
+    assert verdict.drop.lower > HIGHER.tolerance
+    assert verdict.outcome == "dropped"
 
 
-def test_single_seed_compares_the_point_estimate() -> None:
-    assert not judge("x", HIGHER, [0.9], [0.7]).effective
-    assert judge("x", HIGHER, [0.9], [0.85]).effective
+def test_a_single_seed_is_inconclusive() -> None:
+    assert judge("x", HIGHER, [0.9], [0.2], [0.0]).outcome == "inconclusive"
+
+
+def test_nan_is_inconclusive_never_held() -> None:
+    verdict = judge("x", HIGHER, [0.9, 0.9, 0.9], [0.9, math.nan, 0.9], NONE_HIGH)
+    assert verdict.outcome == "inconclusive"
+
+
+def test_gate_a_defense_no_better_than_no_defense_cannot_drop() -> None:
+    # dataset-inference-like: alone indistinguishable from no defense
+    verdict = judge("x", HIGHER, [0.5, 0.6, 0.4], [0.0, 0.0, 0.0], [0.5, 0.55, 0.45])
+    assert not verdict.effective_alone
+    assert verdict.outcome == "not_effective_alone"
+    assert defense_outcome([verdict]) == "not_effective_alone"
+
+
+def test_tolerance_shrinks_to_half_the_defense_gain() -> None:
+    # robust accuracy barely above no defense: a fixed 0.10 tolerance would hide losing it all
+    verdict = judge("x", HIGHER, [0.80, 0.81, 0.82], [0.755, 0.76, 0.765], [0.75, 0.76, 0.77])
+    assert verdict.effective_alone
+    assert verdict.tolerance == pytest.approx(0.025, abs=1e-9)
+    assert verdict.outcome == "dropped"
 
 
 def test_tolerance_override_is_used() -> None:
-    assert judge("x", HIGHER, [0.9], [0.7], tolerance=0.3).effective
-    assert judge("x", HIGHER, [0.9], [0.7], tolerance=0.3).tolerance == 0.3
+    verdict = judge("x", HIGHER, [0.9, 0.9, 0.9], [0.7, 0.7, 0.7], NONE_HIGH, tolerance=0.3)
+    assert verdict.declared_tolerance == 0.3
+    assert verdict.outcome == "held"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1])
+def test_bad_tolerances_are_rejected(bad: float) -> None:
+    with pytest.raises(ValueError):
+        judge("x", HIGHER, [0.9, 0.9], [0.7, 0.7], [0.1, 0.1], tolerance=bad)
 
 
 def test_lost_privacy_guarantee_is_an_unbounded_drop() -> None:
     epsilon = Metric(name="epsilon", direction=Direction.LOWER, tolerance=1.0)
-    verdict = judge("dp_sgd", epsilon, [3.0, 3.1], [math.inf, math.inf])
-    assert not verdict.effective
-    assert math.isinf(verdict.drop)
+    inf = math.inf
+    verdict = judge("dp_sgd", epsilon, [3.0, 3.1], [inf, inf], [inf, inf])
+    assert verdict.effective_alone  # ∞ → 3: the gain is unbounded
+    assert verdict.outcome == "dropped"
 
 
 def test_seed_counts_must_match() -> None:
     with pytest.raises(ValueError):
-        paired_drop(HIGHER, [0.9, 0.8], [0.9])
+        judge("x", HIGHER, [0.9, 0.8], [0.9], [0.1, 0.1])
 
 
-def test_summary_mean_and_sample_std() -> None:
+def test_diagnostics_are_reported_not_judged() -> None:
+    diagnostic = Metric(name="agreement", direction=Direction.HIGHER, tolerance=0, judged=False)
+    verdict = judge("x", diagnostic, [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.0, 0.0, 0.0])
+    assert verdict.outcome == "diagnostic"
+    held = judge("x", HIGHER, [0.9, 0.9, 0.9], [0.9, 0.9, 0.9], NONE_HIGH)
+    assert defense_outcome([held, verdict]) == "held"
+
+
+def test_combination_labels_follow_the_documented_precedence() -> None:
+    assert combination_label(["held", "held"]) == "effective"
+    assert combination_label(["held", "dropped", "inconclusive"]) == "ineffective"
+    assert combination_label(["held", "inconclusive", "not_effective_alone"]) == "inconclusive"
+    assert combination_label(["held", "not_effective_alone"]) == "not_effective_alone"
+
+
+def test_summary_mean_std_and_json_safe_infinity() -> None:
     summary = Summary.of([1.0, 2.0, 3.0])
     assert summary.mean == pytest.approx(2.0)
     assert summary.std == pytest.approx(1.0)
     assert str(summary) == "2.000 ± 1.000"
     assert Summary.of([0.5]).std == 0.0
+    infinite = Summary.of([math.inf, math.inf])
+    text = infinite.model_dump_json()
+    json.loads(text)  # valid JSON: no "Infinity" strings or bare Infinity
+    assert "Infinity" not in text
+    assert infinite.center == math.inf
+    assert Summary.model_validate_json(text).raw() == [math.inf, math.inf]
+
+
+def simulate(true_drop: float, sigma: float, n: int, trials: int, seed: int = 0) -> dict:
+    """Outcome frequencies of the rule for paired drops ~ N(true_drop, sigma²) over n seeds."""
+    rng = np.random.default_rng(seed)
+    counts = {"held": 0, "dropped": 0, "inconclusive": 0}
+    for _ in range(trials):
+        alone = 0.9 + rng.normal(0, 0.01, n)
+        combined = alone - (true_drop + rng.normal(0, sigma, n))
+        verdict = judge("x", HIGHER, alone.tolist(), combined.tolist(), [0.1] * n)
+        counts[verdict.outcome] += 1
+    return {k: v / trials for k, v in counts.items()}
+
+
+def test_simulated_false_alarm_and_power() -> None:
+    """No true drop: a false 'dropped' is rare; a true drop of twice the tolerance is found."""
+    tol = HIGHER.tolerance
+    for n in (3, 5):
+        null = simulate(0.0, sigma=tol / 2, n=n, trials=400)
+        assert null["dropped"] <= 0.02, null
+        power = simulate(2 * tol, sigma=tol / 2, n=n, trials=400)
+        assert power["dropped"] >= 0.6, power
+        assert power["held"] <= 0.01, power
+    assert interval([0.1])[1] != interval([0.1])[1]  # one seed: no bound (NaN)

@@ -1,0 +1,66 @@
+"""Hashes of the code that trains and measures, so cache keys change when that code changes.
+
+A cached model or measurement is only valid for the code that produced it. Instead of a version
+number bumped by hand, cache keys carry a hash of the source files involved: the core modules
+that build data, models, attacks and the training loop, and each defense's own module (with the
+project modules it imports from its package, e.g. the watermarks' shared stamping code).
+Presentation modules (CLI, reports, scoring) are left out: changing them changes no number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import defcon
+
+CORE_MODULES = (
+    "attacks", "cache", "composer", "data", "defense", "models", "profiles", "training",
+)  # fmt: skip
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@cache
+def core_code() -> str:
+    """Hash of the core modules every model and measurement depends on."""
+    root = Path(defcon.__file__).parent
+    return _digest([root / f"{name}.py" for name in CORE_MODULES])
+
+
+def _project_modules(module: ModuleType) -> list[Path]:
+    """The module's file and the files of the modules of its own top-level package it uses."""
+    package = module.__name__.split(".")[0]
+    files = {Path(inspect.getfile(module))}
+    for value in vars(module).values():
+        owner = (
+            value
+            if isinstance(value, ModuleType)
+            else sys.modules.get(getattr(value, "__module__", "") or "")
+        )
+        if owner is None or owner is module or not owner.__name__.startswith(package + "."):
+            continue
+        try:
+            files.add(Path(inspect.getfile(owner)))
+        except TypeError:  # built-in
+            continue
+    return sorted(files)
+
+
+@cache
+def code_of(cls: type) -> str:
+    """Hash of the source behind a defense class (its module and its package's helpers)."""
+    module = sys.modules[cls.__module__]
+    if module.__name__.split(".")[0] == "defcon":
+        return core_code()
+    return _digest(_project_modules(module))
