@@ -31,7 +31,9 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     assert labels[("model_watermark", "explanations")][1] == "effective"
     markdown, plot = write_results(result, tmp_path)
     text = markdown.read_text()
-    assert "| digits | defcon | 3 |" in text
+    conclusive = sum(r.conclusive for r in result.records)
+    assert f"| digits | defcon | {conclusive} |" in text  # only conclusive labels are scored
+    assert "## Measured labels" in text and "## Where the time goes" in text
     assert "model_watermark → backdoor_pruning" in text
     assert plot.stat().st_size > 1000
 
@@ -58,6 +60,14 @@ def test_ray_bench_end_to_end(tmp_path: Path) -> None:
         ("backdoor_pruning", "explanations"),
     }
     assert "## Technique scores" in results_markdown(result)
+
+
+def test_an_unknown_profile_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from defcon.errors import DefconError
+
+    with pytest.raises(DefconError, match="unknown profile 'nope'"):
+        run_bench(["digits"], pairs=PAIRS[:1], profile="nope", out=tmp_path)
+    assert not (tmp_path / "records").exists()
 
 
 def test_combinations_skip_what_does_not_apply() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from defcon.effectiveness import Summary, judge
+from defcon.bench_report import stability
+from defcon.effectiveness import Summary, combination_label, defense_outcome, judge
 from defcon.records import CompositionRecord, DefenseResult
 from defcon.scoring import score
 from defcon.vocabulary import Direction, Metric, Stage
@@ -12,18 +13,27 @@ from defcon.vocabulary import Direction, Metric, Stage
 WM = Metric(name="watermark_accuracy", direction=Direction.HIGHER, tolerance=0.1)
 
 
-def record(order: tuple[str, ...], measured_drop: bool, predicted: dict[str, str]) -> CompositionRecord:
-    combined = [0.1, 0.1] if measured_drop else [0.95, 0.97]
-    verdict = judge(order[0], WM, [0.97, 0.99], combined)
+def record(
+    order: tuple[str, ...],
+    measured_drop: bool | None,
+    predicted: dict[str, str],
+    seeds: tuple[int, ...] = (0, 1, 2),
+) -> CompositionRecord:
+    """A one-defense record: dropped (True), held (False) or inconclusive (None)."""
+    combined = {True: [0.1, 0.1, 0.12], False: [0.97, 0.98, 0.99], None: [0.2, 0.98, 0.6]}[
+        measured_drop
+    ]
+    verdict = judge(order[0], WM, [0.97, 0.99, 0.98], combined, [0.05, 0.0, 0.02])
+    outcome = defense_outcome([verdict])
     result = DefenseResult(
-        defense=order[0], stage=Stage.PRE, metrics=(verdict,), effective=verdict.effective,
-        clean_accuracy_alone=Summary.of([0.9, 0.9]), scenario_alone=(),
+        defense=order[0], stage=Stage.PRE, metrics=(verdict,), outcome=outcome,
+        clean_accuracy_alone=Summary.of([0.9] * 3),
     )  # fmt: skip
     return CompositionRecord(
-        defenses=order, order=order, dataset="digits", profile="tiny", seeds=(0, 1),
-        scenario=(), results=(result,), clean_accuracy_no_defense=Summary.of([0.9, 0.9]),
-        clean_accuracy_combined=Summary.of([0.9, 0.9]),
-        label="ineffective" if measured_drop else "effective", predicted=predicted,
+        defenses=order, order=order, dataset="digits", profile="tiny", seeds=seeds,
+        scenario=(), results=(result,), clean_accuracy_no_defense=Summary.of([0.9] * 3),
+        clean_accuracy_combined=Summary.of([0.9] * 3),
+        label=combination_label([outcome]), predicted=predicted,
         forced=True, tolerances={}, versions={}, wall_time_s=1.0, cache={},
     )  # fmt: skip
 
@@ -47,10 +57,41 @@ def test_scores_on_constructed_labels() -> None:
     assert naive.accuracy == pytest.approx(0.25)
     assert naive.balanced_accuracy == pytest.approx((0.5 + 0.0) / 2)
     missed_conflict = next(m for m in naive.misses if m.combination == ("a", "b"))
-    assert "a.watermark_accuracy 0.980 → 0.100" in missed_conflict.evidence
+    assert "a.watermark_accuracy dropped" in missed_conflict.evidence
+
+
+def test_inconclusive_combinations_are_not_scored() -> None:
+    records = [
+        record(("a", "b"), True, {"defcon": "ineffective", "naive": "effective"}),
+        record(("a", "c"), None, {"defcon": "effective", "naive": "effective"}),
+    ]
+    assert records[1].label == "inconclusive"
+    assert score("defcon", records).n == 1
+    assert score("defcon", records).accuracy == pytest.approx(1.0)
+    assert score("defcon", records[1:]).accuracy is None
+
+
+def test_label_flip_rate_counts_only_combinations_conclusive_in_both_runs() -> None:
+    guess = {"defcon": "effective", "naive": "effective"}
+    first = [
+        record(("a", "b"), True, guess),
+        record(("a", "c"), False, guess),
+        record(("a", "d"), None, guess),
+    ]
+    second = [
+        record(("a", "b"), True, guess, seeds=(9, 10, 11)),
+        record(("a", "c"), True, guess, seeds=(9, 10, 11)),  # flipped
+        record(("a", "d"), False, guess, seeds=(9, 10, 11)),  # conclusive in one run only
+    ]
+    result = stability(first, second)
+    assert result["conclusive_in_both"] == 2
+    assert result["label_flips"] == 1
+    assert result["label_flip_rate"] == pytest.approx(0.5)
+    assert result["second_seeds"] == [9, 10, 11]
 
 
 def test_one_measured_class_only() -> None:
     records = [record(("a", "b"), False, {"defcon": "effective", "naive": "ineffective"})] * 3
+    assert records[0].label == "effective"
     assert score("defcon", records).balanced_accuracy == pytest.approx(1.0)
     assert score("naive", records).balanced_accuracy == pytest.approx(0.0)
