@@ -20,9 +20,22 @@ def composer(tmp_path: Path, **kwargs) -> Composer:
 
 
 def test_conflicting_pair_collapses_the_watermark(tmp_path: Path) -> None:
-    record = composer(tmp_path).compose(
-        ["backdoor_pruning", "model_watermark"], seeds=3, force=True
-    )
+    c = composer(tmp_path)
+    scenarios: list[tuple[frozenset[str], bool]] = []
+    real_run = c.run_pipeline
+
+    def spy(pipeline):
+        scenarios.append((pipeline.names, pipeline.poisoned))
+        return real_run(pipeline)
+
+    c.run_pipeline = spy
+    record = c.compose(["backdoor_pruning", "model_watermark"], seeds=3, force=True)
+    # every arm (no defense, each alone, combined) ran under the combination's poisoner
+    assert {names for names, _ in scenarios} == {
+        frozenset(), frozenset({"model_watermark"}), frozenset({"backdoor_pruning"}),
+        frozenset({"model_watermark", "backdoor_pruning"}),
+    }  # fmt: skip
+    assert all(poisoned for _, poisoned in scenarios)
     assert record.order == ("model_watermark", "backdoor_pruning")
     assert record.predicted == {"defcon": "ineffective", "naive": "effective"}
     assert record.scenario == ("model_thief", "poisoner")
