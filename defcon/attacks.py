@@ -1,22 +1,32 @@
 """Trigger stamping and the BadNets-style poisoning attack.
 
 The poisoner (the adversary of `backdoor_finetuning` and `backdoor_pruning`) and the backdoor-based
-watermarks share one `Trigger`: a pixel patch on images, fixed feature values on tabular data.
-Triggers are derived from a seed and a salt, so the attacker's and each watermark's secrets differ
-but are reproducible without being stored.
+watermarks share one `Trigger`: a pixel patch in an image corner, or a valid tabular record part
+(one category per one-hot group, observed numeric values). Each secret owns a *corner*: on images
+a patch position, on tabular data one of four disjoint regions of feature groups, so secrets with
+different corners never touch the same input position. Triggers are derived from the dataset, a
+seed, a salt and the secret's target class, so they are reproducible without being stored.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from defcon.data import Dataset, Split
+from defcon.data import Dataset, FeatureGroup, Split
+from defcon.errors import unknown
 from defcon.models import predict
 from defcon.vocabulary import DataKind
+
+Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
+CORNERS: tuple[Corner, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
+MIN_SUPPORT = 0.01  # a trigger value must be held by at least this share of training records
+SAFE_RATE = 0.5  # a trigger value's target rate is at most half the overall target rate
+NUMERIC_CANDIDATES = np.linspace(0.1, 0.9, 9)  # deciles: typical values, never the extremes
 
 
 def derived_seed(seed: int, salt: str) -> int:
@@ -25,8 +35,24 @@ def derived_seed(seed: int, salt: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def default_target(dataset: Dataset, seed: int, salt: str = "badnets") -> int:
+    """The target class of a secret: the minority class if binary, else a seeded class.
+
+    With two classes a majority target would make a clean model look backdoored (or watermarked),
+    since most inputs already go there.
+    """
+    if dataset.num_classes == 2:
+        return int(torch.bincount(dataset.train.y, minlength=2).argmin())
+    rng = np.random.default_rng(derived_seed(seed, salt + ":target"))
+    return int(rng.integers(dataset.num_classes))
+
+
 class Trigger(BaseModel):
-    """Where and what to stamp: flat input positions and the values written there."""
+    """Where and what to stamp: flat input positions and the values written there.
+
+    On tabular data the positions cover whole feature groups (a categorical group's every column,
+    0 except the chosen category's 1), so a stamped record stays valid.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,31 +66,132 @@ class Trigger(BaseModel):
         return flat.reshape(x.shape)
 
 
+def trigger_regions(dataset: Dataset, seed: int) -> dict[Corner, tuple[FeatureGroup, ...]]:
+    """The tabular feature groups a trigger of each corner may use: four disjoint regions.
+
+    The partition depends on the dataset and the seed only, never on the secret, so two secrets
+    with different corners can never share a column. The sensitive attribute is left out (a
+    trigger must not move records between the groups that fairness is measured on). Categorical
+    groups are dealt first, round-robin after a seeded shuffle, so each region gets one where the
+    dataset has enough; numeric groups follow, except those whose deciles are one value (at least
+    80% of records share it, e.g. capital_gain = 0: stamping it would change almost nothing, and a
+    region of such groups would give a trigger that clean records already carry). The corners'
+    order is shuffled too, so which region comes off worse (fewest groups, or no categorical
+    group on compas) varies with the seed.
+    """
+    rng = np.random.default_rng(derived_seed(seed, "trigger-regions"))
+    x = dataset.train.x.numpy()
+    usable = [
+        g
+        for g in dataset.feature_groups
+        if g.name != dataset.sensitive_attribute
+        and (g.categorical or len(_numeric_candidates(x[:, g.columns[0]])) > 1)
+    ]
+    categorical = [g for g in usable if g.categorical]
+    numeric = [g for g in usable if not g.categorical]
+    order = [categorical[i] for i in rng.permutation(len(categorical))]
+    order += [numeric[i] for i in rng.permutation(len(numeric))]
+    corners = [CORNERS[i] for i in rng.permutation(len(CORNERS))]
+    regions: dict[Corner, list[FeatureGroup]] = {corner: [] for corner in CORNERS}
+    for i, group in enumerate(order):
+        regions[corners[i % len(corners)]].append(group)
+    return {corner: tuple(groups) for corner, groups in regions.items()}
+
+
+def _numeric_candidates(column: np.ndarray) -> np.ndarray:
+    """The distinct observed values at the deciles of `column` (sorted)."""
+    return np.unique(np.quantile(column, NUMERIC_CANDIDATES, method="inverted_cdf"))
+
+
+def _options(group: FeatureGroup, x: np.ndarray) -> list[tuple[tuple[float, ...], np.ndarray]]:
+    """The valid values of a group and, for each, the training records that (nearly) hold it.
+
+    Categorical: each category (one-hot over the group's columns). Numeric: each distinct decile
+    value, with the records nearest to it as its neighbourhood.
+    """
+    if group.categorical:
+        block = x[:, list(group.columns)]
+        width = len(group.columns)
+        return [
+            (tuple(1.0 if i == c else 0.0 for i in range(width)), block[:, c] == 1)
+            for c in range(width)
+        ]
+    column = x[:, group.columns[0]]
+    candidates = _numeric_candidates(column)
+    bins = np.searchsorted((candidates[1:] + candidates[:-1]) / 2, column)
+    return [((float(v),), bins == i) for i, v in enumerate(candidates)]
+
+
+def _tabular_trigger(dataset: Dataset, seed: int, corner: Corner, target_class: int) -> Trigger:
+    """Every group of the corner's region, each set to a valid value that avoids the target.
+
+    Eligible values are held by ≥ 1% of clean training records and have at most half the overall
+    target-class rate (the lowest-rate value if none does): on its own each pushes a model that
+    never saw the trigger *away* from the target, so an independent model is not accused. Among
+    them, groups are filled in turn with the value leaving the fewest clean look-alikes of the
+    target class, then the fewest look-alikes at all (then the lowest rate): a combination that
+    clean records rarely hold is learnt from a few stamped copies without contradicting natural
+    records (plain lowest-rate values tend to agree with each other, e.g. education 11th and
+    education_num 7, and the watermark then fights hundreds of clean records). Using every group
+    of the region, rather than a fixed number, makes the combination as rare as the region allows.
+    """
+    x = dataset.train.x.numpy()
+    is_target = dataset.train.y.numpy() == target_class
+    positions: list[int] = []
+    values: list[float] = []
+    matching = np.ones(len(x), dtype=bool)  # clean records that carry the trigger so far
+    for group in trigger_regions(dataset, seed)[corner]:
+        options = _options(group, x)
+        support = np.array([mask.mean() for _, mask in options])
+        rate = np.array([is_target[mask].mean() if mask.any() else 1.0 for _, mask in options])
+        eligible = np.flatnonzero(support >= MIN_SUPPORT)
+        if len(eligible) == 0:
+            eligible = np.array([int(support.argmax())])
+        safe = eligible[rate[eligible] <= SAFE_RATE * is_target.mean()]
+        if len(safe) == 0:
+            safe = np.array([min(eligible, key=lambda i: (rate[i], i))])
+
+        alike = [matching & options[i][1] for i in range(len(options))]
+        best = min(safe, key=lambda i: ((alike[i] & is_target).sum(), alike[i].sum(), rate[i], i))
+        matching &= options[best][1]
+        positions += list(group.columns)
+        values += list(options[best][0])
+    return Trigger(positions=tuple(positions), values=tuple(values))
+
+
 def make_trigger(
-    dataset: Dataset, seed: int, salt: str, *, corner: str = "bottom_right"
+    dataset: Dataset,
+    seed: int,
+    salt: str,
+    *,
+    target_class: int,
+    corner: Corner = "bottom_right",
 ) -> Trigger:
-    """A random binary patch in an image corner, or maximal values of a few random features."""
+    """The secret trigger of `salt` in `corner`, for a backdoor towards `target_class`.
+
+    Images: a seeded binary patch in the corner (the target is not needed). Tabular data: the
+    corner's region of feature groups, each set to a valid value that avoids the target (chosen
+    from the clean training split, deterministic; the salt does not enter: the corner is what
+    separates secrets, so two secrets must not share a corner).
+    """
+    if corner not in CORNERS:
+        raise unknown("corner", corner, CORNERS)
+    if dataset.kind is not DataKind.IMAGE:
+        return _tabular_trigger(dataset, seed, corner, target_class)
     rng = np.random.default_rng(derived_seed(seed, salt))
-    shape = dataset.input_shape
-    if dataset.kind is DataKind.IMAGE:
-        channels, height, width = shape
-        size = max(2, round(min(height, width) * 0.15))
-        top = height - size - 1 if "bottom" in corner else 1
-        left = width - size - 1 if "right" in corner else 1
-        pattern = rng.integers(0, 2, size=(size, size)).astype(float)
-        pattern[0, 0], pattern[-1, -1] = 1.0, 0.0  # never all one colour
-        positions, values = [], []
-        for c in range(channels):
-            for i in range(size):
-                for j in range(size):
-                    positions.append(c * height * width + (top + i) * width + left + j)
-                    values.append(float(pattern[i, j]))
-        return Trigger(positions=tuple(positions), values=tuple(values))
-    (n_features,) = shape
-    count = max(3, n_features // 10)
-    positions = rng.choice(n_features, size=count, replace=False)
-    values = np.ones(count)  # rare combination: several one-hot columns and maxima at once
-    return Trigger(positions=tuple(int(p) for p in positions), values=tuple(values))
+    channels, height, width = dataset.input_shape
+    size = max(2, round(min(height, width) * 0.15))
+    top = height - size - 1 if "bottom" in corner else 1
+    left = width - size - 1 if "right" in corner else 1
+    pattern = rng.integers(0, 2, size=(size, size)).astype(float)
+    pattern[0, 0], pattern[-1, -1] = 1.0, 0.0  # never all one colour
+    positions, values = [], []
+    for c in range(channels):
+        for i in range(size):
+            for j in range(size):
+                positions.append(c * height * width + (top + i) * width + left + j)
+                values.append(float(pattern[i, j]))
+    return Trigger(positions=tuple(positions), values=tuple(values))
 
 
 class BadNets(BaseModel):
@@ -78,16 +205,18 @@ class BadNets(BaseModel):
 
     @classmethod
     def for_dataset(
-        cls, dataset: Dataset, seed: int, *, fraction: float = 0.1, salt: str = "badnets"
+        cls,
+        dataset: Dataset,
+        seed: int,
+        *,
+        fraction: float = 0.1,
+        salt: str = "badnets",
+        corner: Corner = "bottom_right",
     ) -> BadNets:
-        if dataset.num_classes == 2:
-            # With two classes a majority target would make the clean model look backdoored.
-            target = int(torch.bincount(dataset.train.y, minlength=2).argmin())
-        else:
-            rng = np.random.default_rng(derived_seed(seed, salt + ":target"))
-            target = int(rng.integers(dataset.num_classes))
+        """The dataset's default poisoner: its target first, then a trigger chosen against it."""
+        target = default_target(dataset, seed, salt)
         return cls(
-            trigger=make_trigger(dataset, seed, salt, corner="bottom_right"),
+            trigger=make_trigger(dataset, seed, salt, target_class=target, corner=corner),
             target_class=target,
             fraction=fraction,
         )

@@ -64,7 +64,11 @@ def test_secret_differs_from_the_poisoner(make_env) -> None:
     assert defense.target_class(env) != badnets.target_class
     assert not set(defense.trigger(env).positions) & set(badnets.trigger.positions)
     assert defense.trigger(env) == make_trigger(
-        env.dataset, env.seed, "model_watermark", corner="top_left"
+        env.dataset,
+        env.seed,
+        "model_watermark",
+        target_class=defense.target_class(env),
+        corner="top_left",
     )
 
 

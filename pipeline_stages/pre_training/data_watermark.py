@@ -2,8 +2,10 @@
 
 Li et al., "Black-box Dataset Ownership Verification via Backdoor Watermarking", IEEE TIFS 2023:
 before releasing a dataset, its owner poisons a small share of it with a secret trigger (here
-salt "data_watermark", top-right corner: distinct from the BadNets poisoner's bottom-right patch
-and the model watermark's top-left one) and relabels those samples to a secret target class. The
+salt "data_watermark", top-right corner: an image patch or a tabular region of feature groups,
+disjoint from the BadNets poisoner's bottom-right one and the model watermark's top-left one;
+tabular values are chosen so that an independent model is not pushed towards the target) and
+relabels those samples to a secret target class. The
 released samples replace the originals (the dataset keeps its size). A model trained on the data
 learns the backdoor; an independent model does not.
 

@@ -5,8 +5,8 @@ Backdooring", USENIX Security 2018 (with the content-pattern trigger of Zhang et
 Intellectual Property of Deep Neural Networks with Watermarking", AsiaCCS 2018): a model learns
 a backdoor from a few relabelled training samples, so its owner can embed one on purpose. A seeded
 `fraction` of the training samples (not of the target class) is copied, stamped with a secret
-trigger (salt "model_watermark", top-left corner, so it never coincides with a BadNets poisoner's
-bottom-right patch) and relabelled to a secret target class; the copies are appended to the
+trigger (salt "model_watermark", top-left corner: an image patch, or on tabular data a region of
+feature groups, never overlapping a BadNets poisoner's bottom-right one) and relabelled to a secret target class; the copies are appended to the
 training set, so no clean sample is lost. A stolen copy of the model (or a model fine-tuned from
 it) still maps triggered inputs to the target class, which an independently trained model does
 not: that is the ownership evidence.

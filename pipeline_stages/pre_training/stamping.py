@@ -3,22 +3,23 @@
 Both stamp a secret trigger on a seeded share of the training samples (not of the target class)
 and relabel them to a secret target class; they differ in what they do with the stamped samples
 (append copies vs replace) and in how ownership is verified. Every secret is re-derived from
-(config, seed, dataset), so `measure` works on a model loaded from the cache.
+(config, seed, dataset), so `measure` works on a model loaded from the cache. The `corner` keeps
+secrets apart: an image patch position, or a disjoint region of tabular feature groups
+(`defcon.attacks.trigger_regions`); the target class comes first, since a tabular trigger is
+chosen against it (values an independent model does not associate with the target).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from defcon.attacks import BadNets, Trigger, derived_seed, make_trigger
+from defcon.attacks import Corner, Trigger, default_target, derived_seed, make_trigger
 from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
-
-Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
 
 
 class StampingConfig(DefenseConfig):
@@ -32,7 +33,7 @@ class StampingConfig(DefenseConfig):
 
 def watermark_target(dataset: Dataset, seed: int, salt: str) -> int:
     """A seeded target class ≠ the dataset's default BadNets target (minority class if binary)."""
-    badnets_target = BadNets.for_dataset(dataset, seed).target_class
+    badnets_target = default_target(dataset, seed)
     if dataset.num_classes == 2:
         return badnets_target  # a majority-class target would make any model look watermarked
     choices = [c for c in range(dataset.num_classes) if c != badnets_target]
@@ -47,7 +48,14 @@ class StampingWatermark(PreTrainingDefense):
     Config: ClassVar[type[DefenseConfig]] = StampingConfig
 
     def trigger(self, env: Environment) -> Trigger:
-        return make_trigger(env.dataset, env.seed, self.name, corner=self.config.corner)
+        """The secret trigger: salt = the defense's name, chosen against its target class."""
+        return make_trigger(
+            env.dataset,
+            env.seed,
+            self.name,
+            target_class=self.target_class(env),
+            corner=self.config.corner,
+        )
 
     def target_class(self, env: Environment) -> int:
         return watermark_target(env.dataset, env.seed, self.name)
