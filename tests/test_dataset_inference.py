@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from defcon.models import predict
 from defcon.training import train
@@ -14,7 +15,11 @@ from pipeline_stages.post_training.dataset_inference import (
     DatasetInference,
     DatasetInferenceConfig,
     blind_walk_distances,
+    welch_log10_p,
 )
+from pipeline_stages.post_training.output_watermark import OutputWatermark
+
+DEPLOYED = frozenset({"dataset_inference"})
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def owner_and_independent(make_env):
     order = np.random.default_rng(0).permutation(len(train_split))
     private = train_split.subset(order[: len(order) // 2])
     other = train_split.subset(order[len(order) // 2 :])
-    env = dataclasses.replace(env, train_data=private)
+    env = dataclasses.replace(env, train_data=private, deployed=DEPLOYED)
     owner = train(env, private).model
     independent = train(dataclasses.replace(env, seed=100), other).model
     return env, owner, independent
@@ -34,16 +39,16 @@ def owner_and_independent(make_env):
 def test_owner_model_recognised_independent_model_not(owner_and_independent):
     env, owner, independent = owner_and_independent
     defense = DatasetInference()
-    p_owner = defense.measure(owner, env)["ownership_p_value"]
-    p_independent = defense.measure(independent, env)["ownership_p_value"]
-    assert p_owner < 0.01
-    assert p_independent > 0.1  # the independent model is not claimed
+    owner_evidence = defense.measure(owner, env)["ownership_log10_p"]
+    independent_evidence = defense.measure(independent, env)["ownership_log10_p"]
+    assert owner_evidence > 2  # p < 0.01
+    assert independent_evidence < 1  # p > 0.1: the independent model is not claimed
 
 
 def test_model_trained_on_other_data_is_not_claimed(owner_and_independent):
     env, _, _ = owner_and_independent
     on_validation = train(dataclasses.replace(env, seed=200), env.dataset.val).model
-    assert DatasetInference().measure(on_validation, env)["ownership_p_value"] > 0.1
+    assert DatasetInference().measure(on_validation, env)["ownership_log10_p"] < 1
 
 
 def test_apply_is_an_unchanged_copy_and_measure_is_reproducible(owner_and_independent):
@@ -53,8 +58,47 @@ def test_apply_is_an_unchanged_copy_and_measure_is_reproducible(owner_and_indepe
     assert torch.equal(predict(copied, env.dataset.test.x), predict(owner, env.dataset.test.x))
     config = {"fit_samples": 100, "test_samples": 100, "directions": 2}  # with the blind walk
     first = DatasetInference(config).measure(owner, env)
-    assert DatasetInference(config).measure(copied, env) == first  # fresh instance, same p-value
-    assert 0.0 <= first["ownership_p_value"] <= 1.0
+    assert DatasetInference(config).measure(copied, env) == first  # fresh instance, same value
+    assert 0.0 <= first["ownership_log10_p"] <= 10.0
+
+
+def test_log10_p_matches_scipy_and_does_not_underflow():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.1, 1, 400), rng.normal(0, 1.5, 300)
+    p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+    assert welch_log10_p(a, b) == pytest.approx(-np.log10(p), rel=1e-6)
+    far_a, far_b = rng.normal(10, 1, 2000), rng.normal(0, 1, 2000)
+    assert stats.ttest_ind(far_a, far_b, equal_var=False, alternative="greater").pvalue == 0
+    assert 300 < welch_log10_p(far_a, far_b, cap=np.inf) < np.inf  # finite: no underflow
+    assert welch_log10_p(far_a, far_b) == 10.0  # the cap
+    assert welch_log10_p(b - 1, b) == pytest.approx(0.0, abs=1e-9)  # p close to 1
+    assert welch_log10_p(np.ones(5), np.ones(5)) == 0.0  # no signal at all
+
+
+def test_the_copy_a_thief_holds_is_verified_not_the_owners_api(make_env):
+    """Regression: the test ran through the owner's own DAWN wrapper (fmnist p 0.05 → 0.65)."""
+    env = make_env("digits", seed=1, profile="tiny")
+    env = dataclasses.replace(env, deployed=DEPLOYED | {"output_watermark"})
+    model = train(env, env.dataset.train).model
+    defense = DatasetInference()
+    bare = defense.measure(model, env)["ownership_log10_p"]
+    behind_api = defense.measure(OutputWatermark().apply(model, env), env)["ownership_log10_p"]
+    assert behind_api == bare
+    assert bare > 1.3  # p < 0.05: this owner's model is recognised
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_undefended_reading_is_an_independent_model_and_not_accused(make_env, seed):
+    env = make_env("digits", seed=seed, profile="tiny")
+    assert "dataset_inference" not in env.deployed
+    model = train(env, env.dataset.train).model
+    defense = DatasetInference()
+    assert defense.suspect(model, env) is env.independent_model()
+    undefended = defense.measure(model, env)["ownership_log10_p"]
+    assert undefended < 1.3  # p > 0.05: no false accusation
+    assert (
+        undefended == defense.measure(OutputWatermark().apply(model, env), env)["ownership_log10_p"]
+    )
 
 
 def test_blind_walk_distances(owner_and_independent):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from defcon.models import predict
+from defcon.defense import ServingWrapper, weights_of
+from defcon.models import arch_for, predict
 from defcon.training import train
 from pipeline_stages.post_training.output_watermark import (
     OutputWatermark,
@@ -36,7 +39,8 @@ class _Outer(nn.Module):
 
 def test_extracted_model_carries_the_watermark_unlike_an_unprotected_one(trained):
     env, model = trained
-    defense = OutputWatermark({"surrogate_epochs": 60})
+    # A thief that trains long past its best agreement memorises the wrong answers.
+    defense = OutputWatermark({"surrogate_epochs": 60, "early_stopping": False})
     api = defense.apply(model, env)
     protected = defense.measure(api, env)["extracted_watermark_accuracy"]
     unprotected = defense.measure(model, env)["extracted_watermark_accuracy"]
@@ -44,6 +48,44 @@ def test_extracted_model_carries_the_watermark_unlike_an_unprotected_one(trained
     assert unprotected < 0.15  # no watermark: the surrogate copies honest answers
     # A later wrapper around the API does not hide it.
     assert defense.measure(_Outer(api), env)["extracted_watermark_accuracy"] == protected
+
+
+def test_the_thief_early_stops_on_its_held_out_queries_and_keeps_its_best_epoch(trained):
+    env, model = trained
+    defense = OutputWatermark()
+    api = defense.apply(model, env)
+    thief = defense.thief_queries(env)
+    queries = thief.with_(y=predict(api, thief.x))
+    stolen, held_out = defense.split_queries(queries, env)
+    assert len(held_out) == round(0.2 * len(queries))
+    assert len(stolen) + len(held_out) == len(queries)
+    assert torch.equal(defense.split_queries(queries, env)[1].x, held_out.x)  # seeded
+    extraction = defense.steal(stolen, held_out, env)
+    assert extraction.epochs < defense.config.surrogate_epochs  # cheaper than 40 epochs
+    assert extraction.epochs - extraction.best_epoch == defense.config.patience
+    agreement = float((predict(extraction.model, held_out.x) == held_out.y).float().mean())
+    assert agreement == pytest.approx(extraction.held_out_agreement)  # the best epoch's weights
+    assert agreement > 0.85  # a faithful copy of the API
+    protected = defense.measure(api, env)["extracted_watermark_accuracy"]
+    assert protected >= defense.measure(model, env)["extracted_watermark_accuracy"]
+
+
+def test_the_thief_uses_the_threat_models_architecture_not_the_victims(trained):
+    """Regression: under DP-SGD the thief copied the victim's GroupNorm."""
+    env, model = trained
+    group = dataclasses.replace(
+        env, arch=arch_for(env.dataset, width=env.profile.width, norm="group")
+    )
+    defense = OutputWatermark({"surrogate_epochs": 2})
+    queries = defense.thief_queries(group)
+    stolen, held_out = defense.split_queries(queries.with_(y=predict(model, queries.x)), group)
+    extraction = defense.steal(stolen, held_out, group)
+    assert extraction.arch == arch_for(env.dataset, width=env.profile.width)
+    assert extraction.arch.norm == "batch"
+    norms = [
+        type(m) for m in extraction.model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))
+    ]
+    assert norms and all(kind is nn.BatchNorm2d for kind in norms)
 
 
 def test_share_of_changed_answers_matches_the_configured_fraction(trained):
@@ -81,6 +123,7 @@ def test_input_not_modified_and_measure_on_fresh_instance(trained):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     api = OutputWatermark({"surrogate_epochs": 5}).apply(model, env)
     assert api.model is not model and find_api(api) is api and find_api(model) is None
+    assert isinstance(api, ServingWrapper) and weights_of(api) is api.model
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
     first = OutputWatermark({"surrogate_epochs": 5}).measure(api, env)

@@ -20,15 +20,32 @@ feature) at which the prediction leaves the sample's label (0 if already misclas
 above); its mean log distance is added as a feature. In our trials on digits, Fashion-MNIST and
 Adult it cost 5–15× more and added noise rather than power, hence off by default.
 
+What is verified: the copy a thief holds. A thief who copies the model holds its weights, not
+the owner's prediction API, so the test runs on `weights_of(model)` (an output-watermark API in
+front of the weights neither helps nor hinders it).
+
 A logistic-regression "confidence regressor" is fitted on the suspect's features of
-owner-private samples (from the training split the model was built on, `env.training_split`)
-labelled 1 and unseen samples (`env.dataset.val`) labelled 0. The ownership test then scores
-disjoint private samples (not used for fitting) and unseen test samples (`env.dataset.test`), and
-runs a one-sided Welch t-test that the private scores are larger: `ownership_p_value` is its
-p-value (small: the suspect knows the owner's data). Sample splitting keeps the test valid: for a
-model that never saw the owner's data the regressor learns noise and the p-value is uniform on
-[0, 1] (mostly large). The test's power needs a generalisation gap: a model that does not
-overfit its training data at all (train ≈ test accuracy) cannot be told from an independent one.
+owner-private samples (`env.members`: the original clean records the model was trained on, not
+poisoned, watermarked or appended rows) labelled 1 and unseen samples (`env.calibration_data`)
+labelled 0. The ownership test then scores disjoint private samples (not used for fitting) and
+unseen test samples (`env.dataset.test`), and runs a one-sided Welch t-test that the private
+scores are larger. Sample splitting keeps the test valid: for a model that never saw the owner's
+data the regressor learns noise and the p-value is uniform on [0, 1] (mostly large). The test's
+power needs a generalisation gap: a model that does not overfit its training data at all (train
+≈ test accuracy) cannot be told from an independent one.
+
+The metric is `ownership_log10_p` = min(10, −log10 p), the evidence in orders of magnitude
+(higher is stronger; a tolerance of 1.0 is one order of magnitude). log p is computed as the
+log survival function of Student's t at the Welch statistic with Welch's degrees of freedom, so
+very small p-values do not underflow to 0. The cap: beyond p = 1e-10 more evidence changes nothing
+in an ownership dispute, and uncapped values (hundreds on a large test) would let seeds differ
+by amounts that mean nothing.
+
+Undefended reading. Dataset inference is deployed only where the owner runs it
+(`dataset_inference` in `env.deployed`). Without it, the owner's test is applied to an
+independent model (`env.independent_model()`: the threat model's architecture trained on the
+attacker's half of the validation data, which never saw the owner's data): the false-accusation
+reading, which must be small (−log10 p below 1.3, i.e. p above 0.05, but for chance).
 
 `apply` returns an unchanged copy: dataset inference does not alter the model, it is a
 verification the owner can run on any suspect model at any time.
@@ -42,7 +59,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from pydantic import Field
-from scipy import stats
+from scipy import special, stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -50,7 +67,35 @@ from torch import nn
 
 from defcon.attacks import derived_seed
 from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense
+from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+
+MAX_LOG10_P = 10.0  # p < 1e-10 decides a dispute as well as any smaller p
+
+
+def t_log_sf_tail(t: float, df: float) -> float:
+    """log P(T > t) for Student's t with `df` degrees of freedom and t > 0, where scipy's logsf
+    underflows: P(T > t) = I_x(df/2, 1/2) / 2 with x = df / (df + t²), and
+    I_x(a, b) = x^a (1 − x)^b ₂F₁(a + b, 1; a + 1; x) / (a B(a, b))."""
+    a, b = df / 2, 0.5
+    x = df / (df + t * t)
+    return float(
+        np.log(0.5) + a * np.log(x) + b * np.log1p(-x) - np.log(a) - special.betaln(a, b)
+        + np.log(special.hyp2f1(a + b, 1.0, a + 1, x))
+    )  # fmt: skip
+
+
+def welch_log10_p(private: np.ndarray, unseen: np.ndarray, cap: float = MAX_LOG10_P) -> float:
+    """min(cap, −log10 p) of the one-sided Welch t-test 'private > unseen', without underflow."""
+    n1, n2 = len(private), len(unseen)
+    v1, v2 = np.var(private, ddof=1) / n1, np.var(unseen, ddof=1) / n2
+    if not np.isfinite(v1 + v2) or v1 + v2 <= 0:
+        return 0.0  # no signal at all
+    t = (np.mean(private) - np.mean(unseen)) / np.sqrt(v1 + v2)
+    df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
+    log_p = float(stats.t.logsf(t, df))
+    if not np.isfinite(log_p) and t > 0:
+        log_p = t_log_sf_tail(float(t), float(df))
+    return float(min(cap, max(0.0, -log_p / np.log(10))))
 
 
 class DatasetInferenceConfig(DefenseConfig):
@@ -151,16 +196,23 @@ class DatasetInference(PostTrainingDefense):
             columns.append(np.log(np.maximum(walk, self.config.min_step / 2)).mean(1))
         return np.stack(columns, 1)
 
+    def suspect(self, model: nn.Module, env: Environment) -> nn.Module:
+        """What the test reads: the weights a thief holds where the defense is deployed, else an
+        independent model (the false-accusation reading)."""
+        if self.name in env.deployed:
+            return weights_of(model)
+        return env.independent_model()
+
     def scores(self, model: nn.Module, env: Environment) -> tuple[np.ndarray, np.ndarray]:
-        """Regressor scores of held-out private samples and of unseen test samples."""
+        """Regressor scores of held-out private samples and of unseen test samples on `model`."""
         cfg = self.config
-        private = env.training_split
+        private = env.members
         order = self._samples(private, len(private), "private", env.seed)
         n_fit = min(cfg.fit_samples, len(order) // 2)
         fit_private = private.subset(order[:n_fit])
         test_private = private.subset(order[n_fit : n_fit + cfg.test_samples])
-        val, test = env.dataset.val, env.dataset.test
-        fit_unseen = val.subset(self._samples(val, cfg.fit_samples, "unseen", env.seed))
+        unseen, test = env.calibration_data, env.dataset.test
+        fit_unseen = unseen.subset(self._samples(unseen, cfg.fit_samples, "unseen", env.seed))
         test_unseen = test.subset(self._samples(test, cfg.test_samples, "test", env.seed))
 
         x_fit = np.concatenate([
@@ -179,11 +231,7 @@ class DatasetInference(PostTrainingDefense):
         return score_private, score_unseen
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
-        """p-value of the one-sided Welch t-test 'private scores > unseen scores' on `model`."""
-        score_private, score_unseen = self.scores(model, env)
-        if np.ptp(np.concatenate([score_private, score_unseen])) == 0:
-            return {"ownership_p_value": 1.0}  # no signal at all
-        result = stats.ttest_ind(
-            score_private, score_unseen, equal_var=False, alternative="greater"
-        )
-        return {"ownership_p_value": float(result.pvalue)}
+        """min(10, −log10 p) of the one-sided Welch t-test 'private scores > unseen scores' on
+        the suspect (see the module docstring)."""
+        score_private, score_unseen = self.scores(self.suspect(model, env), env)
+        return {"ownership_log10_p": welch_log10_p(score_private, score_unseen)}
