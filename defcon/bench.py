@@ -152,6 +152,14 @@ def run_task(task: Task) -> str | None:
         )
     except DefconError as error:
         return str(error)
+    except Exception as error:  # a bug in one combination must not lose the others' hours
+        import traceback
+
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        return (
+            f"crashed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} "
+            f"(at {Path(where.filename).name}:{where.lineno})"
+        )
     finally:
         torch.set_num_threads(caller_threads)
     save_record(record, task.record_path)

@@ -80,7 +80,7 @@ class ExplanationsConfig(DefenseConfig):
 
     n_steps: int = Field(default=50, ge=2, description="integration points tried first")
     method: Method = Field(default="gausslegendre", description="captum's integration rule")
-    n_inputs: int = Field(default=200, ge=1, description="test inputs the error is averaged over")
+    n_inputs: int = Field(default=100, ge=1, description="test inputs the error is averaged over")
     target_error: float = Field(
         default=0.01,
         gt=0,
@@ -88,10 +88,10 @@ class ExplanationsConfig(DefenseConfig):
         "on calibration inputs is at most this",
     )
     max_steps: int = Field(
-        default=1024, ge=2, description="convergence check: the most integration points served"
+        default=512, ge=2, description="convergence check: the most integration points served"
     )
     calibration_inputs: int = Field(
-        default=100, ge=1, description="convergence check: calibration inputs it is run on"
+        default=50, ge=1, description="convergence check: calibration inputs it is run on"
     )
 
 
