@@ -68,7 +68,7 @@ def test_adversarial_training_and_dp_sgd_share_one_loop(make_env, monkeypatch, m
     dp_metrics = DPSGD().measure(both.model, env)
     robust = AdversarialTraining({"method": method}).measure(both.model, env)
     assert dp_metrics["epsilon"] == both.record[EPSILON_KEY]
-    assert -1 <= dp_metrics["mia_advantage"] <= 1
+    assert 0 <= dp_metrics["mia_auc"] <= 1 and 0 <= dp_metrics["mia_tpr_at_1_fpr"] <= 1
     clean = accuracy(both.model, env.dataset.test.x, env.dataset.test.y)
     assert clean > 0.3  # it learnt something (10 classes)
     assert 0 <= robust["robust_accuracy"] <= clean + 1e-9
