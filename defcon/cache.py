@@ -61,9 +61,20 @@ class ModelCache:
         self.measurements_reused = 0
         self.recomputed = 0
         self.seconds: dict[str, float] = {}
+        self._open: list[float] = []  # time of nested timed sections, per open section
 
-    def _spent(self, label: str, started: float) -> None:
-        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+    def timed(self, label: str, fn: Callable[[], Any]) -> Any:
+        """Run `fn`, adding its own time (nested timed sections excluded) to `seconds[label]`."""
+        started = time.perf_counter()
+        self._open.append(0.0)
+        try:
+            return fn()
+        finally:
+            elapsed = time.perf_counter() - started
+            nested = self._open.pop()
+            self.seconds[label] = self.seconds.get(label, 0.0) + elapsed - nested
+            if self._open:
+                self._open[-1] += elapsed
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         folder = self.root / "models" / key[:2]
@@ -114,9 +125,7 @@ class ModelCache:
             if cached is not None:
                 self.reused += 1
                 return cached
-            started = time.perf_counter()
-            trained = train_fn()
-            self._spent(label, started)
+            trained = self.timed(label, train_fn)
             buffer = io.BytesIO()
             torch.save(trained.model.state_dict(), buffer)
             data = buffer.getvalue()
@@ -169,9 +178,8 @@ class ModelCache:
                 else:
                     self.measurements_reused += 1
                     return metrics
-            started = time.perf_counter()
-            metrics = {name: float(value) for name, value in measure_fn().items()}
-            self._spent(label, started)
+            measured = self.timed(label, measure_fn)
+            metrics = {name: float(value) for name, value in measured.items()}
             stored = {name: _json_number(value) for name, value in metrics.items()}
             payload = {"metrics": stored, "description": description}
             atomic_write_json(path, {**payload, "sha256": _checksum(payload)})

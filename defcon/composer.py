@@ -257,9 +257,9 @@ class Composer:
             env.arch = trained.arch
             model = trained.model
             for defense in pipeline.post:
-                started = time.perf_counter()
-                model = defense.apply(model, env)
-                self.cache._spent(f"applying {defense.name}", started)
+                model = self.cache.timed(
+                    f"applying {defense.name}", lambda d=defense, m=model: d.apply(m, env)
+                )
             return model
 
         return PipelineResult(env, build, model_key, [_keyed(d) for d in pipeline.post])
