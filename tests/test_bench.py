@@ -41,12 +41,36 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     victim = next((tmp_path / "records" / "digits").glob("*model_watermark+explanations*.json"))
     victim.unlink()
     messages.clear()
-    again = run_bench(["digits"], pairs=PAIRS, seeds=1, profile="tiny", out=tmp_path, log=messages.append)
+    again = run_bench(
+        ["digits"], pairs=PAIRS, seeds=1, profile="tiny", workers=2, out=tmp_path,
+        log=messages.append,
+    )  # fmt: skip
     assert "2 already measured, 1 to run" in messages[0]
-    assert torch.get_num_threads() == 1  # the in-process run gave the caller's threads back
     assert {r.order for r in again.records} == {r.order for r in result.records}
     rerun = next(r for r in again.records if r.order == ("model_watermark", "explanations"))
-    assert rerun.cache["models_trained"] == 0  # its models came from the shared cache
+    # same workers, same threads per task: its models came from the shared cache (the thread
+    # count is part of every cache key, since results may depend on it)
+    assert rerun.cache["models_trained"] == 0
+
+
+def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monkeypatch) -> None:
+    from defcon.bench import Task, run_task
+    from defcon.composer import Composer
+    from defcon.errors import DefconError
+
+    def refuse(self, *args, **kwargs):
+        assert torch.get_num_threads() == 3  # the task's own setting while it runs
+        raise DefconError("cannot run together")
+
+    monkeypatch.setattr(Composer, "compose", refuse)
+    before = torch.get_num_threads()
+    task = Task(
+        dataset="digits", defenses=("dp_sgd", "explanations"), seeds=1, max_seeds=1,
+        seed_start=0, profile="tiny", cache_dir=str(tmp_path), record_path=str(tmp_path / "r.json"),
+        threads=3,
+    )  # fmt: skip
+    assert run_task(task) == "cannot run together"
+    assert torch.get_num_threads() == before
 
 
 def test_ray_bench_end_to_end(tmp_path: Path) -> None:
