@@ -38,7 +38,7 @@ def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
     text = " ".join(result.stdout.split())
     assert "model_watermark → explanations on digits" in text
     assert "watermark_accuracy" in text and "explanation_error" in text
-    assert "Measured: effective" in text or "Measured: ineffective" in text
+    assert "Measured: inconclusive" in text  # one seed cannot tell held from dropped
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["order"] == ["model_watermark", "explanations"]
     assert record["tolerances"] == {"watermark_accuracy": 0.2}
