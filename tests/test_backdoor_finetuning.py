@@ -48,7 +48,7 @@ def test_finetuning_removes_the_backdoor_and_keeps_accuracy(digits_runs) -> None
     acc_plain = accuracy(plain.model, test.x, test.y)
     acc_defended = accuracy(defended.model, test.x, test.y)
     assert acc_defended > acc_plain - 0.10
-    assert defended.record["backdoor_finetuning.clean_samples"] == len(env.dataset.val)
+    assert defended.record["backdoor_finetuning.clean_samples"] == len(env.attacker_data)
 
 
 def test_measure_on_a_fresh_instance_after_reload(digits_runs) -> None:
@@ -64,16 +64,19 @@ def test_measure_falls_back_to_the_default_poisoner(digits_runs) -> None:
     assert defense.measure(plain.model, without) == defense.measure(plain.model, env)
 
 
-def test_clean_fraction_is_a_seeded_subset_of_validation(make_env) -> None:
+def test_clean_fraction_is_a_seeded_subset_of_the_held_out_half(make_env) -> None:
     env = make_env()
     half = BackdoorFinetuning({"clean_fraction": 0.5})
     subset = half.clean_data(env)
-    assert len(subset) == round(0.5 * len(env.dataset.val))
+    assert len(subset) == round(0.5 * len(env.attacker_data))
     again = BackdoorFinetuning({"clean_fraction": 0.5}).clean_data(env)
     assert torch.equal(subset.x, again.x) and torch.equal(subset.y, again.y)
-    rows = {tuple(row.flatten().tolist()) for row in env.dataset.val.x}
+    rows = {tuple(row.flatten().tolist()) for row in env.attacker_data.x}
     assert all(tuple(row.flatten().tolist()) in rows for row in subset.x)
-    assert BackdoorFinetuning().clean_data(env) is env.dataset.val
+    # never the calibration half: checks treat it as unseen by the served model
+    calibration = {tuple(row.flatten().tolist()) for row in env.calibration_data.x}
+    full = BackdoorFinetuning().clean_data(env)
+    assert not any(tuple(row.flatten().tolist()) in calibration for row in full.x)
 
 
 def test_tabular_backdoor_is_removed(make_env) -> None:

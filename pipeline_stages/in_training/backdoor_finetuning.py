@@ -2,7 +2,7 @@
 
 A BadNets-style poisoner (Gu et al. 2017) has stamped a trigger on part of the training data and
 relabelled it, so the trained model maps triggered inputs to the attacker's target class. The
-defender holds a small clean set (the validation split, or a share of it) and, after the main
+defender holds a small clean set (half of the validation split, or a share of it) and, after the main
 training loop (the *finetune_phase* slot), fine-tunes the model on it:
 
 - the linear head is re-initialised (seeded), so the trigger → target mapping stored in the head
@@ -47,7 +47,10 @@ class BackdoorFinetuningConfig(DefenseConfig):
     """Settings of the clean fine-tuning phase."""
 
     clean_fraction: float = Field(
-        default=1.0, gt=0, le=1, description="share of the validation split the defender holds"
+        default=1.0,
+        gt=0,
+        le=1,
+        description="share of the held-out clean half of the validation split the defender holds",
     )
     epochs: int | None = Field(default=None, ge=1, description="None: profile.finetune_epochs")
     min_steps: int = Field(
@@ -74,8 +77,13 @@ class BackdoorFinetuning(InTrainingDefense):
     # ------------------------------------------------------------------ the defender's data
 
     def clean_data(self, env: Environment) -> Split:
-        """The defender's clean set: a seeded share (`clean_fraction`) of the validation split."""
-        val = env.dataset.val
+        """The defender's clean set: a seeded share (`clean_fraction`) of the held-out half of the
+        validation split that no check treats as unseen (`env.attacker_data`: clean population
+        data, disjoint from the training data). The other half, `env.calibration_data`, must stay
+        unseen by the served model: membership and dataset inference calibrate on it as
+        non-members, and fine-tuning on it would break them by construction, not by interaction.
+        """
+        val = env.attacker_data
         if self.config.clean_fraction >= 1:
             return val
         count = max(1, round(self.config.clean_fraction * len(val)))
