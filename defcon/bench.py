@@ -27,6 +27,7 @@ from defcon.errors import DefconError
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord
 from defcon.reports import load_record, save_record
+from defcon.storage import read_text
 
 Executor = Literal["local", "ray"]
 
@@ -65,12 +66,9 @@ class TriplesFile(BaseModel):
 def load_triples(path: Path | str) -> list[tuple[str, ...]]:
     """Read and validate a triples file: each entry names three distinct known defenses."""
     path = Path(path)
-    if not path.is_file():
-        raise DefconError(
-            f"triples file '{path}' does not exist (expected a TOML file of [[triple]])"
-        )
+    text = read_text(path, "triples file", "a TOML file of [[triple]] tables")
     try:
-        parsed = TriplesFile.model_validate(tomllib.loads(path.read_text()))
+        parsed = TriplesFile.model_validate(tomllib.loads(text))
     except (tomllib.TOMLDecodeError, ValidationError) as error:
         first = str(error).splitlines()[0]
         raise DefconError(
@@ -239,7 +237,12 @@ def run_bench(
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> BenchResult:
-    """Measure every applicable combination on each dataset; resume from records already saved."""
+    """Measure every applicable combination on each dataset; resume from records already saved.
+
+    The result's `records` are every record in OUT/records, this selection's and those of
+    earlier (possibly wider) runs into the same folder, so the summaries written from it never
+    shrink to a narrower rerun's selection.
+    """
     if seeds < 1:
         raise DefconError(f"--seeds must be at least 1, got {seeds}")
     max_seeds = seeds if max_seeds is None else max_seeds
@@ -299,7 +302,7 @@ def run_bench(
         _run_ray(tasks, workers, report, ray_address)
     else:
         _run_local(tasks, workers, report)
-    records = [load_record(path) for path in paths if path.is_file()]
+    records = load_records(out / "records", log)
     return BenchResult(
         records=records,
         skipped=skipped,
@@ -314,6 +317,24 @@ def run_bench(
     )
 
 
+def load_records(
+    folder: Path | str, warn: Callable[[str], None] = lambda message: None
+) -> list[CompositionRecord]:
+    """Every composition record under `folder` (all datasets, earlier runs' too), sorted by path.
+
+    A file that does not parse as a record is skipped with a warning naming it, never fatal: the
+    summaries of a bench folder are rebuilt from everything measured into it.
+    """
+    records = []
+    for path in sorted(Path(folder).rglob("*.json")):
+        try:
+            records.append(load_record(path))
+        except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            warn(f"warning: skipped {path}: not a readable composition record ({first})")
+    return records
+
+
 def _finished(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -324,4 +345,4 @@ def _finished(path: Path) -> bool:
     return True
 
 
-__all__ = ["BenchResult", "Task", "load_triples", "parse_pairs", "run_bench"]
+__all__ = ["BenchResult", "Task", "load_records", "load_triples", "parse_pairs", "run_bench"]

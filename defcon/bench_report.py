@@ -176,6 +176,9 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "Only `effective` / `ineffective` labels score the techniques; 'ineffective' is the "
         "positive class.",
         "",
+        "- Summarised: every record in the folder's `records/` (this invocation's selection and "
+        f"earlier runs'): datasets {', '.join(sorted({r.dataset for r in records})) or 'none'}; "
+        f"profiles {', '.join(sorted({r.profile for r in records})) or 'none'}",
         f"- Combinations measured: {len(records)}; skipped as not applicable: "
         f"{len(result.skipped)}; could not run together: {len(result.failed)}",
         f"- Seeds used per combination: mean {sum(seeds_used) / max(1, len(seeds_used)):.1f}, "
