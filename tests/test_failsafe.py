@@ -198,3 +198,36 @@ def test_dataset_listing_matches_the_loaders() -> None:
     from defcon.data import FMNIST_DIR, FMNIST_FILES
 
     assert FMNIST_DEFAULT == FMNIST_DIR and set(FMNIST_STEMS) == set(FMNIST_FILES.values())
+
+
+def test_a_declared_slot_exclusion_is_reported_and_refused_before_training(tmp_path) -> None:
+    """certified_watermark + dp_sgd: check says why; compose refuses before any training."""
+    from defcon import check
+    from defcon.composer import Composer
+    from defcon.errors import DefconError
+
+    verdict = check(["certified_watermark", "dp_sgd"])
+    assert not verdict.composable
+    (clash,) = verdict.clashes
+    assert clash.defenses == ("certified_watermark", "dp_sgd")
+    assert clash.slot == "privacy_wrapper" and "silently dropped" in clash.sentence()
+    composer = Composer("digits", profile="tiny", cache_dir=tmp_path)
+    with pytest.raises(DefconError, match="cannot compose: certified_watermark cannot train"):
+        composer.compose(["certified_watermark", "dp_sgd"], seeds=1)
+    assert composer.cache.trained == 0
+
+
+def test_slot_exclusions_belong_to_in_training_defenses() -> None:
+    from pydantic import ValidationError
+
+    from defcon.vocabulary import DefenseSpec
+
+    base = {
+        "name": "x", "title": "x", "mitigates": ["opacity"],
+        "metrics": [{"name": "m", "direction": "higher", "tolerance": 0.1}],
+        "excludes": [{"slot": "privacy_wrapper", "reason": "hooks"}],
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match="only in-training defenses"):
+        DefenseSpec.model_validate({**base, "stage": "post"})
+    spec = DefenseSpec.model_validate({**base, "stage": "in", "slots": ["loss_term"]})
+    assert spec.excludes[0].reason == "hooks"
