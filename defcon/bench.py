@@ -27,7 +27,7 @@ from defcon.errors import DefconError
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord
 from defcon.reports import load_record, save_record
-from defcon.storage import read_text
+from defcon.storage import atomic_write_text, read_text
 
 Executor = Literal["local", "ray"]
 
@@ -218,6 +218,7 @@ class BenchResult(BaseModel):
     max_seeds: int = 0
     seed_start: int = 0
     profile: str
+    pending: int = 0  # combinations not measured yet (a report-only run)
 
 
 def run_bench(
@@ -236,8 +237,13 @@ def run_bench(
     data_dir: str | None = None,
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
+    measure: bool = True,
 ) -> BenchResult:
     """Measure every applicable combination on each dataset; resume from records already saved.
+
+    With `measure=False` nothing runs: the summaries are rebuilt from what is on disk (records,
+    and the reasons of combinations that could not run together), and the combinations not
+    measured yet are counted as pending.
 
     The result's `records` are every record in OUT/records, this selection's and those of
     earlier (possibly wider) runs into the same folder, so the summaries written from it never
@@ -285,10 +291,22 @@ def run_bench(
                     threads=threads,
                 )  # fmt: skip
             )
-    log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
-        f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
-    done = 0
     failed: list[Skipped] = []
+    pending = 0
+    if not measure:
+        for task in tasks:
+            reason = _failure(Path(task.record_path))
+            if reason is None:
+                pending += 1
+            else:
+                failed.append(Skipped(dataset=task.dataset, defenses=task.defenses, reason=reason))
+        log(f"report only: {len(paths) - len(tasks)} combinations measured, {len(failed)} could "
+            f"not run together, {pending} not measured yet")  # fmt: skip
+        tasks = []
+    else:
+        log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
+            f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
+    done = 0
 
     def report(task: Task, problem: str | None) -> None:
         nonlocal done
@@ -297,6 +315,7 @@ def run_bench(
         log(f"[{done}/{len(tasks)}] {task.dataset}: {' + '.join(task.defenses)}{outcome}")
         if problem:
             failed.append(Skipped(dataset=task.dataset, defenses=task.defenses, reason=problem))
+            atomic_write_text(_failure_path(Path(task.record_path)), problem + "\n")
 
     if executor == "ray":
         _run_ray(tasks, workers, report, ray_address)
@@ -314,6 +333,7 @@ def run_bench(
         max_seeds=max_seeds,
         seed_start=seed_start,
         profile=profile,
+        pending=pending,
     )
 
 
@@ -333,6 +353,19 @@ def load_records(
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             warn(f"warning: skipped {path}: not a readable composition record ({first})")
     return records
+
+
+def _failure_path(record_path: Path) -> Path:
+    return record_path.with_name(record_path.stem + ".failed.txt")
+
+
+def _failure(record_path: Path) -> str | None:
+    """Why a combination could not run, as the last measuring run wrote it (None: unknown)."""
+    path = _failure_path(record_path)
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _finished(path: Path) -> bool:

@@ -438,6 +438,14 @@ def bench_command(
     ] = Path("defcon-bench"),
     cache: CacheOption = None,
     data_dir: DataDirOption = None,
+    report_only: Annotated[
+        bool,
+        typer.Option(
+            "--report-only",
+            help="Measure nothing: rebuild RESULTS.md and scores.json from the records in OUT "
+            "(and OUT/stability), counting what is not measured yet.",
+        ),
+    ] = False,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, parse_pairs, run_bench
@@ -460,6 +468,7 @@ def bench_command(
         profile=profile, executor=executor, workers=workers, cache_dir=cache,
         data_dir=str(data_dir) if data_dir else None, ray_address=ray_address,
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
+        measure=not report_only,
     )  # fmt: skip
     if (
         stability_start is not None
