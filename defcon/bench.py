@@ -27,6 +27,7 @@ from defcon.errors import DefconError
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord
 from defcon.reports import load_record, save_record
+from defcon.storage import atomic_write_text, read_text
 
 Executor = Literal["local", "ray"]
 
@@ -65,12 +66,9 @@ class TriplesFile(BaseModel):
 def load_triples(path: Path | str) -> list[tuple[str, ...]]:
     """Read and validate a triples file: each entry names three distinct known defenses."""
     path = Path(path)
-    if not path.is_file():
-        raise DefconError(
-            f"triples file '{path}' does not exist (expected a TOML file of [[triple]])"
-        )
+    text = read_text(path, "triples file", "a TOML file of [[triple]] tables")
     try:
-        parsed = TriplesFile.model_validate(tomllib.loads(path.read_text()))
+        parsed = TriplesFile.model_validate(tomllib.loads(text))
     except (tomllib.TOMLDecodeError, ValidationError) as error:
         first = str(error).splitlines()[0]
         raise DefconError(
@@ -220,6 +218,7 @@ class BenchResult(BaseModel):
     max_seeds: int = 0
     seed_start: int = 0
     profile: str
+    pending: int = 0  # combinations not measured yet (a report-only run)
 
 
 def run_bench(
@@ -238,8 +237,18 @@ def run_bench(
     data_dir: str | None = None,
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
+    measure: bool = True,
 ) -> BenchResult:
-    """Measure every applicable combination on each dataset; resume from records already saved."""
+    """Measure every applicable combination on each dataset; resume from records already saved.
+
+    With `measure=False` nothing runs: the summaries are rebuilt from what is on disk (records,
+    and the reasons of combinations that could not run together), and the combinations not
+    measured yet are counted as pending.
+
+    The result's `records` are every record in OUT/records, this selection's and those of
+    earlier (possibly wider) runs into the same folder, so the summaries written from it never
+    shrink to a narrower rerun's selection.
+    """
     if seeds < 1:
         raise DefconError(f"--seeds must be at least 1, got {seeds}")
     max_seeds = seeds if max_seeds is None else max_seeds
@@ -282,10 +291,22 @@ def run_bench(
                     threads=threads,
                 )  # fmt: skip
             )
-    log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
-        f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
-    done = 0
     failed: list[Skipped] = []
+    pending = 0
+    if not measure:
+        for task in tasks:
+            reason = _failure(Path(task.record_path))
+            if reason is None:
+                pending += 1
+            else:
+                failed.append(Skipped(dataset=task.dataset, defenses=task.defenses, reason=reason))
+        log(f"report only: {len(paths) - len(tasks)} combinations measured, {len(failed)} could "
+            f"not run together, {pending} not measured yet")  # fmt: skip
+        tasks = []
+    else:
+        log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
+            f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
+    done = 0
 
     def report(task: Task, problem: str | None) -> None:
         nonlocal done
@@ -294,12 +315,13 @@ def run_bench(
         log(f"[{done}/{len(tasks)}] {task.dataset}: {' + '.join(task.defenses)}{outcome}")
         if problem:
             failed.append(Skipped(dataset=task.dataset, defenses=task.defenses, reason=problem))
+            atomic_write_text(_failure_path(Path(task.record_path)), problem + "\n")
 
     if executor == "ray":
         _run_ray(tasks, workers, report, ray_address)
     else:
         _run_local(tasks, workers, report)
-    records = [load_record(path) for path in paths if path.is_file()]
+    records = load_records(out / "records", log)
     return BenchResult(
         records=records,
         skipped=skipped,
@@ -311,7 +333,39 @@ def run_bench(
         max_seeds=max_seeds,
         seed_start=seed_start,
         profile=profile,
+        pending=pending,
     )
+
+
+def load_records(
+    folder: Path | str, warn: Callable[[str], None] = lambda message: None
+) -> list[CompositionRecord]:
+    """Every composition record under `folder` (all datasets, earlier runs' too), sorted by path.
+
+    A file that does not parse as a record is skipped with a warning naming it, never fatal: the
+    summaries of a bench folder are rebuilt from everything measured into it.
+    """
+    records = []
+    for path in sorted(Path(folder).rglob("*.json")):
+        try:
+            records.append(load_record(path))
+        except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            warn(f"warning: skipped {path}: not a readable composition record ({first})")
+    return records
+
+
+def _failure_path(record_path: Path) -> Path:
+    return record_path.with_name(record_path.stem + ".failed.txt")
+
+
+def _failure(record_path: Path) -> str | None:
+    """Why a combination could not run, as the last measuring run wrote it (None: unknown)."""
+    path = _failure_path(record_path)
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _finished(path: Path) -> bool:
@@ -324,4 +378,4 @@ def _finished(path: Path) -> bool:
     return True
 
 
-__all__ = ["BenchResult", "Task", "load_triples", "parse_pairs", "run_bench"]
+__all__ = ["BenchResult", "Task", "load_records", "load_triples", "parse_pairs", "run_bench"]

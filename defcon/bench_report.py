@@ -176,12 +176,18 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "Only `effective` / `ineffective` labels score the techniques; 'ineffective' is the "
         "positive class.",
         "",
+        "- Summarised: every record in the folder's `records/` (this invocation's selection and "
+        f"earlier runs'): datasets {', '.join(sorted({r.dataset for r in records})) or 'none'}; "
+        f"profiles {', '.join(sorted({r.profile for r in records})) or 'none'}",
         f"- Combinations measured: {len(records)}; skipped as not applicable: "
         f"{len(result.skipped)}; could not run together: {len(result.failed)}",
         f"- Seeds used per combination: mean {sum(seeds_used) / max(1, len(seeds_used)):.1f}, "
         f"max {max(seeds_used, default=0)}",
-        f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed compute time of the "
-        f"combinations: {compute:.0f} s",
+        f"- Not measured yet: {result.pending}"
+        if result.pending
+        else "- Every combination measured",
+        f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed wall time of the "
+        f"combinations' own runs: {compute:.0f} s",
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "
         f"({reused / max(1, trained + reused):.0%} of all model requests)",
         "",
@@ -222,7 +228,8 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             f"{st['conclusive_in_both']} conclusive in both; label flips among those: "
             f"{st['label_flips']} (label_flip_rate "
             f"{'n/a' if rate is None else f'{rate:.3f}'}); same label overall (any of the four): "
-            f"{st['same_label_any']}.",
+            f"{st['same_label_any']}."
+            + (f" Not measured yet in the repeat: {repeat.pending}." if repeat.pending else ""),
             "",
         ]
         lines += [
@@ -370,6 +377,7 @@ def write_results(
         summary["stability"] = {
             **stability(result.records, repeat.records),
             "wall_time_s": repeat.wall_time_s,
+            "not_measured_yet_in_repeat": repeat.pending,
         }
     atomic_write_text(out / "scores.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return markdown, plot

@@ -100,12 +100,10 @@ def _first_problem(error: ValidationError) -> str:
 
 def load_catalog_file(path: Path | str) -> list[DefenseSpec]:
     """Read user-declared specs from a TOML, YAML or JSON file."""
+    from defcon.storage import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise DefconError(
-            f"catalog file '{path}' does not exist (expected a .toml, .yaml or .json file)"
-        )
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "catalog file", "a .toml, .yaml or .json file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":

@@ -16,11 +16,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from defcon.catalog import Catalog, load_catalog
 from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
+from defcon.storage import writable_target
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -54,6 +56,9 @@ class DefconGroup(TyperGroup):
             fail(error.format_message(), error.exit_code)
         except typer.Abort:
             fail("aborted", 1)
+        except OSError as error:  # e.g. a full disk or a permission problem outside storage.py
+            where = f"'{error.filename}': " if error.filename else ""
+            fail(f"{where}{error.strerror or error}")
         raise SystemExit(code if isinstance(code, int) else 0)
 
 
@@ -64,7 +69,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from defcon import __version__
+
+        print(f"defcon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
 
 CatalogOption = Annotated[
     Path | None,
@@ -140,6 +167,69 @@ def check_command(
     stdout().print(verdict_view(verdict))
 
 
+@app.command("datasets")
+def datasets_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the built-in datasets, where their data comes from, and how to bring Fashion-MNIST."""
+    from defcon.dataset_info import DATASETS, availability, fmnist_folder
+
+    if as_json:
+        print(json.dumps([{**d.as_dict(), "available": availability(d.name)} for d in DATASETS]))
+        return
+    from rich.table import Table
+
+    table = Table(title="Datasets (--dataset NAME)", title_justify="left")
+    for column in ("name", "kind", "classes", "input", "sensitive attribute", "source",
+                   "available"):  # fmt: skip
+        table.add_column(column, no_wrap=column in {"name", "kind", "classes"})
+    for d in DATASETS:
+        table.add_row(
+            d.name, d.kind, str(d.classes), d.input, d.sensitive or "—", escape(d.source),
+            escape(availability(d.name)),
+        )  # fmt: skip
+    console = stdout()
+    console.print(table)
+    console.print(
+        "Fashion-MNIST is not shipped: 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu) puts "
+        "its four IDX files in /usr/share/datasets/fashion-mnist; or download train-images-idx3-"
+        "ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
+        "(optionally .gz) into a folder and pass --data-dir FOLDER or set DEFCON_FMNIST_DIR=FOLDER. "
+        f"Looked in: {escape(str(fmnist_folder()))}.",
+        highlight=False,
+    )
+
+
+@app.command("report")
+def report_command(
+    record: Annotated[
+        Path,
+        typer.Argument(
+            help="A composition record written by compose (OUT/records/*.json or --json).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Print a past composition record (its table and verdict) without rerunning anything."""
+    from pydantic import ValidationError
+
+    from defcon.records import CompositionRecord
+    from defcon.reports import print_report
+    from defcon.storage import read_text
+
+    text = read_text(record, "record file", "a JSON record written by defcon compose")
+    try:
+        loaded = CompositionRecord.model_validate_json(text)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise DefconError(
+            f"record file '{record}' is not a defcon composition record "
+            f"({where + ': ' if where else ''}{problem['msg']})"
+        ) from None
+    print_report(loaded, stdout())
+
+
 def _score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -160,6 +250,31 @@ def parse_tolerances(items: list[str] | None) -> dict[str, float]:
         if not math.isfinite(tolerances[metric.strip()]) or tolerances[metric.strip()] < 0:
             raise DefconError(f"--tolerance '{item}': a tolerance must be a finite number ≥ 0")
     return tolerances
+
+
+SEEDS_WARNING = 20
+
+
+def warn_about_seeds(seeds: int, max_seeds: int) -> None:
+    """One warning line (not an error) when a run asks for many seeds: each one costs minutes."""
+    most = max(seeds, max_seeds)
+    if most > SEEDS_WARNING:
+        print(
+            f"warning: {most} seeds: every seed trains and measures every arm again (about a "
+            "minute per seed and combination on the quick profile); this will take long",
+            file=sys.stderr,
+        )
+
+
+def writable_file(path: Path, option: str) -> Path:
+    """Check, before any work, that `path` can be written: a regular file (or a link to one) or
+    nothing yet, in a writable folder. A directory, device or FIFO is refused, never replaced."""
+    try:
+        target = writable_target(path)
+    except DefconError as error:
+        raise DefconError(f"{option}: {error}") from None
+    writable_folder(target.parent, option)
+    return path
 
 
 def writable_folder(path: Path, option: str) -> Path:
@@ -212,7 +327,9 @@ DataDirOption = Annotated[
 def compose_command(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Two or three defenses to combine.", show_default=False),
+        typer.Argument(
+            help="Two or more defenses to combine (each adds arms to train).", show_default=False
+        ),
     ] = None,
     dataset: Annotated[
         str, typer.Option("--dataset", "-d", help="digits (embedded), fmnist, adult or compas.")
@@ -251,14 +368,17 @@ def compose_command(
         raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
     writable_folder(out, "--out")
     if json_path is not None:
-        writable_folder(json_path.parent, "--json")
+        writable_file(json_path, "--json")
+    if cache is not None:
+        writable_folder(cache, "--cache")
+    warn_about_seeds(seeds, max_seeds)
     from defcon.composer import Composer
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
     err = Console(stderr=True, highlight=False)
     composer = Composer(
         dataset, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
-        log=lambda message: err.print(f"[dim]{message}[/]"),
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
     )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
@@ -270,7 +390,7 @@ def compose_command(
         save_record(record, json_path)
     plot = bar_chart(record, out / "plots" / f"{stem}.png")
     print_report(record, stdout())
-    err.print(f"record: {record_path}   plot: {plot}")
+    err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
 
 
 @app.command("bench")
@@ -284,7 +404,7 @@ def bench_command(
         typer.Option(
             "--triples",
             metavar="FILE",
-            help="TOML file of [[triple]] defenses = [...].",
+            help="TOML file of \\[\\[triple]] tables, each with defenses = \\[three names].",
             show_default=False,
         ),
     ] = None,
@@ -318,6 +438,14 @@ def bench_command(
     ] = Path("defcon-bench"),
     cache: CacheOption = None,
     data_dir: DataDirOption = None,
+    report_only: Annotated[
+        bool,
+        typer.Option(
+            "--report-only",
+            help="Measure nothing: rebuild RESULTS.md and scores.json from the records in OUT "
+            "(and OUT/stability), counting what is not measured yet.",
+        ),
+    ] = False,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, parse_pairs, run_bench
@@ -329,13 +457,18 @@ def bench_command(
     if not names:
         raise DefconError("--datasets is empty; name one or more of digits, fmnist, adult, compas")
     writable_folder(out, "--out")
+    if cache is not None:
+        writable_folder(cache, "--cache")
     err = Console(stderr=True, highlight=False)
     max_seeds = seeds if max_seeds is None else max_seeds
+    if seeds >= 1 and max_seeds >= seeds:  # bad counts are refused by run_bench, not warned about
+        warn_about_seeds(seeds, max_seeds)
     common = dict(
         pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, max_seeds=max_seeds,
         profile=profile, executor=executor, workers=workers, cache_dir=cache,
         data_dir=str(data_dir) if data_dir else None, ray_address=ray_address,
-        log=lambda message: err.print(f"[dim]{message}[/]"),
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
+        measure=not report_only,
     )  # fmt: skip
     if (
         stability_start is not None

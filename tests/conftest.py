@@ -46,3 +46,26 @@ def make_env():
         return dataclasses.replace(_environment(dataset, seed, profile), record={})
 
     return make
+
+
+def _fake_record(dataset: str = "digits", defenses=("model_watermark", "explanations")):
+    """A minimal composition record (no training): enough for reports and bench summaries."""
+    from defcon.effectiveness import Summary
+    from defcon.records import CompositionRecord
+
+    accuracy = Summary.of([0.9])
+    return CompositionRecord(
+        defenses=defenses, order=defenses, dataset=dataset, profile="tiny", seeds=(0,),
+        seed_start=0, max_seeds=1, scenario=(), results=(), clean_accuracy_no_defense=accuracy,
+        clean_accuracy_combined=accuracy, label="effective",
+        predicted={"defcon": "effective", "naive": "effective"}, forced=True, tolerances={},
+        versions={}, wall_time_s=1.0,
+        cache={"models_trained": 0, "models_reused": 0, "measurements_computed": 0,
+               "measurements_reused": 0},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def fake_record():
+    """fake_record(dataset="digits", defenses=(...)) → a minimal CompositionRecord, no training."""
+    return _fake_record

@@ -97,9 +97,7 @@ def test_an_unknown_profile_is_refused_before_anything_runs(tmp_path: Path) -> N
 def test_combinations_skip_what_does_not_apply() -> None:
     keep, skipped = combinations_for("digits", None, [])
     assert all("group_fairness" not in names for names in keep)
-    assert any(
-        "group_fairness" in s.defenses and "tabular data only" in s.reason for s in skipped
-    )
+    assert any("group_fairness" in s.defenses and "tabular data only" in s.reason for s in skipped)
     keep_adult, skipped_adult = combinations_for("adult", None, [])
     assert any("group_fairness" in names for names in keep_adult)
 
@@ -114,3 +112,22 @@ def test_committed_triples_file_is_valid() -> None:
     assert len(stages) == 3
     two_post = [t for t in triples if sum(catalog[n].stage.value == "post" for n in t) == 2]
     assert len(two_post) >= 2
+
+
+def test_report_only_measures_nothing_and_counts_what_is_pending(tmp_path: Path) -> None:
+    messages: list[str] = []
+    result = run_bench(
+        ["digits"], pairs=PAIRS, seeds=1, profile="tiny", out=tmp_path, measure=False,
+        log=messages.append,
+    )  # fmt: skip
+    assert result.records == [] and result.pending == 3
+    assert not (tmp_path / "cache").exists()  # nothing trained
+    # a combination that could not run together, as a measuring run wrote it down
+    folder = tmp_path / "records" / "digits"
+    folder.mkdir(parents=True)
+    stem = "digits-tiny-seeds0+1to1-model_watermark+explanations"
+    (folder / f"{stem}.failed.txt").write_text("cannot compose: reasons\n")
+    again = run_bench(["digits"], pairs=PAIRS, seeds=1, profile="tiny", out=tmp_path, measure=False)
+    assert again.pending == 2
+    assert [f.reason for f in again.failed] == ["cannot compose: reasons"]
+    assert "Not measured yet: 2" in results_markdown(again)

@@ -8,6 +8,7 @@ from pathlib import Path
 from defcon.catalog import Catalog, builtin_catalog, load_catalog
 from defcon.checker.base import get_technique
 from defcon.checker.verdict import Verdict
+from defcon.errors import DefconError
 from defcon.vocabulary import DefenseSpec
 
 
@@ -18,6 +19,9 @@ def check(
 ) -> Verdict:
     """Predict whether a combination of two or more defenses stays effective.
 
+    `names_or_specs` is a list (or other iterable) of defense names and `DefenseSpec` objects; a
+    single name given as a bare string counts as one defense (so it is refused as too few).
+
     Names are looked up in `catalog`: a mapping of specs, or the path of a user catalog file
     (TOML/YAML/JSON) added to the built-in defenses; by default the built-in catalog. Specs
     are used as given (they win over a catalog entry of the same name), so a declared defense
@@ -26,12 +30,48 @@ def check(
     >>> check(["model_watermark", "backdoor_pruning"]).label
     'ineffective'
     """
-    items = list(names_or_specs)
+    items = _items(names_or_specs)
+    if not isinstance(technique, str):
+        raise DefconError(
+            f"check(technique=...) takes a technique name (str), got {type(technique).__name__}"
+        )
     if isinstance(catalog, (str, Path)):
         catalog = load_catalog(catalog)
+    elif catalog is not None:
+        _check_catalog(catalog)
     lookup: Mapping[str, DefenseSpec] = builtin_catalog() if catalog is None else catalog
     given = {item.name: item for item in items if isinstance(item, DefenseSpec)}
     merged = Catalog([*(s for n, s in lookup.items() if n not in given), *given.values()])
     names = [item if isinstance(item, str) else item.name for item in items]
     specs = merged.resolve(names)  # at least two, none repeated, every name known
     return get_technique(technique).check(specs)
+
+
+_ACCEPTED = "a list of defense names (str) or DefenseSpec objects, e.g. ['dp_sgd', 'explanations']"
+
+
+def _items(names_or_specs: object) -> list[str | DefenseSpec]:
+    """The combination as a list, checked at the boundary: one DefconError for anything else."""
+    if isinstance(names_or_specs, (str, DefenseSpec)):
+        return [names_or_specs]  # one name (or spec), not an iterable of its characters
+    if isinstance(names_or_specs, (bytes, Mapping)) or not isinstance(names_or_specs, Iterable):
+        raise DefconError(f"check() takes {_ACCEPTED}; got {type(names_or_specs).__name__}")
+    items = list(names_or_specs)
+    for item in items:
+        if not isinstance(item, (str, DefenseSpec)):
+            raise DefconError(
+                f"check() takes {_ACCEPTED}; got {item!r} ({type(item).__name__}) in the list"
+            )
+    return items
+
+
+def _check_catalog(catalog: object) -> None:
+    accepted = "a mapping of name → DefenseSpec, or the path of a catalog file (str or Path)"
+    if not isinstance(catalog, Mapping):
+        raise DefconError(f"check(catalog=...) takes {accepted}; got {type(catalog).__name__}")
+    for name, spec in catalog.items():
+        if not isinstance(spec, DefenseSpec):
+            raise DefconError(
+                f"check(catalog=...) takes {accepted}; entry {name!r} is a "
+                f"{type(spec).__name__}, not a DefenseSpec"
+            )

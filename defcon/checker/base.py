@@ -64,19 +64,29 @@ def by_stage(specs: Sequence[DefenseSpec]) -> dict[Stage, list[DefenseSpec]]:
 
 
 def structural_clashes(specs: Sequence[DefenseSpec]) -> tuple[StructuralClash, ...]:
-    """Exclusive training-loop slots wanted by more than one in-training defense."""
+    """In-training defenses that cannot share one loop: an exclusive slot wanted by more than
+    one, or a slot another fills that a defense declares it cannot run beside."""
+    in_training = [spec for spec in specs if spec.stage is Stage.IN]
     fillers: dict[Slot, list[str]] = {}
-    for spec in specs:
-        if spec.stage is not Stage.IN:
-            continue
+    for spec in in_training:
         for slot in spec.slots:
             if slot.exclusive:
                 fillers.setdefault(slot, []).append(spec.name)
-    return tuple(
+    shared = [
         StructuralClash(slot=slot, defenses=tuple(sorted(names)))
         for slot, names in sorted(fillers.items(), key=lambda item: item[0].value)
         if len(names) > 1
-    )
+    ]
+    declared = [
+        StructuralClash(
+            slot=exclusion.slot, defenses=(spec.name, other.name), reason=exclusion.reason
+        )
+        for spec in sorted(in_training, key=lambda s: s.name)
+        for exclusion in spec.excludes
+        for other in sorted(in_training, key=lambda s: s.name)
+        if other.name != spec.name and exclusion.slot in other.slots
+    ]
+    return (*shared, *declared)
 
 
 def clash_text(clashes: Sequence[StructuralClash]) -> str:

@@ -52,16 +52,26 @@ class Precedence(_Frozen):
 
 
 class StructuralClash(_Frozen):
-    """In-training defenses that need the same exclusive training-loop slot.
+    """In-training defenses that cannot share one training loop unchanged: both need the same
+    exclusive slot, or one declares it cannot run beside a slot the other fills (`reason`).
 
-    A mechanical problem (they cannot share one loop unchanged), reported apart from conflicts:
-    it does not change a technique's label.
+    A mechanical problem, reported apart from conflicts: it does not change a technique's label,
+    and the composer refuses it before any training.
     """
 
     slot: Slot
     defenses: tuple[str, ...]
+    reason: str = (
+        ""  # set for a declared exclusion: defenses[0] excludes the slot defenses[1] fills
+    )
 
     def sentence(self) -> str:
+        if self.reason:
+            excluder, filler = self.defenses
+            return (
+                f"{excluder} cannot train beside {filler}, which fills the training-loop slot "
+                f"'{self.slot}': {self.reason}"
+            )
         *first, last = self.defenses
         who = f"{', '.join(first)} and {last} {'both' if len(first) == 1 else 'all'}"
         return (
