@@ -167,8 +167,8 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "",
         "Rule (see `defcon/effectiveness.py`): every arm — no defense, each defense alone, the "
         "combination — runs under the combination's threat scenario. A metric whose gain alone "
-        "over no defense is not significantly positive (one-sided 90 % bound ≤ 0) is "
-        "`not_effective_alone` and cannot drop. Its paired drop alone → combined has a two-sided "
+        "over no defense is not significantly positive (one-sided 90 % bound ≤ 0) or is below "
+        "its tolerance is `not_effective_alone` and cannot drop. Its paired drop alone → combined has a two-sided "
         "interval (90 % per side); `dropped` when the interval lies above the tolerance "
         "(declared, or half the defense's own gain where smaller), `held` when below it, "
         "`inconclusive` otherwise. Combination: `ineffective` if a defense dropped, else "

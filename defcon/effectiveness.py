@@ -4,11 +4,12 @@ Every defense metric is measured, seed by seed, on three models built under the 
 scenario: no defense, the defense alone, and the combination. Per judged metric:
 
 1. **Effective alone (the gate).** The paired gain g_i (alone vs no defense, in the metric's good
-   direction) must be significantly positive: the one-sided lower confidence bound of its mean
-   is above 0. A metric that fails the gate cannot lose effectiveness it never had: it is
-   `not_effective_alone` and takes no part in the verdict.
+   direction) must be significantly positive (the one-sided lower confidence bound of its mean
+   is above 0) and at least the declared tolerance (a gain smaller than what the defense may
+   lose could vanish without ever counting as a drop). A metric that fails the gate cannot lose
+   effectiveness it never had: it is `not_effective_alone` and takes no part in the verdict.
 2. **Tolerance.** The declared tolerance, or half the defense's own mean gain where that is
-   smaller: a fixed tolerance larger than the gain would let the defense lose all of it unseen.
+   smaller, so that losing half of what the defense achieves always counts.
 3. **Three outcomes.** The paired drop d_i (alone vs combined, in the bad direction) has a
    two-sided confidence interval [L, U] (Student t, n − 1 degrees of freedom, each side at
    `CONFIDENCE`). `dropped` when L > tolerance, `held` when U < tolerance, `inconclusive` when
@@ -168,12 +169,14 @@ class MetricVerdict(BaseModel):
 
     @property
     def gate_undecided(self) -> bool:
-        """Not effective alone on these seeds, but the mean gain is positive: more seeds may tell."""
+        """Not effective alone on these seeds, but the mean gain reaches the tolerance: only its
+        significance is missing, and more seeds may tell."""
         return (
             self.judged
             and not self.effective_alone
             and self.gain.mean is not None
             and self.gain.mean > 0
+            and self.gain.mean >= self.declared_tolerance
             and self.gain.n >= 2
         )
 
@@ -201,10 +204,13 @@ def judge(
         raise ValueError(f"tolerance of {metric.name} must be a finite number ≥ 0, got {declared}")
     gains = [_worse_by(metric, a, n) for a, n in zip(alone, no_defense, strict=True)]
     gain_mean, gain_lower, gain_upper = interval(gains)
-    if len(gains) == 1:
-        effective_alone = bool(gain_mean > 0)
-    else:
-        effective_alone = bool(not math.isnan(gain_lower) and gain_lower > 0)
+    significant = (
+        bool(gain_mean > 0)
+        if len(gains) == 1
+        else bool(not math.isnan(gain_lower) and gain_lower > 0)
+    )
+    # and large enough to lose: a gain below the tolerance could vanish without ever counting
+    effective_alone = significant and bool(gain_mean >= declared)
     used = declared
     if effective_alone and math.isfinite(gain_mean):
         used = min(declared, gain_mean / 2)

@@ -97,3 +97,37 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def rejudged(record: CompositionRecord) -> CompositionRecord:
+    """The record with every verdict, outcome and label recomputed by the current rule from its
+    stored per-seed values (the measurements themselves are not touched).
+
+    For records measured under an earlier version of the verdict rule: the values, seeds and
+    tolerances stay; only the judgement is redone.
+    """
+    from defcon.effectiveness import combination_label, defense_outcome, judge
+    from defcon.vocabulary import Metric
+
+    results = []
+    for result in record.results:
+        verdicts = tuple(
+            judge(
+                v.defense,
+                Metric(
+                    name=v.metric,
+                    direction=v.direction,
+                    tolerance=v.declared_tolerance,
+                    judged=v.judged,
+                ),  # fmt: skip
+                v.alone.raw(),
+                v.combined.raw(),
+                v.no_defense.raw(),
+            )
+            for v in result.metrics
+        )
+        results.append(
+            result.model_copy(update={"metrics": verdicts, "outcome": defense_outcome(verdicts)})
+        )
+    label = combination_label([r.outcome for r in results])
+    return record.model_copy(update={"results": tuple(results), "label": label})

@@ -75,11 +75,20 @@ def test_gate_a_defense_no_better_than_no_defense_cannot_drop() -> None:
 
 
 def test_tolerance_shrinks_to_half_the_defense_gain() -> None:
-    # robust accuracy barely above no defense: a fixed 0.10 tolerance would hide losing it all
-    verdict = judge("x", HIGHER, [0.80, 0.81, 0.82], [0.755, 0.76, 0.765], [0.75, 0.76, 0.77])
+    # a gain of 0.15 against a 0.10 tolerance: losing 0.09 of it is losing more than half
+    verdict = judge("x", HIGHER, [0.90, 0.91, 0.92], [0.81, 0.82, 0.83], [0.75, 0.76, 0.77])
     assert verdict.effective_alone
-    assert verdict.tolerance == pytest.approx(0.025, abs=1e-9)
+    assert verdict.tolerance == pytest.approx(0.075, abs=1e-9)
     assert verdict.outcome == "dropped"
+
+
+def test_a_significant_gain_below_the_tolerance_fails_the_gate() -> None:
+    # group-fairness-like: consistently a little better than no defense, less than it may lose
+    lower = Metric(name="gap", direction=Direction.LOWER, tolerance=0.05)
+    verdict = judge("x", lower, [0.040, 0.042, 0.041], [0.2, 0.2, 0.2], [0.080, 0.085, 0.082])
+    assert verdict.gain.lower > 0  # significant …
+    assert not verdict.effective_alone  # … but below the tolerance
+    assert verdict.outcome == "not_effective_alone"
 
 
 def test_tolerance_override_is_used() -> None:

@@ -95,3 +95,14 @@ def test_one_measured_class_only() -> None:
     assert records[0].label == "effective"
     assert score("defcon", records).balanced_accuracy == pytest.approx(1.0)
     assert score("naive", records).balanced_accuracy == pytest.approx(0.0)
+
+
+def test_rejudging_a_record_keeps_its_values_and_redoes_the_verdicts() -> None:
+    from defcon.records import rejudged
+
+    original = record(("a", "b"), True, {"defcon": "ineffective", "naive": "effective"})
+    assert rejudged(original) == original  # same rule, same values: nothing changes
+    # a record whose verdicts were judged wrongly (e.g. by an earlier rule) is corrected
+    wrong = original.model_copy(update={"label": "effective"})
+    assert rejudged(wrong).label == "ineffective"
+    assert rejudged(wrong).results[0].metrics[0].alone == original.results[0].metrics[0].alone
