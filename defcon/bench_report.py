@@ -93,14 +93,14 @@ def undefended_readings(records: Sequence[CompositionRecord]) -> list[tuple]:
         for result in record.results:
             for v in result.metrics:
                 key = (record.dataset, result.defense, v.metric)
-                for seed, value in zip(record.seeds, v.no_defense.values, strict=False):
+                for seed, value in zip(record.seeds, v.no_defense.raw(), strict=False):
                     seen.setdefault(key, {})[seed] = value
-                for seed, value in zip(record.seeds, v.alone.values, strict=False):
+                for seed, value in zip(record.seeds, v.alone.raw(), strict=False):
                     alone.setdefault(key, {})[seed] = value
     rows = []
     for key in sorted(seen):
-        none = [x for x in seen[key].values() if x is not None]
-        defended = [x for x in alone.get(key, {}).values() if x is not None]
+        none = [x for x in seen[key].values() if not math.isnan(x)]
+        defended = [x for x in alone.get(key, {}).values() if not math.isnan(x)]
         rows.append((*key, len(seen[key]), none, defended))
     return rows
 
@@ -145,6 +145,8 @@ def _score(value: float | None) -> str:
 def _stats(values: Sequence[float]) -> str:
     if not values:
         return "n/a"
+    if any(math.isinf(v) for v in values):
+        return "∞ (no guarantee)" if all(v == math.inf for v in values) else "mixed ±∞"
     mean = sum(values) / len(values)
     return f"{mean:.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
