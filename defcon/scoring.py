@@ -50,16 +50,25 @@ def _num(value: float | None) -> str:
 def evidence(record: CompositionRecord) -> str:
     """Which defenses dropped (or held), by how much, against which tolerance."""
     parts = []
-    for result in record.results:
-        for verdict in result.metrics:
-            if verdict.outcome in ("dropped", "inconclusive", "not_effective_alone"):
-                parts.append(
-                    f"{result.defense}.{verdict.metric} {verdict.outcome}: none "
-                    f"{verdict.no_defense} / alone {verdict.alone} → combined {verdict.combined} "
-                    f"(drop {_num(verdict.drop.mean)}, interval [{_num(verdict.drop.lower)}, "
-                    f"{_num(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
-                    f"gain alone {_num(verdict.gain.mean)})"
-                )
+    rank = {"dropped": 0, "inconclusive": 1, "not_effective_alone": 2}
+    shown = [
+        (result, verdict)
+        for result in record.results
+        for verdict in result.metrics
+        if verdict.outcome in rank
+        # a metric gated out of a defense that other metrics judge is noise here
+        and not (
+            verdict.outcome == "not_effective_alone" and result.outcome != "not_effective_alone"
+        )
+    ]
+    for result, verdict in sorted(shown, key=lambda item: rank[item[1].outcome]):
+        parts.append(
+            f"{result.defense}.{verdict.metric} {verdict.outcome}: none "
+            f"{verdict.no_defense} / alone {verdict.alone} → combined {verdict.combined} "
+            f"(drop {_num(verdict.drop.mean)}, interval [{_num(verdict.drop.lower)}, "
+            f"{_num(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
+            f"gain alone {_num(verdict.gain.mean)})"
+        )
     if parts:
         return "; ".join(parts)
     judged = [v for r in record.results for v in r.metrics if v.outcome == "held"]
