@@ -219,6 +219,7 @@ class BenchResult(BaseModel):
     seed_start: int = 0
     profile: str
     pending: int = 0  # combinations not measured yet (a report-only run)
+    report_only: bool = False  # nothing was measured by this invocation
 
 
 def run_bench(
@@ -334,6 +335,7 @@ def run_bench(
         seed_start=seed_start,
         profile=profile,
         pending=pending,
+        report_only=not measure,
     )
 
 

@@ -188,8 +188,13 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         f"- Not measured yet: {result.pending}"
         if result.pending
         else "- Every combination measured",
-        f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed wall time of the "
-        f"combinations' own runs: {compute:.0f} s",
+        (
+            "- Summaries rebuilt from the records on disk (`--report-only`); summed wall time of "
+            f"the combinations' own runs: {compute:.0f} s"
+            if result.report_only
+            else f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed wall time "
+            f"of the combinations' own runs: {compute:.0f} s"
+        ),
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "
         f"({reused / max(1, trained + reused):.0%} of all model requests)",
         "",
@@ -225,8 +230,12 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             "",
             f"Seeds {st['first_seeds'][0] if st['first_seeds'] else '-'}… vs "
             f"{st['second_seeds'][0] if st['second_seeds'] else '-'}… "
-            f"({repeat.wall_time_s:.0f} s wall time for the repeat). "
-            f"{st['combinations_in_both']} combinations in both runs, "
+            + (
+                ""
+                if repeat.report_only
+                else f"({repeat.wall_time_s:.0f} s wall time for the repeat). "
+            )
+            + f"{st['combinations_in_both']} combinations in both runs, "
             f"{st['conclusive_in_both']} conclusive in both; label flips among those: "
             f"{st['label_flips']} (label_flip_rate "
             f"{'n/a' if rate is None else f'{rate:.3f}'}); same label overall (any of the four): "
