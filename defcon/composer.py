@@ -101,13 +101,6 @@ class Pipeline:
     def names(self) -> frozenset[str]:
         return frozenset(d.name for d in self.defenses)
 
-    @property
-    def scenario(self) -> tuple[str, ...]:
-        threats = {threat for d in self.defenses for threat in d.spec.threats}
-        if self.poisoned:
-            threats.add(Threat.POISONER)
-        return tuple(sorted(t.value for t in threats))
-
 
 @dataclass
 class PipelineResult:
