@@ -6,25 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import assert_one_line_error, run
 
-from defcon.cli import app
-
-runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-def run(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
@@ -51,13 +35,22 @@ def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
     ("args", "fragments"),
     [
         (["model_watermark", "backdoor_pruning"], ["Def\\Con predicts a conflict", "--force"]),
-        (["model_watermark", "explanations", "--dataset", "mnist"], ["unknown dataset 'mnist'", "digits"]),
+        (
+            ["model_watermark", "explanations", "--dataset", "mnist"],
+            ["unknown dataset 'mnist'", "digits"],
+        ),
         (["model_watermark", "explanation"], ["unknown defense 'explanation'", "explanations"]),
         (["model_watermark"], ["at least 2 defenses"]),
         (["model_watermark", "model_watermark"], ["named twice"]),
         (["model_watermark", "explanations", "--seeds", "0"], ["--seeds must be at least 1"]),
-        (["model_watermark", "explanations", "--tolerance", "robust_accuracy=0.1"], ["robust_accuracy", "accepted: ", "explanation_error, watermark_accuracy"]),
-        (["model_watermark", "explanations", "--tolerance", "watermark_accuracy"], ["METRIC=VALUE"]),
+        (
+            ["model_watermark", "explanations", "--tolerance", "robust_accuracy=0.1"],
+            ["robust_accuracy", "accepted: ", "explanation_error, watermark_accuracy"],
+        ),
+        (
+            ["model_watermark", "explanations", "--tolerance", "watermark_accuracy"],
+            ["METRIC=VALUE"],
+        ),
         (["model_watermark", "explanations", "--profile", "huge"], ["unknown profile 'huge'"]),
         (["group_fairness", "explanations"], ["tabular data only"]),
     ],

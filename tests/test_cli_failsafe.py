@@ -12,28 +12,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_line_error, run, runner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from defcon.cli import app
 
-runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore")
 PAIR = ["model_watermark", "explanations"]
-
-
-def run(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def nothing_trained(folder: Path) -> bool:
