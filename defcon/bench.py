@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from defcon.catalog import builtin_catalog
 from defcon.composer import Composer, applicability_problem
 from defcon.data import load_dataset
+from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord
@@ -250,13 +251,7 @@ def run_bench(
     earlier (possibly wider) runs into the same folder, so the summaries written from it never
     shrink to a narrower rerun's selection.
     """
-    if seeds < 1:
-        raise DefconError(f"--seeds must be at least 1, got {seeds}")
-    max_seeds = seeds if max_seeds is None else max_seeds
-    if max_seeds < seeds:
-        raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
-    if seed_start < 0:
-        raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
+    max_seeds = seed_plan(seeds, max_seeds, seed_start)
     get_profile(profile)  # an unknown profile fails here, before anything runs
     if workers < 1:
         raise DefconError(f"--workers must be at least 1, got {workers}")

@@ -12,7 +12,7 @@ from defcon.checker import TECHNIQUES
 from defcon.effectiveness import LABELS as MEASURED_LABELS
 from defcon.records import CompositionRecord
 from defcon.reports import save_figure
-from defcon.scoring import LABELS, TechniqueScore, score
+from defcon.scoring import LABELS, TechniqueScore, score, score_text
 from defcon.storage import atomic_write_text
 
 _MARK = {"held": "✓", "dropped": "✗", "inconclusive": "?", "not_effective_alone": "∅",
@@ -138,10 +138,6 @@ def scores_by_dataset(records: Sequence[CompositionRecord]) -> dict[str, dict[st
     return {name: {t: score(t, group) for t in TECHNIQUES} for name, group in groups.items()}
 
 
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def _stats(values: Sequence[float]) -> str:
     if not values:
         return "n/a"
@@ -218,8 +214,8 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         for technique, s in by_technique.items():
             confusion = "; ".join(f"{m}→{p}: {s.confusion[m][p]}" for m in LABELS for p in LABELS)
             lines.append(
-                f"| {dataset} | {technique} | {s.n} | {_score(s.accuracy)} | "
-                f"{_score(s.balanced_accuracy)} | {confusion} |"
+                f"| {dataset} | {technique} | {s.n} | {score_text(s.accuracy)} | "
+                f"{score_text(s.balanced_accuracy)} | {confusion} |"
             )
     if repeat is not None:
         st = stability(records, repeat.records)

@@ -29,16 +29,16 @@ from defcon.storage import atomic_write_bytes, atomic_write_json
 from defcon.training import TrainedModel
 
 
-def content_key(description: Any) -> str:
-    """A stable hash of a JSON-serialisable description."""
-    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
 def _checksum(payload: Any) -> str:
+    """SHA-256 of the canonical JSON of `payload` (key order and spacing fixed)."""
     return hashlib.sha256(
         json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
     ).hexdigest()
+
+
+def content_key(description: Any) -> str:
+    """A stable hash of a JSON-serialisable description."""
+    return _checksum(description)[:32]
 
 
 def _warn_stderr(message: str) -> None:
@@ -62,6 +62,15 @@ class ModelCache:
         self.recomputed = 0
         self.seconds: dict[str, float] = {}
         self._open: list[float] = []  # time of nested timed sections, per open section
+
+    def _discard(self, path: Path, error: Exception) -> None:
+        """Warn that the entry at `path` is not served, and count it as recomputed."""
+        detail = str(error).splitlines()[0] if str(error) else "unreadable"
+        self.warn(
+            f"cache entry {path} is corrupt or was modified ({type(error).__name__}: {detail}); "
+            "recomputing it"
+        )
+        self.recomputed += 1
 
     def timed(self, label: str, fn: Callable[[], Any]) -> Any:
         """Run `fn`, adding its own time (nested timed sections excluded) to `seconds[label]`."""
@@ -103,11 +112,7 @@ class ModelCache:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as error:  # any corruption: never served, recomputed
-            self.warn(
-                f"cache entry {weights} is corrupt or was modified ({type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); recomputing it"
-            )
-            self.recomputed += 1
+            self._discard(weights, error)
             return None
         model.eval()
         return TrainedModel(model=model, arch=arch, record=dict(info.get("record", {})))
@@ -169,12 +174,7 @@ class ModelCache:
                         raise ValueError("content does not match its recorded checksum")
                     metrics = {name: float(value) for name, value in entry["metrics"].items()}
                 except Exception as error:
-                    self.warn(
-                        f"cache entry {path} is corrupt or was modified ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); "
-                        "recomputing it"
-                    )
-                    self.recomputed += 1
+                    self._discard(path, error)
                 else:
                     self.measurements_reused += 1
                     return metrics

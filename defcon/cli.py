@@ -230,10 +230,6 @@ def report_command(
     print_report(loaded, stdout())
 
 
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def parse_tolerances(items: list[str] | None) -> dict[str, float]:
     """`METRIC=VALUE` strings → {metric: value}, with a one-line error for a malformed item."""
     tolerances: dict[str, float] = {}
@@ -358,14 +354,10 @@ def compose_command(
     data_dir: DataDirOption = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
+    from defcon.effectiveness import seed_plan
+
     tolerances = parse_tolerances(tolerance)
-    if seeds < 1:
-        raise DefconError(f"--seeds must be at least 1, got {seeds}")
-    max_seeds = seeds if max_seeds is None else max_seeds
-    if max_seeds < seeds:
-        raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
-    if seed_start < 0:
-        raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
+    max_seeds = seed_plan(seeds, max_seeds, seed_start)
     writable_folder(out, "--out")
     if json_path is not None:
         writable_file(json_path, "--json")
@@ -450,6 +442,7 @@ def bench_command(
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, parse_pairs, run_bench
     from defcon.bench_report import scores_by_dataset, write_results
+    from defcon.scoring import score_text
 
     chosen_pairs = parse_pairs(pairs)
     chosen_triples = load_triples(triples) if triples is not None else []
@@ -460,9 +453,10 @@ def bench_command(
     if cache is not None:
         writable_folder(cache, "--cache")
     err = Console(stderr=True, highlight=False)
-    max_seeds = seeds if max_seeds is None else max_seeds
-    if seeds >= 1 and max_seeds >= seeds:  # bad counts are refused by run_bench, not warned about
-        warn_about_seeds(seeds, max_seeds)
+    from defcon.effectiveness import seed_plan
+
+    max_seeds = seed_plan(seeds, max_seeds, seed_start)
+    warn_about_seeds(seeds, max_seeds)
     common = dict(
         pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, max_seeds=max_seeds,
         profile=profile, executor=executor, workers=workers, cache_dir=cache,
@@ -489,8 +483,8 @@ def bench_command(
     for dataset, by_technique in scores_by_dataset(result.records).items():
         for technique, score in by_technique.items():
             console.print(
-                f"{dataset:>8} {technique:>8}: accuracy {_score(score.accuracy)}, balanced "
-                f"accuracy {_score(score.balanced_accuracy)} over {score.n} conclusive "
+                f"{dataset:>8} {technique:>8}: accuracy {score_text(score.accuracy)}, balanced "
+                f"accuracy {score_text(score.balanced_accuracy)} over {score.n} conclusive "
                 "combinations"
             )
     console.print(f"wall time {result.wall_time_s:.0f} s; results: {markdown}, plot: {plot}")

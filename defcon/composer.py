@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -41,6 +42,7 @@ from defcon.effectiveness import (
     combination_label,
     defense_outcome,
     judge,
+    seed_plan,
 )
 from defcon.errors import DefconError
 from defcon.fingerprint import code_of, core_code
@@ -208,10 +210,7 @@ class Composer:
 
         def train_it() -> TrainedModel:
             self.log(f"seed {env.seed}: training the independent reference model")
-            model = train_reference(env)
-            return TrainedModel(
-                model=model, arch=arch_for(env.dataset, width=self.profile.width), record={}
-            )
+            return train_reference(env)
 
         return self.cache.model(key, train_it, label="reference model").model
 
@@ -309,7 +308,7 @@ class Composer:
             return self._compose(
                 names,
                 seeds=seeds,
-                max_seeds=seeds if max_seeds is None else max_seeds,
+                max_seeds=seed_plan(seeds, max_seeds, seed_start),
                 seed_start=seed_start,
                 force=force,
                 tolerances=tolerances,
@@ -359,12 +358,6 @@ class Composer:
         force: bool,
         tolerances: Mapping[str, float] | None,
     ) -> CompositionRecord:
-        if seeds < 1:
-            raise DefconError(f"--seeds must be at least 1, got {seeds}")
-        if max_seeds < seeds:
-            raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
-        if seed_start < 0:
-            raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
         started = time.perf_counter()
         before = dict(self.cache.seconds)
         specs, verdict = self.plan(names, force=force)
@@ -427,7 +420,7 @@ class Composer:
             seeds=tuple(seed_values),
             seed_start=seed_start,
             max_seeds=max_seeds,
-            scenario=_scenario(specs, poisoned),
+            scenario=_scenario(specs),
             results=results,
             clean_accuracy_no_defense=Summary.of(arms.clean[NO_DEFENSE]),
             clean_accuracy_combined=Summary.of(arms.clean["combined"]),
@@ -450,15 +443,13 @@ class Composer:
 class _Arms:
     """Per-seed values gathered so far: (defense, metric, arm) → values; clean accuracy by arm."""
 
-    values: dict[tuple[str, str, str], list[float]] = field(default_factory=lambda: _DefaultList())
-    clean: dict[str, list[float]] = field(default_factory=lambda: _DefaultList())
-    facts: dict[str, list[dict[str, float]]] = field(default_factory=lambda: _DefaultList())
-
-
-class _DefaultList(dict):
-    def __missing__(self, key: Any) -> list:
-        self[key] = value = []
-        return value
+    values: defaultdict[tuple[str, str, str], list[float]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    clean: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    facts: defaultdict[str, list[dict[str, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
 
 def _keyed(defense: Defense) -> dict[str, Any]:
@@ -466,11 +457,9 @@ def _keyed(defense: Defense) -> dict[str, Any]:
     return {**defense.cache_key(), "code": code_of(type(defense))}
 
 
-def _scenario(specs: Sequence[DefenseSpec], poisoned: bool) -> tuple[str, ...]:
-    threats = {threat for spec in specs for threat in spec.threats}
-    if poisoned:
-        threats.add(Threat.POISONER)
-    return tuple(sorted(t.value for t in threats))
+def _scenario(specs: Sequence[DefenseSpec]) -> tuple[str, ...]:
+    """The threats every arm runs under: the union of the defenses' adversaries."""
+    return tuple(sorted({threat.value for spec in specs for threat in spec.threats}))
 
 
 def validate_tolerances(

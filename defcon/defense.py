@@ -73,12 +73,6 @@ class Environment:
         keep = np.unique(origins.numpy(), return_index=True)[1]
         return train.subset(rows[torch.as_tensor(np.sort(keep))])
 
-    @property
-    def group_size(self) -> int:
-        """The most training rows derived from one original record (1 without copies)."""
-        origins = self.training_split.origins
-        return int(torch.bincount(origins[origins >= 0]).max()) if len(origins) else 1
-
     @cached_property
     def _val_halves(self) -> tuple[Split, Split]:
         val = self.dataset.val
@@ -104,7 +98,7 @@ class Environment:
         if self.reference_model is None:
             from defcon.training import train_reference
 
-            model = train_reference(self)
+            model = train_reference(self).model
             self.reference_model = lambda: model
         return self.reference_model()
 

@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
+from defcon.errors import DefconError
 from defcon.vocabulary import Direction, Metric
 
 CONFIDENCE = 0.90  # per side: P(dropped | true drop = tolerance) ≤ 10 %, same for held
@@ -40,6 +41,18 @@ DefenseOutcome = Literal["held", "dropped", "inconclusive", "not_effective_alone
 Label = Literal["effective", "ineffective", "inconclusive", "not_effective_alone"]
 LABELS: tuple[Label, ...] = ("effective", "ineffective", "inconclusive", "not_effective_alone")
 CONCLUSIVE: tuple[Label, ...] = ("effective", "ineffective")
+
+
+def seed_plan(seeds: int, max_seeds: int | None, seed_start: int) -> int:
+    """The cap on seeds (`max_seeds`, default `seeds`), after checking the three counts."""
+    if seeds < 1:
+        raise DefconError(f"--seeds must be at least 1, got {seeds}")
+    max_seeds = seeds if max_seeds is None else max_seeds
+    if max_seeds < seeds:
+        raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
+    if seed_start < 0:
+        raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
+    return max_seeds
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -73,7 +86,7 @@ class Summary(BaseModel):
         else:
             mean, std = float("nan"), float("nan")
         return cls(
-            mean=_finite_or_none(mean) if not math.isinf(mean) else None,
+            mean=_finite_or_none(mean),
             std=_finite_or_none(std),
             values=tuple(_finite_or_none(float(v)) for v in arr),
             infinite=inf_signs if any(inf_signs) else (),
@@ -109,7 +122,10 @@ class Summary(BaseModel):
 
 
 class Interval(BaseModel):
-    """Mean of paired differences and its two-sided confidence interval (each side CONFIDENCE)."""
+    """Mean of paired differences and its two-sided confidence interval (each side CONFIDENCE).
+
+    JSON-safe: an undefined value is null; a bound of ±∞ is kept as ±1e300 so its sign survives.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -117,6 +133,10 @@ class Interval(BaseModel):
     lower: float | None
     upper: float | None
     n: int
+
+    @classmethod
+    def of(cls, mean: float, lower: float, upper: float, n: int) -> Interval:
+        return cls(mean=_finite_or_none(mean), lower=_bound(lower), upper=_bound(upper), n=n)
 
 
 def interval(differences: Sequence[float]) -> tuple[float, float, float]:
@@ -236,24 +256,14 @@ def judge(
         no_defense=Summary.of(no_defense),
         alone=Summary.of(alone),
         combined=Summary.of(combined),
-        gain=Interval(
-            mean=_finite_or_none(gain_mean) if not math.isnan(gain_mean) else None,
-            lower=_bound_finite(gain_lower),
-            upper=_bound_finite(gain_upper),
-            n=len(gains),
-        ),
-        drop=Interval(
-            mean=_finite_or_none(drop_mean) if not math.isnan(drop_mean) else None,
-            lower=_bound_finite(drop_lower),
-            upper=_bound_finite(drop_upper),
-            n=len(drops),
-        ),
+        gain=Interval.of(gain_mean, gain_lower, gain_upper, len(gains)),
+        drop=Interval.of(drop_mean, drop_lower, drop_upper, len(drops)),
         effective_alone=effective_alone,
         outcome=outcome,
     )
 
 
-def _bound_finite(value: float) -> float | None:
+def _bound(value: float) -> float | None:
     """JSON-safe bound: NaN → null; ±∞ clipped to ±1e300 so the sign survives."""
     if math.isnan(value):
         return None

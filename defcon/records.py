@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defcon.effectiveness import DefenseOutcome, Label, MetricVerdict, Summary
+from defcon.effectiveness import CONCLUSIVE, DefenseOutcome, Label, MetricVerdict, Summary
 from defcon.vocabulary import Stage
 
 Prediction = Literal["effective", "ineffective"]
@@ -79,7 +79,7 @@ class CompositionRecord(BaseModel):
 
     @property
     def conclusive(self) -> bool:
-        return self.label in ("effective", "ineffective")
+        return self.label in CONCLUSIVE
 
     def result(self, defense: str) -> DefenseResult:
         for result in self.results:

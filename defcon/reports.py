@@ -14,6 +14,7 @@ from rich.table import Table
 
 from defcon.effectiveness import Summary
 from defcon.records import CompositionRecord
+from defcon.scoring import signed
 from defcon.storage import atomic_write_bytes, atomic_write_text
 from defcon.vocabulary import Direction
 
@@ -102,16 +103,12 @@ _LABEL_COLOUR = {
 }
 
 
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.3f}"
-
-
 def _drop(verdict) -> str:  # MetricVerdict
     if not verdict.judged:
-        return f"{_signed(verdict.drop.mean)}"
+        return f"{signed(verdict.drop.mean)}"
     return (
-        f"{_signed(verdict.drop.mean)} [{_signed(verdict.drop.lower)}, "
-        f"{_signed(verdict.drop.upper)}] ({verdict.tolerance:.3g})"
+        f"{signed(verdict.drop.mean)} [{signed(verdict.drop.lower)}, "
+        f"{signed(verdict.drop.upper)}] ({verdict.tolerance:.3g})"
     )
 
 

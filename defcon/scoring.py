@@ -43,8 +43,14 @@ class TechniqueScore(BaseModel):
     misses: tuple[Miss, ...]
 
 
-def _num(value: float | None) -> str:
+def signed(value: float | None) -> str:
+    """A signed three-decimal number, or n/a where it is undefined."""
     return "n/a" if value is None else f"{value:+.3f}"
+
+
+def score_text(value: float | None) -> str:
+    """An accuracy with two decimals, or n/a where there was nothing to score."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def evidence(record: CompositionRecord) -> str:
@@ -65,9 +71,9 @@ def evidence(record: CompositionRecord) -> str:
         parts.append(
             f"{result.defense}.{verdict.metric} {verdict.outcome}: none "
             f"{verdict.no_defense} / alone {verdict.alone} → combined {verdict.combined} "
-            f"(drop {_num(verdict.drop.mean)}, interval [{_num(verdict.drop.lower)}, "
-            f"{_num(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
-            f"gain alone {_num(verdict.gain.mean)})"
+            f"(drop {signed(verdict.drop.mean)}, interval [{signed(verdict.drop.lower)}, "
+            f"{signed(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
+            f"gain alone {signed(verdict.gain.mean)})"
         )
     if parts:
         return "; ".join(parts)
@@ -77,7 +83,7 @@ def evidence(record: CompositionRecord) -> str:
     worst = max(judged, key=lambda v: (v.drop.upper or 0.0) - v.tolerance)
     return (
         f"every defense held; closest: {worst.defense}.{worst.metric} drop "
-        f"{_num(worst.drop.mean)} (upper bound {_num(worst.drop.upper)} < tolerance "
+        f"{signed(worst.drop.mean)} (upper bound {signed(worst.drop.upper)} < tolerance "
         f"{worst.tolerance:.3g})"
     )
 
@@ -106,14 +112,13 @@ def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScor
         for record, guess in zip(records, predicted, strict=True)
         if guess != record.label
     )
-    nan = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one measured class only: sklearn warns, value is defined
-        balanced = float(balanced_accuracy_score(measured, predicted)) if records else nan
+        balanced = float(balanced_accuracy_score(measured, predicted)) if records else None
     return TechniqueScore(
         technique=technique,
         n=len(records),
-        accuracy=float(accuracy_score(measured, predicted)) if records else nan,
+        accuracy=float(accuracy_score(measured, predicted)) if records else None,
         balanced_accuracy=balanced,
         confusion=confusion,
         misses=misses,

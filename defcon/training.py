@@ -171,7 +171,7 @@ def _val_accuracy(run: TrainingRun) -> float:
     return value
 
 
-def train_reference(env: Environment, *, steps_like: int | None = None) -> nn.Module:
+def train_reference(env: Environment) -> TrainedModel:
     """An independent model: the threat model's fixed architecture (the dataset's default, with
     BatchNorm, whatever the victim uses) trained by the plain recipe on `env.attacker_data`.
 
@@ -181,8 +181,8 @@ def train_reference(env: Environment, *, steps_like: int | None = None) -> nn.Mo
     profile = env.profile
     data = env.attacker_data
     arch = arch_for(env.dataset, width=profile.width)
-    victim_steps = steps_like or (
-        profile.epochs_for(env.dataset.name) * -(-len(env.dataset.train) // profile.batch_size)
+    victim_steps = profile.epochs_for(env.dataset.name) * -(
+        -len(env.dataset.train) // profile.batch_size
     )
     per_epoch = max(1, -(-len(data) // profile.batch_size))
     epochs = max(1, min(40, -(-victim_steps // per_epoch)))
@@ -190,4 +190,4 @@ def train_reference(env: Environment, *, steps_like: int | None = None) -> nn.Mo
         dataset=env.dataset, seed=derived_seed(env.seed, "reference-model"), profile=profile,
         arch=arch,
     )  # fmt: skip
-    return train(reference_env, data, arch=arch, epochs=epochs, description="reference").model
+    return train(reference_env, data, arch=arch, epochs=epochs, description="reference")
