@@ -45,8 +45,9 @@ from defcon.effectiveness import (
     seed_plan,
 )
 from defcon.errors import DefconError
-from defcon.fingerprint import code_of, core_code
+from defcon.fingerprint import code_of, core_code, probes_code
 from defcon.models import accuracy, arch_for
+from defcon.probes import probe_factors
 from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
 from defcon.training import CONVERGED_GAIN, TrainedModel, train, train_reference
@@ -277,6 +278,15 @@ class Composer:
         label = f"measuring {defense.name}" if defense is not None else "clean accuracy"
         return self.cache.measurement(description, compute, label=label)
 
+    def probe(self, result: PipelineResult) -> dict[str, float]:
+        """The factor probes (defcon.probes) of a pipeline's model, cached like a measurement."""
+        description = {
+            "model": result.model_key, "post": result.post_keys, "probes": probes_code()
+        }  # fmt: skip
+        return self.cache.measurement(
+            description, lambda: probe_factors(result.model, result.env), label="probing factors"
+        )
+
     def training_facts(self, result: PipelineResult) -> dict[str, float]:
         """Facts the training recorded (convergence, ε, …), from the cache when possible."""
         if not result.env.record:
@@ -322,9 +332,12 @@ class Composer:
         arms.clean[NO_DEFENSE].append(self.measure(no_defense, None)[CLEAN_ACCURACY])
         arms.clean["combined"].append(self.measure(combo, None)[CLEAN_ACCURACY])
         arms.facts[NO_DEFENSE].append(self.training_facts(no_defense))
+        arms.probes[NO_DEFENSE].append(self.probe(no_defense))
+        arms.probes["combined"].append(self.probe(combo))
         for defense in combo_pipeline.defenses:
             solo = self.run_pipeline(self.pipeline([defense.name], seed, poisoned))
             arms.clean[defense.name].append(self.measure(solo, None)[CLEAN_ACCURACY])
+            arms.probes[defense.name].append(self.probe(solo))
             for arm, result in (("alone", solo), ("combined", combo), ("none", no_defense)):
                 for metric, value in self.measure(result, defense).items():
                     arms.values[(defense.name, metric, arm)].append(value)
@@ -424,6 +437,7 @@ class Composer:
             results=results,
             clean_accuracy_no_defense=Summary.of(arms.clean[NO_DEFENSE]),
             clean_accuracy_combined=Summary.of(arms.clean["combined"]),
+            factor_probes=arms.probe_summaries(),
             label=combination_label([r.outcome for r in results]),
             predicted=predicted,
             forced=force,
@@ -450,6 +464,20 @@ class _Arms:
     facts: defaultdict[str, list[dict[str, float]]] = field(
         default_factory=lambda: defaultdict(list)
     )
+    probes: defaultdict[str, list[dict[str, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def probe_summaries(self) -> dict[str, dict[str, Summary]]:
+        """Arm → factor probe → mean ± std over seeds (probes every seed of the arm reported)."""
+        return {
+            arm: {
+                probe: Summary.of([reading[probe] for reading in readings])
+                for probe in sorted(set.intersection(*(set(r) for r in readings)))
+            }
+            for arm, readings in self.probes.items()
+            if readings
+        }
 
 
 def _keyed(defense: Defense) -> dict[str, Any]:

@@ -38,6 +38,12 @@ def core_code() -> str:
     return _digest([root / f"{name}.py" for name in CORE_MODULES])
 
 
+@cache
+def probes_code() -> str:
+    """Hash of the factor probes: a change re-probes cached models without retraining them."""
+    return _digest([Path(defcon.__file__).parent / "probes.py"])
+
+
 def _project_modules(module: ModuleType) -> list[Path]:
     """The module's file and the files of the modules of its own top-level package it uses."""
     package = module.__name__.split(".")[0]

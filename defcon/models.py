@@ -64,8 +64,16 @@ class SmallCNN(nn.Module):
             nn.ReLU(),
         )
         self.head = nn.Linear(4 * w, config.num_classes)
+        # Channels-last runs the BatchNorm network's conv/norm/pool about a third faster on CPU
+        # (same numbers up to float rounding); GroupNorm and Opacus' per-sample hooks are
+        # slower in it, so DP models stay in the default layout.
+        self.channels_last = config.norm == "batch"
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.features(x))
 
 

@@ -61,7 +61,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=128,
         lr=2e-3,
         width=16,
-        attack_steps=5,
+        attack_steps=2,
         eval_attack_steps=10,
         finetune_epochs=3,
     ),

@@ -62,6 +62,11 @@ class CompositionRecord(BaseModel):
     results: tuple[DefenseResult, ...]
     clean_accuracy_no_defense: Summary
     clean_accuracy_combined: Summary
+    factor_probes: dict[str, dict[str, Summary]] = Field(
+        default_factory=dict,
+        description="arm (no_defense, a defense alone, combined) → factor probe → over seeds "
+        "(defcon.probes)",
+    )
     label: Label
     predicted: dict[str, Prediction]
     forced: bool
