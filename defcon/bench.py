@@ -26,7 +26,7 @@ from defcon.data import load_dataset
 from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
 from defcon.profiles import get_profile
-from defcon.records import CompositionRecord
+from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record, save_record
 from defcon.storage import atomic_write_text, read_text
 
@@ -340,12 +340,13 @@ def load_records(
     """Every composition record under `folder` (all datasets, earlier runs' too), sorted by path.
 
     A file that does not parse as a record is skipped with a warning naming it, never fatal: the
-    summaries of a bench folder are rebuilt from everything measured into it.
+    summaries of a bench folder are rebuilt from everything measured into it. Predictions are
+    recomputed by every registered technique (`repredicted`), so all are scored on every record.
     """
     records = []
     for path in sorted(Path(folder).rglob("*.json")):
         try:
-            records.append(load_record(path))
+            records.append(repredicted(load_record(path)))
         except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             warn(f"warning: skipped {path}: not a readable composition record ({first})")

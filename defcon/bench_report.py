@@ -138,6 +138,16 @@ def scores_by_dataset(records: Sequence[CompositionRecord]) -> dict[str, dict[st
     return {name: {t: score(t, group) for t in TECHNIQUES} for name, group in groups.items()}
 
 
+def leave_one_out(records: Sequence[CompositionRecord]) -> dict[str, dict[str, TechniqueScore]]:
+    """For each defense, every technique's score on the combinations without it: a technique
+    whose score rests on one defense's declarations shows it here."""
+    defenses = sorted({name for record in records for name in record.defenses})
+    return {
+        left: {t: score(t, [r for r in records if left not in r.defenses]) for t in TECHNIQUES}
+        for left in defenses
+    }
+
+
 def _stats(values: Sequence[float]) -> str:
     if not values:
         return "n/a"
@@ -217,6 +227,20 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
                 f"| {dataset} | {technique} | {s.n} | {score_text(s.accuracy)} | "
                 f"{score_text(s.balanced_accuracy)} | {confusion} |"
             )
+    lines += [
+        "",
+        "## Leave one defense out (balanced accuracy on the combinations without it, all datasets)",
+        "",
+        "| left out | n | " + " | ".join(techniques) + " |",
+        "|---|---|" + "---|" * len(techniques),
+    ]
+    for left, by_technique in leave_one_out(records).items():
+        n = next(iter(by_technique.values())).n
+        lines.append(
+            f"| {left} | {n} | "
+            + " | ".join(score_text(by_technique[t].balanced_accuracy) for t in techniques)
+            + " |"
+        )
     if repeat is not None:
         st = stability(records, repeat.records)
         rate = st["label_flip_rate"]
@@ -378,6 +402,10 @@ def write_results(
         for name, by in scores_by_dataset(result.records).items()
     }
     summary["labels"] = label_counts(result.records)
+    summary["leave_one_defense_out"] = {
+        left: {t: s.model_dump(mode="json", exclude={"misses", "confusion"}) for t, s in by.items()}
+        for left, by in leave_one_out(result.records).items()
+    }
     summary["seconds"] = {k: round(v, 1) for k, v in time_breakdown(result.records).items()}
     summary["wall_time_s"] = result.wall_time_s
     if repeat is not None:

@@ -104,6 +104,22 @@ def versions() -> dict[str, str]:
     return found
 
 
+def repredicted(record: CompositionRecord) -> CompositionRecord:
+    """The record with every registered technique's prediction recomputed from the built-in
+    declarations (a prediction is a pure function of the specs, so a technique added or
+    re-declared after the measurement is scored on it). Records of defenses outside the
+    built-in catalog keep their stored predictions."""
+    from defcon.catalog import builtin_catalog
+    from defcon.checker import TECHNIQUES, check
+
+    catalog = builtin_catalog()
+    if not all(name in catalog for name in record.defenses):
+        return record
+    specs = catalog.resolve(record.defenses)
+    predicted = {name: check(specs, technique=name, catalog=catalog).label for name in TECHNIQUES}
+    return record.model_copy(update={"predicted": predicted})
+
+
 def rejudged(record: CompositionRecord) -> CompositionRecord:
     """The record with every verdict, outcome and label recomputed by the current rule from its
     stored per-seed values (the measurements themselves are not touched).

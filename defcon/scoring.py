@@ -90,10 +90,11 @@ def evidence(record: CompositionRecord) -> str:
 
 def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScore:
     """Accuracy, balanced accuracy, confusion matrix and misses of `technique` on the
-    conclusively labelled `records` (the others are not scored)."""
+    conclusively labelled `records` that hold its prediction (the others are not scored; the
+    bench recomputes every technique's prediction for built-in defenses, see `repredicted`)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
-    records = [record for record in records if record.conclusive]
+    records = [r for r in records if r.conclusive and technique in r.predicted]
     measured = [record.label for record in records]
     predicted = [record.predicted[technique] for record in records]
     matrix = confusion_matrix(measured, predicted, labels=list(LABELS)) if records else None

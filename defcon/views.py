@@ -87,7 +87,20 @@ def spec_view(spec: DefenseSpec) -> RenderableType:
             metric.name, metric.direction.value, f"{metric.tolerance:g}", Text(metric.description)
         )
     header = Text.assemble((spec.name, "bold"), " — ", spec.title)
-    return Group(header, Text(""), facts, Text(""), metrics)
+    return Group(header, Text(""), facts, Text(""), metrics, Text(""), factor_table(spec))
+
+
+def factor_table(spec: DefenseSpec) -> RenderableType:
+    """The factors a spec moves and depends on, each with its reason and reference."""
+    table = Table(title="factors (../shared/FACTORS.md)", title_justify="left")
+    for column in ("", "factor", "reason", "reference"):
+        table.add_column(column)
+    for label, claims in (("moves", spec.moves), ("depends on", spec.depends_on)):
+        for claim in claims:
+            table.add_row(label, claim.arrow(), Text(claim.reason), Text(claim.reference))
+    if not spec.moves and not spec.depends_on:
+        table.add_row("—", "none declared", "", "")
+    return table
 
 
 def _bullets(title: str, sentences: list[str]) -> RenderableType:
@@ -122,6 +135,14 @@ def verdict_view(verdict: Verdict) -> RenderableType:
     ]
     if verdict.conflicts:
         parts.append(_bullets("conflicts", [c.sentence() for c in verdict.conflicts]))
+    if verdict.factor_chains:
+        parts.append(
+            _bullets(
+                "conflicts through factors",
+                [chain.sentence() for chain in verdict.factor_chains]
+                + ["each arrow's reason and reference: defcon show NAME"],
+            )
+        )
     if verdict.clashes:
         parts.append(
             _bullets(

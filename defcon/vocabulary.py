@@ -127,6 +127,78 @@ class Threat(StrEnum):
     AUDITOR = "auditor"
 
 
+class Factor(StrEnum):
+    """What a defense moves and what a defense's effectiveness depends on.
+
+    The first ten are the SoK's factors (Duddu, Szyller, Asokan, "SoK: Unintended Interactions
+    among Machine Learning Defenses and Risks", IEEE S&P 2024, Table 2; ../shared/FACTORS.md).
+    The last five are mechanical facts the composer knows about a pipeline.
+    """
+
+    D1 = "D1"
+    D2 = "D2"
+    D3 = "D3"
+    D4 = "D4"
+    O1 = "O1"
+    O2_1 = "O2.1"
+    O2_2 = "O2.2"
+    O2_3 = "O2.3"
+    O3 = "O3"
+    M1 = "M1"
+    BATCH_NORMALISATION = "batch_normalisation"
+    API_WRAPPER = "api_wrapper"
+    RETRAINED_AFTER_MAIN_TRAINING = "retrained_after_main_training"
+    LOOP_MODEL_WRAPPER = "loop_model_wrapper"
+    ROWS_PER_RECORD = "rows_per_record"
+
+    @property
+    def description(self) -> str:
+        return FACTOR_DESCRIPTIONS[self]
+
+    @property
+    def mechanical(self) -> bool:
+        return self in MECHANICAL_FACTORS
+
+
+FACTOR_DESCRIPTIONS: dict[Factor, str] = {
+    Factor.D1: "training-set size",
+    Factor.D2: "tail length of the training distribution (rare or atypical records memorised)",
+    Factor.D3: "number of input attributes",
+    Factor.D4: "priority of learning stable attributes",
+    Factor.O1: "curvature smoothness of the objective (flat rather than sharp loss around data)",
+    Factor.O2_1: "distinguishability of the model's observables on members vs non-members",
+    Factor.O2_2: "distinguishability of the model's observables across subgroups",
+    Factor.O2_3: "distinguishability of the model vs models derived from it (not independent ones)",
+    Factor.O3: "distance of the training data to the decision boundary",
+    Factor.M1: "model capacity",
+    Factor.BATCH_NORMALISATION: "the network uses BatchNorm (↓: another normalisation is forced)",
+    Factor.API_WRAPPER: "a wrapper placed in front of the prediction API changes what it serves",
+    Factor.RETRAINED_AFTER_MAIN_TRAINING: "parameters are changed after the main training",
+    Factor.LOOP_MODEL_WRAPPER: "a model wrapper sits in the training loop (e.g. Opacus' hooks)",
+    Factor.ROWS_PER_RECORD: "training rows one original record contributes (appended copies)",
+}
+MECHANICAL_FACTORS: frozenset[Factor] = frozenset(
+    {
+        Factor.BATCH_NORMALISATION,
+        Factor.API_WRAPPER,
+        Factor.RETRAINED_AFTER_MAIN_TRAINING,
+        Factor.LOOP_MODEL_WRAPPER,
+        Factor.ROWS_PER_RECORD,
+    }
+)
+
+
+class Arrow(StrEnum):
+    """A factor's direction: up (↑) or down (↓)."""
+
+    UP = "up"
+    DOWN = "down"
+
+    @property
+    def symbol(self) -> str:
+        return "↑" if self is Arrow.UP else "↓"
+
+
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 
@@ -161,6 +233,22 @@ class RiskUse(_Frozen):
     reason: str = Field(min_length=1)
 
 
+class FactorClaim(_Frozen):
+    """One arrow of a defense's factor declaration, with the source that supports it.
+
+    In `moves`: when the defense is effective, the factor goes `direction`. In `depends_on`:
+    the defense's effectiveness rises with the factor (`up`) or falls with it (`down`).
+    """
+
+    factor: Factor
+    direction: Arrow
+    reference: str = Field(min_length=1, description="the publication (or mechanism) it rests on")
+    reason: str = Field(min_length=1)
+
+    def arrow(self) -> str:
+        return f"{self.factor.value}{self.direction.symbol}"
+
+
 class SlotExclusion(_Frozen):
     """A training-loop slot this defense cannot run beside (filled by another defense), and why."""
 
@@ -183,6 +271,12 @@ class DefenseSpec(_Frozen):
         "run in the same loop (a mechanical incompatibility, with the reason)",
     )
     metrics: tuple[Metric, ...] = Field(min_length=1)
+    moves: tuple[FactorClaim, ...] = Field(
+        default=(), description="factors the defense moves when effective (FACTORS.md)"
+    )
+    depends_on: tuple[FactorClaim, ...] = Field(
+        default=(), description="factors the defense's own effectiveness goes with"
+    )
     data_kinds: frozenset[DataKind] = frozenset({DataKind.IMAGE, DataKind.TABULAR})
     needs_sensitive_attribute: bool = False
     threats: frozenset[Threat] = frozenset()
@@ -214,6 +308,10 @@ class DefenseSpec(_Frozen):
                 f"in-training defense '{self.name}' must declare the slots it fills "
                 f"(one of: {', '.join(s.value for s in Slot)})"
             )
+        for field_name in ("moves", "depends_on"):
+            factors = [claim.factor for claim in getattr(self, field_name)]
+            if len(set(factors)) != len(factors):
+                raise ValueError(f"defense '{self.name}' declares a factor twice in {field_name}")
         if len({m.name for m in self.metrics}) != len(self.metrics):
             raise ValueError(f"defense '{self.name}' declares the same metric twice")
         return self

@@ -6,11 +6,13 @@ by name in `TECHNIQUES`; a new one plugs in with a single `register(...)` call.
 
 from defcon.checker.base import TECHNIQUES, Technique, get_technique, register
 from defcon.checker.defcon_technique import DefConTechnique
+from defcon.checker.factors_technique import FactorsTechnique
 from defcon.checker.naive import NaiveTechnique
-from defcon.checker.verdict import Conflict, Precedence, StructuralClash, Verdict
+from defcon.checker.verdict import Conflict, FactorChain, Precedence, StructuralClash, Verdict
 
 register(DefConTechnique())
 register(NaiveTechnique())
+register(FactorsTechnique())
 
 from defcon.checker.api import check  # noqa: E402  (after the registrations it relies on)
 
@@ -18,6 +20,8 @@ __all__ = [
     "TECHNIQUES",
     "Conflict",
     "DefConTechnique",
+    "FactorChain",
+    "FactorsTechnique",
     "NaiveTechnique",
     "Precedence",
     "StructuralClash",

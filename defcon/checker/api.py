@@ -47,7 +47,7 @@ def check(
     return get_technique(technique).check(specs)
 
 
-_ACCEPTED = "a list of defense names (str) or DefenseSpec objects, e.g. ['dp_sgd', 'explanations']"
+_ACCEPTED = "a list of defense names (str, as `defcon list` shows them) or DefenseSpec objects"
 
 
 def _items(names_or_specs: object) -> list[str | DefenseSpec]:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.vocabulary import Risk, Slot, Stage
+from defcon.vocabulary import FACTOR_DESCRIPTIONS, Arrow, Factor, Risk, Slot, Stage
 
 Label = Literal["effective", "ineffective"]
 
@@ -80,6 +80,27 @@ class StructuralClash(_Frozen):
         )
 
 
+class FactorChain(_Frozen):
+    """`mover` moves `factor` in direction `moved`; `dependent`'s effectiveness goes with the
+    factor in direction `needed` (opposite), so the combination lowers it."""
+
+    mover: str
+    factor: Factor
+    moved: Arrow
+    dependent: str
+    needed: Arrow
+    mover_reference: str
+    dependent_reference: str
+
+    def sentence(self) -> str:
+        what = FACTOR_DESCRIPTIONS[self.factor]
+        rises = "rises" if self.needed is Arrow.UP else "falls"
+        return (
+            f"{self.mover} moves {self.factor.value}{self.moved.symbol} ({what}), and "
+            f"{self.dependent}'s effectiveness {rises} with {self.factor.value}"
+        )
+
+
 class Verdict(_Frozen):
     """A technique's prediction for one combination of defenses."""
 
@@ -91,6 +112,7 @@ class Verdict(_Frozen):
     conflicts: tuple[Conflict, ...] = ()
     precedences: tuple[Precedence, ...] = ()  # the same-stage constraints that fixed the order
     clashes: tuple[StructuralClash, ...] = ()
+    factor_chains: tuple[FactorChain, ...] = ()  # the `factors` technique's evidence
     explanation: str
 
     @property

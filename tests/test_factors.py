@@ -1,0 +1,241 @@
+"""The `factors` technique, the factor declarations, the factor probes and their reports."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import run as run_cli
+from pydantic import ValidationError
+from torch import nn
+
+import defcon.checker
+from defcon.bench_report import leave_one_out
+from defcon.catalog import builtin_catalog, load_catalog_file
+from defcon.checker import check
+from defcon.checker.factors_technique import chains
+from defcon.data import Split
+from defcon.probes import boundary_distance, group_accuracy_gap, input_gradient_norm
+from defcon.records import repredicted
+from defcon.vocabulary import Arrow, DefenseSpec, Factor, FactorClaim, Metric, Risk, Slot, Stage
+
+CHECKER_SOURCES = sorted(Path(defcon.checker.__file__).parent.glob("*.py"))
+
+
+def claim(factor: str, direction: str) -> FactorClaim:
+    return FactorClaim(
+        factor=Factor(factor), direction=Arrow(direction), reference="ref", reason="why"
+    )
+
+
+def spec(
+    name: str,
+    stage: str,
+    moves: tuple[FactorClaim, ...] = (),
+    depends_on: tuple[FactorClaim, ...] = (),
+) -> DefenseSpec:
+    return DefenseSpec(
+        name=name,
+        title=name,
+        stage=Stage(stage),
+        mitigates=frozenset({Risk.EVASION}),
+        slots=frozenset({Slot.LOSS_TERM}) if stage == "in" else frozenset(),
+        metrics=(Metric(name="score", direction="higher", tolerance=0.05),),
+        moves=moves,
+        depends_on=depends_on,
+    )
+
+
+# --- the technique on the built-in catalog ---------------------------------------------------
+
+
+def test_adversarial_training_with_dp_sgd_is_a_conflict_through_the_boundary_distance() -> None:
+    verdict = check(["adversarial_training", "dp_sgd"], technique="factors")
+    assert verdict.label == "ineffective"
+    assert not verdict.conflicts  # Def\Con's risk rule is silent here
+    named = {(c.mover, c.factor, c.dependent) for c in verdict.factor_chains}
+    assert ("dp_sgd", Factor.O3, "adversarial_training") in named
+    assert "dp_sgd moves O3↓" in verdict.explanation
+
+
+def test_cli_names_the_factor_and_the_chain() -> None:
+    result = run_cli("check", "adversarial_training", "dp_sgd", "--technique", "factors")
+    assert result.exit_code == 0
+    assert "INEFFECTIVE" in result.output
+    assert "dp_sgd moves O3↓" in result.output
+    assert "adversarial_training's effectiveness rises with O3" in result.output
+
+
+def test_factors_keeps_every_conflict_defcon_finds() -> None:
+    catalog = builtin_catalog()
+    for pair in itertools.combinations(sorted(catalog), 2):
+        if check(list(pair), technique="defcon").label == "ineffective":
+            assert check(list(pair), technique="factors").label == "ineffective", pair
+
+
+def _code_words(source: Path) -> set[str]:
+    """Identifiers and string literals of a module's code (docstrings left out)."""
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings:
+                words |= set(re.findall(r"[a-z][a-z0-9_]+", node.value))
+    return words
+
+
+def test_no_checker_rule_names_a_defense() -> None:
+    names = set(builtin_catalog())
+    assert CHECKER_SOURCES
+    for source in CHECKER_SOURCES:
+        named = _code_words(source) & names
+        assert not named, f"{source.name} names {sorted(named)} in its code"
+
+
+def test_every_builtin_defense_declares_factors_with_references() -> None:
+    for spec_ in builtin_catalog().values():
+        claims = (*spec_.moves, *spec_.depends_on)
+        assert claims, f"{spec_.name} declares no factor"
+        for item in claims:
+            assert item.reference.strip() and item.reason.strip()
+
+
+# --- order and stage logic, and the SoK guideline ------------------------------------------
+
+
+def test_a_later_retraining_reaches_earlier_defenses_only() -> None:
+    retrainer = spec("retrainer", "post", moves=(claim("retrained_after_main_training", "up"),))
+    needs_weights_in = spec(
+        "trained_in", "in", depends_on=(claim("retrained_after_main_training", "down"),)
+    )
+    assert chains([needs_weights_in, retrainer], ["trained_in", "retrainer"])
+    needs_weights_post = spec(
+        "later_post", "post", depends_on=(claim("retrained_after_main_training", "down"),)
+    )
+    before = chains([needs_weights_post, retrainer], ["later_post", "retrainer"])
+    after = chains([needs_weights_post, retrainer], ["retrainer", "later_post"])
+    assert before and not after  # a post defense applied after the change acts on its result
+
+
+def test_model_factors_reach_whatever_the_order() -> None:
+    mover = spec("mover", "post", moves=(claim("O3", "down"),))
+    dependent = spec("dependent", "pre", depends_on=(claim("O3", "up"),))
+    assert chains([dependent, mover], ["dependent", "mover"])
+    assert chains([dependent, mover], ["mover", "dependent"])
+
+
+def test_agreeing_factors_predict_no_conflict() -> None:
+    mover = spec("mover", "in", moves=(claim("O3", "up"),))
+    dependent = spec("dependent", "post", depends_on=(claim("O3", "up"),))
+    assert check([mover, dependent], technique="factors").label == "effective"
+
+
+def test_objective_factors_dominate_data_factors_and_a_tie_is_silent() -> None:
+    objective_harms = spec("a", "in", moves=(claim("O3", "down"), claim("D2", "up")))
+    dependent = spec("b", "post", depends_on=(claim("O3", "up"), claim("D2", "up")))
+    assert chains([objective_harms, dependent], ["a", "b"])
+    data_harms = spec("c", "in", moves=(claim("O3", "up"), claim("D2", "down")))
+    assert not chains([data_harms, dependent], ["c", "b"])
+    tie = spec("d", "in", moves=(claim("O3", "down"), claim("O1", "up")))
+    needs_both = spec("e", "post", depends_on=(claim("O3", "up"), claim("O1", "up")))
+    assert not chains([tie, needs_both], ["d", "e"])
+
+
+def test_a_harmful_mechanical_fact_is_a_conflict_on_its_own() -> None:
+    mover = spec("mover", "in", moves=(claim("batch_normalisation", "down"), claim("O3", "up")))
+    dependent = spec(
+        "dependent", "post", depends_on=(claim("batch_normalisation", "up"), claim("O3", "up"))
+    )
+    found = chains([mover, dependent], ["mover", "dependent"])
+    assert [c.factor for c in found] == [Factor.BATCH_NORMALISATION]
+
+
+def test_a_factor_declared_twice_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="declares a factor twice"):
+        spec("x", "in", moves=(claim("O3", "up"), claim("O3", "down")))
+
+
+def test_user_catalog_declares_factors_and_show_prints_them(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        """
+[[defense]]
+name = "my_smoother"
+title = "My smoother"
+stage = "post"
+mitigates = ["evasion"]
+[[defense.metrics]]
+name = "score"
+direction = "higher"
+tolerance = 0.05
+[[defense.moves]]
+factor = "O3"
+direction = "down"
+reference = "Someone et al., 2024"
+reason = "it squeezes the margin"
+""",
+        encoding="utf-8",
+    )
+    (mine,) = load_catalog_file(path)
+    assert mine.moves[0].arrow() == "O3↓"
+    verdict = check(["adversarial_training", "my_smoother"], technique="factors", catalog=path)
+    assert verdict.label == "ineffective"
+    shown = run_cli("show", "dp_sgd")
+    assert shown.exit_code == 0 and "O2.1↓" in shown.output and "Feldman" in shown.output
+
+
+# --- probes -----------------------------------------------------------------------------------
+
+
+def test_boundary_distance_is_exact_for_a_linear_model() -> None:
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        model.bias.zero_()
+    x = torch.tensor([[0.5, 3.0], [-2.0, 1.0]])
+    y = torch.tensor([0, 0])  # the first is right (distance 0.5), the second wrong (-2)
+    split = Split(x, y)
+    assert boundary_distance(model, split) == pytest.approx((0.5 - 2.0) / 2)
+
+
+def test_input_gradient_norm_and_group_gap() -> None:
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        model.bias.zero_()
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    s = torch.tensor([0, 0, 1, 1])
+    assert input_gradient_norm(model, Split(x, y)) > 0
+    assert group_accuracy_gap(model, Split(x, y, s)) == pytest.approx(1.0)  # 1.0 vs 0.0
+    assert torch.isnan(torch.tensor(group_accuracy_gap(model, Split(x, y))))
+
+
+# --- scoring every technique ----------------------------------------------------------------
+
+
+def test_leave_one_out_scores_each_technique_without_each_defense(fake_record) -> None:
+    records = [
+        repredicted(fake_record("adult", ("adversarial_training", "dp_sgd"))),
+        repredicted(fake_record("adult", ("model_watermark", "output_watermark"))),
+    ]
+    assert records[0].predicted["factors"] == "ineffective"  # recomputed, not stored
+    view = leave_one_out(records)
+    assert set(view) == {"adversarial_training", "dp_sgd", "model_watermark", "output_watermark"}
+    assert view["dp_sgd"]["factors"].n == 1
