@@ -17,12 +17,13 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from defcon.models import ArchConfig, build_model
 from defcon.storage import atomic_write_bytes, atomic_write_json
@@ -52,9 +53,15 @@ class ModelCache:
     where its time went.
     """
 
-    def __init__(self, root: Path | str, warn: Callable[[str], None] = _warn_stderr) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        warn: Callable[[str], None] = _warn_stderr,
+        log: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self.root = Path(root)
         self.warn = warn
+        self.log = log
         self.trained = 0
         self.reused = 0
         self.measured = 0
@@ -89,10 +96,21 @@ class ModelCache:
         folder = self.root / "models" / key[:2]
         return folder / f"{key}.pt", folder / f"{key}.json"
 
-    def _lock(self, key: str) -> FileLock:
+    @contextmanager
+    def _lock(self, key: str, label: str) -> Iterator[None]:
+        """Hold the entry's lock; say so when another process holds it (it may take minutes)."""
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(lock_dir / f"{key}.lock"))
+        lock = FileLock(str(lock_dir / f"{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.log(f"waiting for another process that is computing the same entry ({label})")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def load_model(self, key: str) -> TrainedModel | None:
         """The verified cached model, or None when absent (or bad: warned, to be recomputed)."""
@@ -125,7 +143,7 @@ class ModelCache:
     ) -> TrainedModel:
         """The cached model for `description`, training it with `train_fn` on a miss."""
         key = content_key(description)
-        with self._lock(key):
+        with self._lock(key, label):
             cached = self.load_model(key)
             if cached is not None:
                 self.reused += 1
@@ -165,7 +183,7 @@ class ModelCache:
         """
         key = content_key(description)
         path = self.root / "measurements" / key[:2] / f"{key}.json"
-        with self._lock(key):
+        with self._lock(key, label):
             if path.is_file():
                 try:
                     entry = json.loads(path.read_text())
@@ -178,6 +196,7 @@ class ModelCache:
                 else:
                     self.measurements_reused += 1
                     return metrics
+            self.log(label)
             measured = self.timed(label, measure_fn)
             metrics = {name: float(value) for name, value in measured.items()}
             stored = {name: _json_number(value) for name, value in metrics.items()}

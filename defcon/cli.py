@@ -116,6 +116,28 @@ def catalog_from(path: Path | None) -> Catalog:
     return load_catalog(path)
 
 
+STDOUT = Path("-")
+JsonOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--json",
+        metavar="PATH",
+        help="Write the result as JSON to PATH ('-': print it to stdout instead of the table).",
+        show_default=False,
+    ),
+]
+
+
+def emit_json(text: str, target: Path) -> None:
+    """Print `text` (target '-') or write it atomically to `target` (checked beforehand)."""
+    if target == STDOUT:
+        print(text)
+        return
+    from defcon.storage import atomic_write_text
+
+    atomic_write_text(writable_file(target, "--json"), text + "\n")
+
+
 @app.command("list")
 def list_command(catalog: CatalogOption = None) -> None:
     """List the defenses by stage: what each mitigates, uses and which slots it fills."""
@@ -128,13 +150,14 @@ def list_command(catalog: CatalogOption = None) -> None:
 def show_command(
     name: Annotated[str, typer.Argument(help="The defense to describe.", show_default=False)],
     catalog: CatalogOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the spec as JSON.")] = False,
+    json_path: JsonOption = None,
 ) -> None:
-    """Show everything a defense declares: risks with reasons, metrics, data kinds, threats."""
+    """Show everything a defense declares: risks with reasons, metrics, factors, threats."""
     spec = catalog_from(catalog)[name]
-    if as_json:
-        print(json.dumps(spec.model_dump(mode="json"), indent=2))
-        return
+    if json_path is not None:
+        emit_json(json.dumps(spec.model_dump(mode="json"), indent=2), json_path)
+        if json_path == STDOUT:
+            return
     from defcon.views import spec_view
 
     stdout().print(spec_view(spec))
@@ -153,30 +176,33 @@ def check_command(
         ),
     ] = "defcon",
     catalog: CatalogOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    json_path: JsonOption = None,
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
     chosen = get_technique(technique)
+    if json_path is not None and json_path != STDOUT:
+        writable_file(json_path, "--json")
     specs = catalog_from(catalog).resolve(names or [])
     verdict = chosen.check(specs)
-    if as_json:
-        print(json.dumps(verdict.model_dump(mode="json"), indent=2))
-        return
+    if json_path is not None:
+        emit_json(json.dumps(verdict.model_dump(mode="json"), indent=2), json_path)
+        if json_path == STDOUT:
+            return
     from defcon.views import verdict_view
 
     stdout().print(verdict_view(verdict))
 
 
 @app.command("datasets")
-def datasets_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
-) -> None:
+def datasets_command(json_path: JsonOption = None) -> None:
     """List the built-in datasets, where their data comes from, and how to bring Fashion-MNIST."""
     from defcon.dataset_info import DATASETS, availability, fmnist_folder
 
-    if as_json:
-        print(json.dumps([{**d.as_dict(), "available": availability(d.name)} for d in DATASETS]))
-        return
+    if json_path is not None:
+        listing = [{**d.as_dict(), "available": availability(d.name)} for d in DATASETS]
+        emit_json(json.dumps(listing), json_path)
+        if json_path == STDOUT:
+            return
     from rich.table import Table
 
     table = Table(title="Datasets (--dataset NAME)", title_justify="left")
@@ -344,12 +370,7 @@ def compose_command(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for records, plots and the cache.")
     ] = Path("defcon-runs"),
-    json_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--json", metavar="PATH", help="Also write the JSON record here.", show_default=False
-        ),
-    ] = None,
+    json_path: JsonOption = None,
     cache: CacheOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -359,7 +380,7 @@ def compose_command(
     tolerances = parse_tolerances(tolerance)
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
     writable_folder(out, "--out")
-    if json_path is not None:
+    if json_path is not None and json_path != STDOUT:
         writable_file(json_path, "--json")
     if cache is not None:
         writable_folder(cache, "--cache")
@@ -378,10 +399,14 @@ def compose_command(
     )  # fmt: skip
     stem = record_stem(record)
     record_path = save_record(record, out / "records" / f"{stem}.json")
-    if json_path is not None:
+    if json_path is not None and json_path != STDOUT:
         save_record(record, json_path)
     plot = bar_chart(record, out / "plots" / f"{stem}.png")
-    print_report(record, stdout())
+    if json_path == STDOUT:  # the JSON alone on stdout, the table on stderr
+        print_report(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
+        print(record.model_dump_json(indent=2))
+    else:
+        print_report(record, stdout())
     err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
 
 

@@ -136,7 +136,7 @@ class Composer:
         self.dataset_name = dataset
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.log = log or (lambda message: None)
-        self.cache = ModelCache(cache_dir)
+        self.cache = ModelCache(cache_dir, log=self.log)
         self.data_dir = data_dir
         self.catalog = catalog or builtin_catalog()
         self.configs = {name: dict(cfg) for name, cfg in (configs or {}).items()}

@@ -94,3 +94,31 @@ def test_model_keys_carry_the_code_hash_and_the_thread_count(tmp_path: Path) -> 
     finally:
         torch.set_num_threads(threads)
     assert key["data_dir"] is None  # digits ignores --data-dir: not part of its key
+
+
+def test_waiting_for_another_process_lock_is_said(tmp_path: Path) -> None:
+    """While another process holds an entry's lock, the run says what it is waiting for."""
+    import threading
+
+    from filelock import FileLock
+
+    lines: list[str] = []
+    cache = ModelCache(tmp_path / "cache", log=lines.append)
+    description = {"what": "shared"}
+    key = content_key(description)
+    (tmp_path / "cache" / "locks").mkdir(parents=True)
+    other = FileLock(str(tmp_path / "cache" / "locks" / f"{key}.lock"), thread_local=False)
+    other.acquire()
+    done = threading.Event()
+
+    def measure() -> None:
+        cache.measurement(description, lambda: {"m": 1.0}, label="measuring x")
+        done.set()
+
+    worker = threading.Thread(target=measure)
+    worker.start()
+    assert not done.wait(0.5)  # blocked on the other holder
+    assert lines == ["waiting for another process that is computing the same entry (measuring x)"]
+    other.release()
+    worker.join(5)
+    assert done.is_set() and lines[-1] == "measuring x"

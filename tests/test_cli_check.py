@@ -56,7 +56,7 @@ def test_check_explains_the_watermark_pruning_conflict():
 
 
 def test_check_json_prints_one_effective_verdict_with_its_order():
-    result = run("check", "dp_sgd", "output_watermark", "explanations", "--json")
+    result = run("check", "dp_sgd", "output_watermark", "explanations", "--json", "-")
     assert result.exit_code == 0
     verdict = json.loads(result.stdout)  # exactly one JSON document, nothing else
     assert verdict["label"] == "effective"
@@ -66,24 +66,24 @@ def test_check_json_prints_one_effective_verdict_with_its_order():
 
 
 def test_check_json_lists_conflicts():
-    verdict = json.loads(run("check", "model_watermark", "backdoor_pruning", "--json").stdout)
+    verdict = json.loads(run("check", "model_watermark", "backdoor_pruning", "--json", "-").stdout)
     assert verdict["label"] == "ineffective"
     (conflict,) = verdict["conflicts"]
     assert conflict["earlier"] == "model_watermark" and conflict["risk"] == "poisoning"
 
 
 def test_naive_technique_disagrees():
-    result = run("check", "dp_sgd", "adversarial_training", "--technique", "naive", "--json")
+    result = run("check", "dp_sgd", "adversarial_training", "--technique", "naive", "--json", "-")
     assert json.loads(result.stdout)["label"] == "ineffective"
     assert (
-        json.loads(run("check", "dp_sgd", "adversarial_training", "--json").stdout)["label"]
+        json.loads(run("check", "dp_sgd", "adversarial_training", "--json", "-").stdout)["label"]
         == "effective"
     )
 
 
 def test_user_specs_from_a_catalog_file(tmp_path):
     path = catalog_file(tmp_path)
-    result = run("check", "api_trigger_mark", "backdoor_pruning", "--catalog", path, "--json")
+    result = run("check", "api_trigger_mark", "backdoor_pruning", "--catalog", path, "--json", "-")
     assert result.exit_code == 0, result.stderr
     verdict = json.loads(result.stdout)
     assert verdict["label"] == "effective"
@@ -150,7 +150,7 @@ def test_show_says_whether_a_mechanism_exists(tmp_path):
 
 
 def test_show_json_is_a_reusable_spec():
-    spec = json.loads(run("show", "dp_sgd", "--json").stdout)
+    spec = json.loads(run("show", "dp_sgd", "--json", "-").stdout)
     assert spec["stage"] == "in" and spec["slots"] == ["privacy_wrapper"]
 
 
@@ -256,3 +256,16 @@ def test_check_never_imports_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_json_convention_is_one_path_everywhere(tmp_path: Path) -> None:
+    """--json PATH writes the file and still prints the table; --json - prints JSON only."""
+    target = tmp_path / "verdict.json"
+    result = run("check", "model_watermark", "backdoor_pruning", "--json", str(target))
+    assert result.exit_code == 0
+    assert "INEFFECTIVE" in result.stdout
+    assert json.loads(target.read_text())["label"] == "ineffective"
+    spec_file = tmp_path / "spec.json"
+    assert run("show", "dp_sgd", "--json", str(spec_file)).exit_code == 0
+    assert json.loads(spec_file.read_text())["name"] == "dp_sgd"
+    assert json.loads(run("show", "dp_sgd", "--json", "-").stdout)["name"] == "dp_sgd"

@@ -26,9 +26,29 @@ def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["order"] == ["model_watermark", "explanations"]
     assert record["tolerances"] == {"watermark_accuracy": 0.2}
-    assert record["predicted"] == {"defcon": "effective", "naive": "effective"}
+    assert record["predicted"] == {
+        "defcon": "effective",
+        "naive": "effective",
+        "factors": "effective",
+    }
     assert len(list((out / "records").glob("*.json"))) == 1
     assert len(list((out / "plots").glob("*.png"))) == 1
+    assert set(record["factor_probes"]) == {
+        "no defense",
+        "model_watermark",
+        "explanations",
+        "combined",
+    }
+
+    # --json - : the same record alone on stdout (from the cache), the table on stderr
+    again = run(
+        "compose", "model_watermark", "explanations", "--dataset", "digits", "--seeds", "1",
+        "--profile", "tiny", "--out", str(out), "--json", "-",
+        "--tolerance", "watermark_accuracy=0.2",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["label"] == record["label"]
+    assert "watermark_accuracy" in again.stderr
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def test_datasets_lists_every_dataset_and_how_to_bring_fmnist() -> None:
     for fragment in ("digits", "fmnist", "adult", "compas", "tabular", "sex", "race",
                      "--data-dir", "DEFCON_FMNIST_DIR", "train-images-idx3-ubyte"):  # fmt: skip
         assert fragment in text, fragment
-    listed = json.loads(run("datasets", "--json").stdout)
+    listed = json.loads(run("datasets", "--json", "-").stdout)
     assert [(d["name"], d["kind"], d["classes"]) for d in listed] == [
         ("digits", "image", 10), ("fmnist", "image", 10), ("adult", "tabular", 2),
         ("compas", "tabular", 2),

@@ -94,9 +94,12 @@ def _code_words(source: Path) -> set[str]:
             words.add(node.id)
         elif isinstance(node, ast.Attribute):
             words.add(node.attr)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if id(node) not in docstrings:
-                words |= set(re.findall(r"[a-z][a-z0-9_]+", node.value))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            words |= set(re.findall(r"[a-z][a-z0-9_]+", node.value))
     return words
 
 

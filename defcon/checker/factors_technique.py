@@ -46,7 +46,9 @@ class _Link:
         return self.moved.direction is not self.needed.direction
 
 
-def reaches(mover: DefenseSpec, dependent: DefenseSpec, factor: Factor, order: Sequence[str]) -> bool:
+def reaches(
+    mover: DefenseSpec, dependent: DefenseSpec, factor: Factor, order: Sequence[str]
+) -> bool:
     """Whether `mover`'s movement of `factor` acts on what `dependent`'s effectiveness reads."""
     if factor is not Factor.RETRAINED_AFTER_MAIN_TRAINING:
         return True
@@ -66,8 +68,7 @@ def chains(specs: Sequence[DefenseSpec], order: Sequence[str]) -> list[FactorCha
                 _Link(moved, needed)
                 for needed in dependent.depends_on
                 for moved in mover.moves
-                if moved.factor is needed.factor
-                and reaches(mover, dependent, needed.factor, order)
+                if moved.factor is needed.factor and reaches(mover, dependent, needed.factor, order)
             ]
             harmful = [link for link in links if link.harmful]
             if harmful and _conflicts(links):
