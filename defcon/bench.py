@@ -20,9 +20,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from defcon.catalog import builtin_catalog
+from defcon.catalog import Catalog, load_catalog
 from defcon.composer import Composer, applicability_problem
-from defcon.data import load_dataset
+from defcon.data import is_data_file, load_dataset, open_data_file
 from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
 from defcon.profiles import get_profile
@@ -48,6 +48,12 @@ class Task(BaseModel):
     record_path: str
     data_dir: str | None = None
     threads: int = 1
+    catalog: str | None = None  # a user's catalog file, added to the installed defenses
+    model: str | None = None  # a user's model factory 'module:function'
+    device: str = "cpu"
+    target: str | None = None  # CSV datasets: label and sensitive columns
+    sensitive: str | None = None
+    kind: str | None = None
 
 
 class Skipped(BaseModel):
@@ -64,7 +70,7 @@ class TriplesFile(BaseModel):
     triple: list[dict[str, list[str]]] = Field(min_length=1)
 
 
-def load_triples(path: Path | str) -> list[tuple[str, ...]]:
+def load_triples(path: Path | str, catalog: Catalog | None = None) -> list[tuple[str, ...]]:
     """Read and validate a triples file: each entry names three distinct known defenses."""
     path = Path(path)
     text = read_text(path, "triples file", "a TOML file of [[triple]] tables")
@@ -76,7 +82,7 @@ def load_triples(path: Path | str) -> list[tuple[str, ...]]:
             f"triples file '{path}' is malformed ({first}); expected [[triple]] tables with "
             "defenses = [three names]"
         ) from None
-    catalog = builtin_catalog()
+    catalog = catalog or load_catalog()
     triples = []
     for entry in parsed.triple:
         names = tuple(entry.get("defenses", ()))
@@ -87,7 +93,7 @@ def load_triples(path: Path | str) -> list[tuple[str, ...]]:
     return triples
 
 
-def parse_pairs(text: str) -> list[tuple[str, ...]] | None:
+def parse_pairs(text: str, catalog: Catalog | None = None) -> list[tuple[str, ...]] | None:
     """`all` → None (every pair); otherwise 'a+b,c+d' → [(a, b), (c, d)]."""
     if text.strip() == "all":
         return None
@@ -96,7 +102,7 @@ def parse_pairs(text: str) -> list[tuple[str, ...]] | None:
         names = tuple(n.strip() for n in item.split("+") if n.strip())
         if len(names) != 2:
             raise DefconError(f"--pairs: '{item}' is not a pair; use 'all' or 'a+b,c+d'")
-        builtin_catalog().resolve(names)
+        (catalog or load_catalog()).resolve(names)
         pairs.append(names)
     return pairs
 
@@ -106,10 +112,15 @@ def combinations_for(
     pairs: Sequence[tuple[str, ...]] | None,
     triples: Sequence[tuple[str, ...]],
     data_dir: str | None = None,
+    catalog: Catalog | None = None,
+    data_options: dict[str, str | None] | None = None,
 ) -> tuple[list[tuple[str, ...]], list[Skipped]]:
     """The combinations that apply to `dataset`, and those skipped with the reason."""
-    catalog = builtin_catalog()
-    probe = load_dataset(dataset, seed=0, max_train=1, max_eval=1, data_dir=data_dir)
+    catalog = catalog or load_catalog()
+    source = (
+        open_data_file(dataset, **(data_options or {})) if is_data_file(dataset) else dataset
+    )
+    probe = load_dataset(source, seed=0, max_train=1, max_eval=1, data_dir=data_dir)
     runnable = [n for n, s in catalog.items() if s.implementation is not None]
     chosen = list(pairs) if pairs is not None else list(itertools.combinations(sorted(runnable), 2))
     chosen += list(triples)
@@ -138,10 +149,17 @@ def run_task(task: Task) -> str | None:
     caller_threads = torch.get_num_threads()  # restored: with one worker this runs in-process
     torch.set_num_threads(task.threads)
     os.environ.setdefault("DEFCON_PROGRESS", "0")
-    composer = Composer(
-        task.dataset, profile=task.profile, cache_dir=task.cache_dir, data_dir=task.data_dir
-    )
     try:
+        source = (
+            open_data_file(task.dataset, target=task.target, sensitive=task.sensitive,
+                           kind=task.kind)
+            if is_data_file(task.dataset)
+            else task.dataset
+        )  # fmt: skip
+        composer = Composer(
+            source, profile=task.profile, cache_dir=task.cache_dir, data_dir=task.data_dir,
+            catalog=load_catalog(task.catalog), model=task.model, device=task.device,
+        )  # fmt: skip
         record = composer.compose(
             task.defenses,
             seeds=task.seeds,
@@ -240,6 +258,12 @@ def run_bench(
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
     measure: bool = True,
+    catalog_file: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    target: str | None = None,
+    sensitive: str | None = None,
+    kind: str | None = None,
 ) -> BenchResult:
     """Measure every applicable combination on each dataset; resume from records already saved.
 
@@ -251,8 +275,20 @@ def run_bench(
     earlier (possibly wider) runs into the same folder, so the summaries written from it never
     shrink to a narrower rerun's selection.
     """
+    from defcon.devices import resolve_device
+    from defcon.models import factory_name
+
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
     get_profile(profile)  # an unknown profile fails here, before anything runs
+    catalog = load_catalog(catalog_file)
+    resolved = str(resolve_device(device))  # workers get the concrete device, checked here
+    model = factory_name(model) if model is not None else None
+    data_options = {"target": target, "sensitive": sensitive, "kind": kind}
+    # a user's settings go into record file names, so runs that differ never share records
+    variant = "".join(
+        f"-{label}{value}" for label, value in (("on-", resolved), ("model-", model))
+        if value not in (None, "cpu")
+    ).replace(":", "_")
     if workers < 1:
         raise DefconError(f"--workers must be at least 1, got {workers}")
     if executor not in ("local", "ray"):
@@ -263,13 +299,13 @@ def run_bench(
     threads = max(1, (os.cpu_count() or 1) // workers)
     tasks, skipped, paths = [], [], []
     for dataset in datasets:
-        keep, skip = combinations_for(dataset, pairs, triples, data_dir)
+        keep, skip = combinations_for(dataset, pairs, triples, data_dir, catalog, data_options)
         skipped += skip
+        label = Path(dataset).name if is_data_file(dataset) else dataset
         for names in keep:
             seed_set = f"seeds{seed_start}+{seeds}to{max_seeds}"
-            path = (
-                out / "records" / dataset / f"{dataset}-{profile}-{seed_set}-{'+'.join(names)}.json"
-            )
+            stem = f"{label}-{profile}-{seed_set}{variant}-{'+'.join(names)}"
+            path = out / "records" / label / f"{stem}.json"
             paths.append(path)
             if _finished(path):
                 continue
@@ -285,6 +321,10 @@ def run_bench(
                     record_path=str(path),
                     data_dir=data_dir,
                     threads=threads,
+                    catalog=catalog_file,
+                    model=model,
+                    device=resolved,
+                    **data_options,
                 )  # fmt: skip
             )
     failed: list[Skipped] = []

@@ -1,7 +1,10 @@
 """The catalog of defense declarations: the built-in ones and those a user declares in a file.
 
-Built-in specs are TOML files beside their defense modules in `pipeline_stages/`; they are read
-with the same loader as a user's catalog file, so both are held to the same validation.
+The core does not know which defenses exist. Packages contribute specs through the entry-point
+group `defcon.catalogs` (each entry point names a callable returning DefenseSpecs); defcon's own
+defenses (`pipeline_stages`) are one such package, declared in pyproject.toml. Their specs are
+TOML files read with the same loader as a user's catalog file, so both are held to the same
+validation.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import json
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
+from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,13 @@ from pydantic import ValidationError
 from defcon.errors import DefconError, unknown
 from defcon.vocabulary import DefenseSpec, Stage
 
-_STAGE_FOLDERS = ("pre_training", "in_training", "post_training")
+CATALOG_GROUP = "defcon.catalogs"
+# Running from a source checkout that was never installed (or whose installed metadata predates
+# the entry point), the group is empty: then the bundled plugin is looked up by this name. It is
+# data, not an import: a core without `pipeline_stages` still works (with an empty catalog).
+_CHECKOUT_FALLBACK = metadata.EntryPoint(
+    name="builtin", value="pipeline_stages:catalog", group=CATALOG_GROUP
+)
 
 
 class Catalog(Mapping[str, DefenseSpec]):
@@ -142,17 +153,45 @@ def dump_catalog(specs: Iterable[DefenseSpec], path: Path | str) -> None:
     atomic_write_text(path, text)
 
 
+def catalog_entry_points() -> list[metadata.EntryPoint]:
+    """The installed providers of specs, or the checkout fallback when none is installed."""
+    found = sorted(metadata.entry_points(group=CATALOG_GROUP), key=lambda ep: ep.name)
+    if found:
+        return found
+    module = _CHECKOUT_FALLBACK.value.partition(":")[0]
+    return [_CHECKOUT_FALLBACK] if find_spec(module) is not None else []
+
+
+def specs_from(entry_point: metadata.EntryPoint) -> list[DefenseSpec]:
+    """Load one provider and validate what it returns (a provider bug is a one-line error)."""
+    try:
+        provider = entry_point.load()
+        specs = list(provider())
+    except DefconError:
+        raise
+    except Exception as error:
+        raise DefconError(
+            f"defense catalog '{entry_point.name}' ({entry_point.value}) failed to load: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    wrong = [s for s in specs if not isinstance(s, DefenseSpec)]
+    if wrong:
+        raise DefconError(
+            f"defense catalog '{entry_point.name}' ({entry_point.value}) returned "
+            f"{type(wrong[0]).__name__}, expected DefenseSpec objects"
+        )
+    return specs
+
+
+def spec_files(folder: Path | str) -> list[DefenseSpec]:
+    """Every `*.toml` spec file below `folder` (sorted): how a plugin package ships its specs."""
+    return [spec for path in sorted(Path(folder).rglob("*.toml")) for spec in load_catalog_file(path)]
+
+
 @lru_cache(maxsize=1)
 def builtin_catalog() -> Catalog:
-    """The defenses shipped in `pipeline_stages/`, one spec file beside each defense module."""
-    import pipeline_stages
-
-    root = Path(pipeline_stages.__file__).resolve().parent
-    specs: list[DefenseSpec] = []
-    for folder in _STAGE_FOLDERS:
-        for spec_file in sorted((root / folder).glob("*.toml")):
-            specs.extend(load_catalog_file(spec_file))
-    return Catalog(specs)
+    """The specs of every installed defense package (entry-point group `defcon.catalogs`)."""
+    return Catalog(spec for ep in catalog_entry_points() for spec in specs_from(ep))
 
 
 def load_catalog(extra_file: Path | str | None = None) -> Catalog:

@@ -343,6 +343,74 @@ DataDirOption = Annotated[
         "--data-dir", help="Folder with the four Fashion-MNIST IDX files.", show_default=False
     ),
 ]
+# The run options a command that trains models shares (compose, bench; audit can reuse them).
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where models compute: auto (a GPU when visible), cpu, cuda or cuda:N.",
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="Your architecture: a function (input_shape, num_classes) -> torch nn.Module "
+        "(default: defcon's CNN for images, MLP for tables).",
+        show_default=False,
+    ),
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target", metavar="COL", help="A CSV dataset's label column.", show_default=False
+    ),
+]
+SensitiveOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sensitive",
+        metavar="COL",
+        help="A CSV dataset's sensitive-attribute column (for fairness defenses).",
+        show_default=False,
+    ),
+]
+KindOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kind",
+        help="image or tabular, where the shapes of a .npz dataset are ambiguous.",
+        show_default=False,
+    ),
+]
+
+
+def run_settings(device: str, model: str | None) -> tuple[Any, str | None]:
+    """Check --device and --model before any work (one `error:` line each when wrong)."""
+    from defcon.devices import resolve_device
+    from defcon.models import factory_name
+
+    return resolve_device(device), factory_name(model) if model is not None else None
+
+
+def dataset_source(
+    name: str, target: str | None, sensitive: str | None, kind: str | None
+) -> Any:
+    """A built-in dataset name, or a user's .npz/.csv file read into `UserData`."""
+    from defcon.data import is_data_file, open_data_file
+    from defcon.vocabulary import DataKind
+
+    if kind is not None and kind not in {k.value for k in DataKind}:
+        raise DefconError(f"--kind '{kind}' is not accepted; expected image or tabular")
+    if is_data_file(name):
+        return open_data_file(name, target=target, sensitive=sensitive, kind=kind)
+    if target is not None or sensitive is not None or kind is not None:
+        raise DefconError(
+            f"--target, --sensitive and --kind apply to your own .csv/.npz files, not to the "
+            f"built-in dataset '{name}'"
+        )
+    return name
 
 
 @app.command("compose")
@@ -354,7 +422,12 @@ def compose_command(
         ),
     ] = None,
     dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="digits (embedded), fmnist, adult or compas.")
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="digits (embedded), fmnist, adult, compas, or your own PATH.npz / PATH.csv.",
+        ),
     ] = "digits",
     seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds to start with.")] = 3,
     max_seeds: MaxSeedsOption = None,
@@ -373,10 +446,19 @@ def compose_command(
     json_path: JsonOption = None,
     cache: CacheOption = None,
     data_dir: DataDirOption = None,
+    catalog: CatalogOption = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    target: TargetOption = None,
+    sensitive: SensitiveOption = None,
+    kind: KindOption = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
     from defcon.effectiveness import seed_plan
 
+    specs = catalog_from(catalog)
+    chosen_device, model_name = run_settings(device, model)
+    source = dataset_source(dataset, target, sensitive, kind)
     tolerances = parse_tolerances(tolerance)
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
     writable_folder(out, "--out")
@@ -390,8 +472,9 @@ def compose_command(
 
     err = Console(stderr=True, highlight=False)
     composer = Composer(
-        dataset, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
-        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
+        source, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
+        model=model_name, device=chosen_device,
     )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
@@ -413,7 +496,8 @@ def compose_command(
 @app.command("bench")
 def bench_command(
     datasets: Annotated[
-        str, typer.Option("--datasets", help="Comma-separated datasets.")
+        str,
+        typer.Option("--datasets", help="Comma-separated datasets (names or .npz/.csv files)."),
     ] = "fmnist,adult",
     pairs: Annotated[str, typer.Option("--pairs", help="'all', or pairs like 'a+b,c+d'.")] = "all",
     triples: Annotated[
@@ -463,14 +547,22 @@ def bench_command(
             "(and OUT/stability), counting what is not measured yet.",
         ),
     ] = False,
+    catalog: CatalogOption = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    target: TargetOption = None,
+    sensitive: SensitiveOption = None,
+    kind: KindOption = None,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, parse_pairs, run_bench
     from defcon.bench_report import scores_by_dataset, write_results
     from defcon.scoring import score_text
 
-    chosen_pairs = parse_pairs(pairs)
-    chosen_triples = load_triples(triples) if triples is not None else []
+    specs = catalog_from(catalog)
+    run_settings(device, model)
+    chosen_pairs = parse_pairs(pairs, specs)
+    chosen_triples = load_triples(triples, specs) if triples is not None else []
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if not names:
         raise DefconError("--datasets is empty; name one or more of digits, fmnist, adult, compas")
@@ -487,7 +579,8 @@ def bench_command(
         profile=profile, executor=executor, workers=workers, cache_dir=cache,
         data_dir=str(data_dir) if data_dir else None, ray_address=ray_address,
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
-        measure=not report_only,
+        measure=not report_only, catalog_file=str(catalog) if catalog else None, model=model,
+        device=device, target=target, sensitive=sensitive, kind=kind,
     )  # fmt: skip
     if (
         stability_start is not None

@@ -28,7 +28,7 @@ from defcon.attacks import BadNets
 from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import TECHNIQUES, Verdict, check
-from defcon.data import Dataset, load_dataset
+from defcon.data import Dataset, UserData, is_data_file, load_dataset, open_data_file
 from defcon.defense import (
     Defense,
     Environment,
@@ -36,6 +36,7 @@ from defcon.defense import (
     PostTrainingDefense,
     PreTrainingDefense,
 )
+from defcon.devices import place, resolve_device
 from defcon.effectiveness import (
     MetricVerdict,
     Summary,
@@ -46,13 +47,21 @@ from defcon.effectiveness import (
 )
 from defcon.errors import DefconError
 from defcon.fingerprint import code_of, core_code, probes_code
-from defcon.models import accuracy, arch_for
+from defcon.models import (
+    ArchConfig,
+    ModelFactory,
+    accuracy,
+    arch_for,
+    build_model,
+    check_model,
+    factory_name,
+)
 from defcon.probes import probe_factors
 from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
+from defcon.registry import make_defense
 from defcon.training import CONVERGED_GAIN, TrainedModel, train, train_reference
 from defcon.vocabulary import DefenseSpec, Stage, Threat
-from pipeline_stages.registry import make_defense
 
 CLEAN_ACCURACY = "clean_accuracy"
 NO_DEFENSE = "no defense"
@@ -124,7 +133,7 @@ class Composer:
 
     def __init__(
         self,
-        dataset: str,
+        dataset: str | UserData,
         *,
         profile: str | Profile = "quick",
         cache_dir: Path | str = "defcon-runs/cache",
@@ -132,23 +141,34 @@ class Composer:
         catalog: Catalog | None = None,
         configs: Mapping[str, Mapping[str, Any]] | None = None,
         log: Callable[[str], None] | None = None,
+        model: str | ModelFactory | None = None,
+        device: str | torch.device = "auto",
     ) -> None:
-        self.dataset_name = dataset
+        """`dataset`: a built-in name, a .npz path, or `UserData` (`defcon.data.from_arrays`,
+        `read_csv`); `model`: a factory (input_shape, num_classes) → nn.Module, or its
+        'module:function' name (default: defcon's CNN / MLP); `device`: auto, cpu, cuda[:N]."""
+        if isinstance(dataset, str) and is_data_file(dataset):
+            dataset = open_data_file(dataset)
+        self.source: str | UserData = dataset
+        self.dataset_name = dataset.name if isinstance(dataset, UserData) else dataset
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.log = log or (lambda message: None)
+        self.device = resolve_device(device)
+        self.model_factory = factory_name(model) if model is not None else None
         self.cache = ModelCache(cache_dir, log=self.log)
         self.data_dir = data_dir
         self.catalog = catalog or builtin_catalog()
         self.configs = {name: dict(cfg) for name, cfg in (configs or {}).items()}
         self._datasets: dict[int, Dataset] = {}
         self.dataset(0)  # fail fast on an unknown or missing dataset; every run needs seed 0
+        check_model(self.arch(self.dataset(0)))  # and on a model that does not fit the data
 
     # ------------------------------------------------------------------ planning
 
     def dataset(self, seed: int) -> Dataset:
         if seed not in self._datasets:
             self._datasets[seed] = load_dataset(
-                self.dataset_name,
+                self.source,
                 seed=seed,
                 max_train=self.profile.train_cap(self.dataset_name),
                 max_eval=self.profile.eval_cap(self.dataset_name),
@@ -169,6 +189,10 @@ class Composer:
             problem = applicability_problem(spec, probe)
             if problem:
                 raise DefconError(f"cannot compose on {self.dataset_name}: {problem}")
+        for name in names:
+            problem = self.model_problem(self._defense(name), probe)
+            if problem:
+                raise DefconError(f"cannot compose with this model: {problem}")
         if not verdict.effective and not force:
             raise DefconError(
                 f"refused: Def\\Con predicts a conflict. {verdict.explanation} "
@@ -177,7 +201,18 @@ class Composer:
         return specs, verdict
 
     def _defense(self, name: str) -> Defense:
-        return make_defense(name, self.configs.get(name))
+        return make_defense(name, self.configs.get(name), self.catalog)
+
+    def arch(self, dataset: Dataset) -> ArchConfig:
+        """The victim's architecture: the user's factory, or defcon's default for the data."""
+        return arch_for(dataset, width=self.profile.width, factory=self.model_factory)
+
+    def model_problem(self, defense: Defense, dataset: Dataset) -> str | None:
+        """Why `defense` cannot handle the model this composer trains (before any training)."""
+        arch = self.arch(dataset)
+        if isinstance(defense, InTrainingDefense):
+            arch = defense.adapt_arch(arch)
+        return defense.model_problem(place(build_model(arch, seed=0), self.device), dataset)
 
     def pipeline(self, names: Sequence[str], seed: int, poisoned: bool) -> Pipeline:
         defenses = [self._defense(name) for name in names]
@@ -192,10 +227,13 @@ class Composer:
     # ------------------------------------------------------------------ running
 
     def _base_key(self, seed: int) -> dict[str, Any]:
-        """What every model of this composer and seed depends on (code, data, profile, threads)."""
+        """What every model of this composer and seed depends on (code, data, profile, threads,
+        device; the victim's architecture, a user's factory included, is in the model key)."""
         return {
             "code": core_code(),
-            "dataset": self.dataset_name,
+            "dataset": self.source.describe()
+            if isinstance(self.source, UserData)
+            else self.dataset_name,
             # the folder only matters where the loader reads it; resolved, so ./x == /abs/x
             "data_dir": str(Path(self.data_dir).resolve())
             if self.data_dir and self.dataset_name == "fmnist"
@@ -203,6 +241,7 @@ class Composer:
             "seed": seed,
             "profile": self.profile.model_dump(mode="json"),
             "threads": torch.get_num_threads(),
+            "device": str(self.device),
         }
 
     def reference_model(self, env: Environment) -> nn.Module:
@@ -213,16 +252,16 @@ class Composer:
             self.log(f"seed {env.seed}: training the independent reference model")
             return train_reference(env)
 
-        return self.cache.model(key, train_it, label="reference model").model
+        return place(self.cache.model(key, train_it, label="reference model").model, self.device)
 
     def run_pipeline(self, pipeline: Pipeline) -> PipelineResult:
         """Apply pre-training defenses, train (or load) the model, prepare post-training steps."""
         dataset = self.dataset(pipeline.seed)
         poisoner = BadNets.for_dataset(dataset, pipeline.seed) if pipeline.poisoned else None
-        arch = arch_for(dataset, width=self.profile.width)
+        arch = self.arch(dataset)
         env = Environment(
             dataset=dataset, seed=pipeline.seed, profile=self.profile, poisoner=poisoner,
-            arch=arch, deployed=pipeline.names,
+            arch=arch, deployed=pipeline.names, device=self.device,
         )  # fmt: skip
         env.reference_model = lambda: self.reference_model(env)
         train_split = dataset.train
@@ -248,7 +287,7 @@ class Composer:
             trained = self.cache.model(model_key, train_model)
             env.record.update(trained.record)
             env.arch = trained.arch
-            model = trained.model
+            model = place(trained.model, self.device)
             for defense in pipeline.post:
                 model = self.cache.timed(
                     f"applying {defense.name}", lambda d=defense, m=model: d.apply(m, env)
@@ -444,6 +483,9 @@ class Composer:
             tolerances=tolerances,
             configs={name: dict(cfg) for name, cfg in self.configs.items() if name in order},
             threads=torch.get_num_threads(),
+            device=str(self.device),
+            model=self.model_factory,
+            dataset_sha256=self.source.digest if isinstance(self.source, UserData) else None,
             code=core_code(),
             versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2),

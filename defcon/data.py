@@ -382,22 +382,330 @@ DEFAULT_DATASET = "digits"
 
 
 def load_dataset(
-    name: str,
+    name: str | UserData,
     *,
     seed: int = 0,
     max_train: int | None = None,
     max_eval: int | None = None,
     data_dir: Path | str | None = None,
 ) -> Dataset:
-    """Load `name` with splits fixed by `seed`; optionally cap the split sizes (seeded subsets)."""
-    if name not in LOADERS:
-        raise unknown("dataset", name, LOADERS)
-    if data_dir is not None and not Path(data_dir).is_dir():
+    """Load `name` (a built-in name, a .npz file, or a user's `UserData`) with splits fixed by
+    `seed`; optionally cap the split sizes (seeded subsets)."""
+    if isinstance(name, str) and is_data_file(name):
+        name = open_data_file(name)
+    if isinstance(name, UserData):
+        dataset = name.dataset(seed)
+    elif name not in LOADERS:
+        raise unknown("dataset", name, [*LOADERS, "PATH.npz", "PATH.csv (with --target)"])
+    elif data_dir is not None and not Path(data_dir).is_dir():
         raise DefconError(f"data folder '{data_dir}' does not exist")
-    dataset = LOADERS[name](seed, Path(data_dir) if data_dir else None)
+    else:
+        dataset = LOADERS[name](seed, Path(data_dir) if data_dir else None)
     return replace(
         dataset,
         train=_cap(dataset.train, max_train, seed),
         val=_cap(dataset.val, max_eval, seed + 1),
         test=_cap(dataset.test, max_eval, seed + 2),
     )
+
+
+# --------------------------------------------------------------------------- a user's own data
+
+DATA_SUFFIXES = (".npz", ".csv")
+VAL_FRACTION = 0.1  # of the training split, when a user gives no validation split
+CSV_FRACTIONS = (0.15, 0.2)  # validation and test shares of a single CSV table
+
+
+def is_data_file(name: str) -> bool:
+    """Whether a --dataset value names a file rather than a built-in dataset."""
+    return Path(name).suffix.lower() in DATA_SUFFIXES
+
+
+@dataclass(frozen=True, eq=False)
+class UserData:
+    """A user's dataset: fixed arrays from a file or the Python API, already in defcon's form
+    (float inputs in [0, 1], labels 0..K−1, group ids). `digest` identifies the content, so cache
+    keys change when the data does. Splits that depend on the seed (validation carved from the
+    training data, or all three from one CSV table) are drawn by `dataset(seed)`.
+    """
+
+    name: str
+    kind: DataKind
+    num_classes: int
+    x: dict[str, np.ndarray]  # "train", "test" and optionally "val"
+    y: dict[str, np.ndarray]
+    s: dict[str, np.ndarray] | None
+    digest: str
+    sensitive_attribute: str | None = None
+    feature_groups: tuple[FeatureGroup, ...] = ()
+    split_by_seed: bool = False  # one table: train/val/test are all drawn per seed
+
+    def dataset(self, seed: int) -> Dataset:
+        def part(key: str, index: np.ndarray | None = None) -> Split:
+            s = None if self.s is None else self.s[key]
+            rows = np.arange(len(self.y[key])) if index is None else index
+            return _to_split(self.x[key], self.y[key], s, rows)
+
+        if self.split_by_seed:
+            train, val, test = _split_indices(len(self.y["train"]), CSV_FRACTIONS, seed)
+            splits = part("train", train), part("train", val), part("train", test)
+        elif "val" in self.x:
+            splits = part("train"), part("val"), part("test")
+        else:
+            order = np.random.default_rng(seed).permutation(len(self.y["train"]))
+            n_val = max(2, int(round(VAL_FRACTION * len(order))))
+            splits = part("train", order[n_val:]), part("train", order[:n_val]), part("test")
+        return Dataset(
+            self.name, self.kind, self.num_classes, *splits,
+            sensitive_attribute=self.sensitive_attribute, feature_groups=self.feature_groups,
+        )  # fmt: skip
+
+    def describe(self) -> dict[str, str]:
+        """What goes into cache keys and records: the name and the content hash."""
+        return {"name": self.name, "sha256": self.digest}
+
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _array(value: object, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as error:
+        raise DefconError(f"{what} is not an array ({type(error).__name__}: {error})") from None
+    if array.dtype == object:
+        raise DefconError(f"{what} is not a numeric array")
+    return array
+
+
+def _digest(*parts: object) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(str((part.dtype, part.shape)).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def _images(x: np.ndarray, what: str) -> np.ndarray:
+    """N×H×W, N×C×H×W or N×H×W×C (C ∈ {1, 3}) → N×C×H×W."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.transpose(0, 3, 1, 2)
+    return x
+
+
+def _labels(parts: dict[str, np.ndarray], what: str) -> tuple[dict[str, np.ndarray], int]:
+    """Class ids 0..K−1 over every split (K ≥ 2)."""
+    for key, y in parts.items():
+        if y.ndim != 1:
+            raise DefconError(f"{what} y_{key} must be one label per row, got shape {y.shape}")
+    classes = np.unique(np.concatenate(list(parts.values())))
+    if len(classes) < 2:
+        raise DefconError(f"{what} has {len(classes)} class(es); at least two are needed")
+    return {k: np.searchsorted(classes, y).astype(np.int64) for k, y in parts.items()}, len(classes)
+
+
+def from_arrays(
+    x_train: ArrayLike,
+    y_train: ArrayLike,
+    x_test: ArrayLike,
+    y_test: ArrayLike,
+    *,
+    x_val: ArrayLike | None = None,
+    y_val: ArrayLike | None = None,
+    s_train: ArrayLike | None = None,
+    s_test: ArrayLike | None = None,
+    s_val: ArrayLike | None = None,
+    kind: DataKind | str | None = None,
+    name: str = "arrays",
+    sensitive_attribute: str | None = None,
+) -> UserData:
+    """A dataset from arrays or tensors (the Python API; `.npz` files come here too).
+
+    Kind: inputs of one dimension per row are tabular, two or three dimensions images (or say
+    `kind`). Images are scaled to [0, 1] (bytes / 255, other ranges by the training minimum and
+    maximum); tabular features per column by the training minimum and maximum, clipped, since
+    attacks assume inputs in [0, 1].
+    """
+    what = f"dataset '{name}'"
+    xs = {"train": _array(x_train, "x_train"), "test": _array(x_test, "x_test")}
+    ys = {"train": _array(y_train, "y_train"), "test": _array(y_test, "y_test")}
+    if (x_val is None) != (y_val is None):
+        raise DefconError(f"{what}: give both x_val and y_val, or neither")
+    if x_val is not None:
+        xs["val"], ys["val"] = _array(x_val, "x_val"), _array(y_val, "y_val")
+    given_s = {"train": s_train, "test": s_test, "val": s_val}
+    if (s_train is None) != (s_test is None) or (s_val is not None and s_train is None):
+        raise DefconError(f"{what}: give the sensitive attribute for train and test (s_train, s_test)")
+    ss = None
+    if s_train is not None:
+        ss = {k: _array(given_s[k], f"s_{k}") for k in xs if given_s[k] is not None}
+        if "val" in xs and "val" not in ss:
+            raise DefconError(f"{what}: x_val is given, so s_val is needed too")
+    for key in xs:
+        if len(xs[key]) != len(ys[key]) or (ss is not None and len(ss[key]) != len(ys[key])):
+            raise DefconError(
+                f"{what}: the {key} split has {len(xs[key])} inputs and {len(ys[key])} labels"
+                + (f" and {len(ss[key])} sensitive values" if ss is not None else "")
+            )
+        if len(ys[key]) < 2:
+            raise DefconError(f"{what}: the {key} split has {len(ys[key])} rows; at least 2 needed")
+    shapes = {xs[k].shape[1:] for k in xs}
+    if len(shapes) != 1:
+        raise DefconError(f"{what}: the splits' inputs have different shapes {sorted(shapes)}")
+    ndim = xs["train"].ndim - 1
+    if kind is None:
+        if ndim not in (1, 2, 3):
+            raise DefconError(f"{what}: inputs of shape {xs['train'].shape[1:]} are neither "
+                              "tabular (N×F) nor images (N×H×W, N×C×H×W, N×H×W×C)")  # fmt: skip
+        kind = DataKind.TABULAR if ndim == 1 else DataKind.IMAGE
+    kind = DataKind(kind)
+    if kind is DataKind.TABULAR and ndim != 1:
+        raise DefconError(f"{what}: tabular inputs must be N×F, got {xs['train'].shape}")
+    if kind is DataKind.IMAGE and ndim not in (2, 3):
+        raise DefconError(f"{what}: image inputs must be N×H×W or N×C×H×W, got {xs['train'].shape}")
+    raw = _digest(kind, *(a for k in sorted(xs) for a in (xs[k], ys[k])),
+                  *([ss[k] for k in sorted(ss)] if ss else []))  # fmt: skip
+    floats = {k: x.astype(np.float32) for k, x in xs.items()}
+    if not all(np.isfinite(x).all() for x in floats.values()):
+        raise DefconError(f"{what}: the inputs contain NaN or infinite values")
+    groups: tuple[FeatureGroup, ...] = ()
+    if kind is DataKind.IMAGE:
+        floats = {k: _images(x, what) for k, x in floats.items()}
+        low, high = float(floats["train"].min()), float(floats["train"].max())
+        if xs["train"].dtype == np.uint8:
+            floats = {k: x / 255.0 for k, x in floats.items()}
+        elif low < 0 or high > 1:
+            span = (high - low) or 1.0
+            floats = {k: np.clip((x - low) / span, 0, 1) for k, x in floats.items()}
+    else:
+        low, high = floats["train"].min(0), floats["train"].max(0)
+        if (low < 0).any() or (high > 1).any():
+            span = np.where(high > low, high - low, 1.0)
+            floats = {k: np.clip((x - low) / span, 0, 1) for k, x in floats.items()}
+        groups = tuple(
+            FeatureGroup(f"x{i}", (i,), categorical=False) for i in range(floats["train"].shape[1])
+        )
+    labels, num_classes = _labels(ys, what)
+    groups_s = None
+    if ss is not None:
+        values = np.unique(np.concatenate(list(ss.values())))
+        groups_s = {k: np.searchsorted(values, v).astype(np.int64) for k, v in ss.items()}
+    return UserData(
+        name=name, kind=kind, num_classes=num_classes,
+        x={k: v.astype(np.float32) for k, v in floats.items()}, y=labels, s=groups_s, digest=raw,
+        sensitive_attribute=(sensitive_attribute or "s") if ss is not None else None,
+        feature_groups=groups,
+    )  # fmt: skip
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+NPZ_OPTIONAL = ("x_val", "y_val", "s_train", "s_test", "s_val")
+
+
+def read_npz(path: Path | str, kind: DataKind | str | None = None) -> UserData:
+    """A `.npz` file with x_train, y_train, x_test, y_test (optionally x_val, y_val, s_train,
+    s_test, s_val)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise DefconError(f"dataset file '{path}' does not exist") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise DefconError(f"dataset file '{path}' is not a readable .npz archive ({error})") from None
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise DefconError(
+            f"dataset file '{path}' lacks {', '.join(missing)}; a .npz dataset holds "
+            f"{', '.join(NPZ_KEYS)} (optionally {', '.join(NPZ_OPTIONAL)})"
+        )
+    unknown_keys = sorted(set(arrays) - set(NPZ_KEYS) - set(NPZ_OPTIONAL))
+    if unknown_keys:
+        raise DefconError(f"dataset file '{path}' has unexpected arrays {', '.join(unknown_keys)}; "
+                          f"accepted: {', '.join(NPZ_KEYS + NPZ_OPTIONAL)}")  # fmt: skip
+    return from_arrays(**arrays, kind=kind, name=path.name)
+
+
+def read_csv(
+    path: Path | str,
+    target: str,
+    sensitive: str | None = None,
+    kind: DataKind | str | None = None,
+) -> UserData:
+    """A table: `target` is the label column; other non-numeric columns are one-hot encoded and
+    numeric ones scaled to [0, 1] (as for Adult); rows with missing values are dropped. The
+    `sensitive` column (kept among the features, as Adult keeps sex) gives the groups.
+    Train, validation and test are drawn from the table per seed (65/15/20 %)."""
+    import pandas as pd
+
+    path = Path(path)
+    if kind is not None and DataKind(kind) is not DataKind.TABULAR:
+        raise DefconError(f"dataset file '{path}': a CSV table is tabular data")
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DefconError(f"dataset file '{path}' does not exist") from None
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DefconError(f"dataset file '{path}' is not a readable CSV table ({first})") from None
+    columns = [str(c) for c in frame.columns]
+    for option, column in (("--target", target), ("--sensitive", sensitive)):
+        if column is not None and column not in columns:
+            raise DefconError(f"{option} '{column}' is not a column of '{path}'; columns: "
+                              f"{', '.join(columns)}")  # fmt: skip
+    if sensitive == target:
+        raise DefconError("--sensitive names the --target column; pick another column")
+    frame = frame.dropna()
+    if len(frame) < 10:
+        raise DefconError(f"dataset file '{path}' has {len(frame)} complete rows; at least 10 needed")
+    features = frame.drop(columns=[target])
+    if features.shape[1] == 0:
+        raise DefconError(f"dataset file '{path}' has no feature column besides '{target}'")
+    numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])
+               and not pd.api.types.is_bool_dtype(features[c])]  # fmt: skip
+    categorical = [c for c in features.columns if c not in numeric]
+    x, groups = _tabular_features(features, categorical, numeric)
+    classes, y = np.unique(frame[target].astype(str).to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise DefconError(f"--target '{target}' has {len(classes)} value(s); at least two needed")
+    s = None
+    if sensitive is not None:
+        s = np.unique(frame[sensitive].astype(str).to_numpy(), return_inverse=True)[1]
+    digest = _digest(path.read_bytes(), target, sensitive)
+    return UserData(
+        name=path.name, kind=DataKind.TABULAR, num_classes=len(classes),
+        x={"train": x}, y={"train": y.astype(np.int64)},
+        s=None if s is None else {"train": s.astype(np.int64)}, digest=digest,
+        sensitive_attribute=sensitive, feature_groups=groups, split_by_seed=True,
+    )  # fmt: skip
+
+
+def open_data_file(
+    path: Path | str,
+    *,
+    target: str | None = None,
+    sensitive: str | None = None,
+    kind: DataKind | str | None = None,
+) -> UserData:
+    """A user's .npz or .csv dataset (a CSV needs `target`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        if target is None:
+            raise DefconError(f"'{path}' is a CSV table: name its label column with --target COL")
+        return read_csv(path, target, sensitive, kind)
+    if suffix == ".npz":
+        if target is not None or sensitive is not None:
+            raise DefconError("--target and --sensitive apply to CSV tables; a .npz file holds "
+                              "y_* and s_* arrays")  # fmt: skip
+        return read_npz(path, kind)
+    raise DefconError(f"dataset file '{path}': accepted suffixes {', '.join(DATA_SUFFIXES)}")

@@ -24,8 +24,9 @@ from torch import nn
 from defcon.attacks import BadNets, derived_seed
 from defcon.catalog import builtin_catalog
 from defcon.data import Dataset, Split
+from defcon.errors import DefconError
 from defcon.profiles import Profile
-from defcon.vocabulary import DefenseSpec
+from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 if TYPE_CHECKING:
     from defcon.models import ArchConfig
@@ -44,6 +45,8 @@ class Environment:
     `reference_model` returns an *independent* model: the threat model's fixed architecture
     trained by the plain recipe on `attacker_data` (disjoint from the owner's training data), for
     calibrated attacks and false-accusation checks; the composer supplies a cached one.
+    `device` is where models compute (`defcon.devices`); data and defenses' bookkeeping stay on
+    the CPU.
     """
 
     dataset: Dataset
@@ -55,6 +58,7 @@ class Environment:
     arch: ArchConfig | None = None
     deployed: frozenset[str] = frozenset()
     reference_model: Callable[[], nn.Module] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def training_split(self) -> Split:
@@ -110,12 +114,22 @@ class DefenseConfig(BaseModel):
 
 
 class Defense(ABC):
-    """A defense mechanism bound to its declaration in the catalog."""
+    """A defense mechanism bound to its declaration in the catalog.
 
-    name: ClassVar[str]
+    The spec is the defense's identity: its name, stage and slots come from the catalog entry
+    whose `implementation` names the class, never from the class itself, so one class can back
+    several declarations and a user's class needs no name of its own.
+    """
+
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig
 
-    def __init__(self, config: DefenseConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: DefenseConfig | Mapping[str, Any] | None = None,
+        *,
+        spec: DefenseSpec | None = None,
+    ) -> None:
+        self.spec = spec if spec is not None else spec_of(type(self))
         if config is None:
             config = self.Config()
         elif not isinstance(config, DefenseConfig):
@@ -123,12 +137,28 @@ class Defense(ABC):
         self.config = config
 
     @property
-    def spec(self) -> DefenseSpec:
-        return builtin_catalog()[self.name]
+    def name(self) -> str:
+        return self.spec.name
 
     def cache_key(self) -> dict[str, Any]:
-        """What identifies this defense's effect on a model: its name and its settings."""
-        return {"name": self.name, "config": self.config.model_dump(mode="json")}
+        """What identifies this defense's effect on a model: its declaration and its settings.
+
+        The slots are part of it: the training loop calls exactly the hooks of declared slots.
+        """
+        return {
+            "name": self.name,
+            "implementation": self.spec.implementation,
+            "slots": sorted(str(slot) for slot in self.spec.slots),
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def model_problem(self, model: nn.Module, dataset: Dataset) -> str | None:
+        """Why this defense cannot work on (a freshly built copy of) `model` (None: it can).
+
+        Asked before any training, so an architecture a defense cannot handle is refused with a
+        reason instead of failing minutes later.
+        """
+        return None
 
     @abstractmethod
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
@@ -136,6 +166,65 @@ class Defense(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+def implementation_of(cls: type) -> str:
+    """The `module:Class` string a spec names `cls` by."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def spec_of(cls: type[Defense]) -> DefenseSpec:
+    """The one spec of the default catalog whose `implementation` is `cls`."""
+    path = implementation_of(cls)
+    found = [s for s in builtin_catalog().values() if s.implementation == path]
+    if len(found) != 1:
+        which = "no spec" if not found else f"{len(found)} specs ({', '.join(s.name for s in found)})"
+        raise DefconError(
+            f"{cls.__name__}: {which} of the installed catalog name '{path}' as implementation; "
+            "pass the spec explicitly (Class(config, spec=...)) or use make_defense(name, catalog=...)"
+        )
+    return found[0]
+
+
+# Which hooks of InTrainingDefense serve which slot: the loop calls a hook only for a declared slot.
+SLOT_HOOKS: dict[Slot, tuple[str, ...]] = {
+    Slot.PRIVACY_WRAPPER: ("wrap", "unwrap"),
+    Slot.BATCH_TRANSFORM: ("transform_batch",),
+    Slot.LOSS_TERM: ("loss_term",),
+    Slot.PARAMETER_NOISE: ("noisy_step",),
+    Slot.FINETUNE_PHASE: ("finetune",),
+}
+
+
+def contract_problems(cls: type, spec: DefenseSpec) -> list[str]:
+    """Where a class and its spec disagree: stage contract, and slots vs overridden hooks.
+
+    A hook overridden for an undeclared slot would never be called; a declared slot with no hook
+    would silently do nothing. Both are declaration bugs, reported before anything runs.
+    """
+    base = {Stage.PRE: PreTrainingDefense, Stage.IN: InTrainingDefense,
+            Stage.POST: PostTrainingDefense}[spec.stage]  # fmt: skip
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return [
+            f"'{spec.name}' is a {spec.stage}-training defense, so its implementation "
+            f"{getattr(cls, '__name__', cls)!s} must subclass defcon.defense.{base.__name__}"
+        ]
+    if spec.stage is not Stage.IN:
+        return []
+    problems = []
+    for slot, hooks in SLOT_HOOKS.items():
+        overridden = [h for h in hooks if getattr(cls, h) is not getattr(InTrainingDefense, h)]
+        if slot in spec.slots and not overridden:
+            problems.append(
+                f"'{spec.name}' declares slot {slot} but {cls.__name__} overrides none of its "
+                f"hooks ({', '.join(hooks)})"
+            )
+        if slot not in spec.slots and overridden:
+            problems.append(
+                f"{cls.__name__} overrides {', '.join(overridden)} but '{spec.name}' does not "
+                f"declare slot {slot}, so the training loop would never call it"
+            )
+    return problems
 
 
 class PreTrainingDefense(Defense):

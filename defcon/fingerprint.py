@@ -19,7 +19,8 @@ from types import ModuleType
 import defcon
 
 CORE_MODULES = (
-    "attacks", "cache", "composer", "data", "defense", "models", "profiles", "training",
+    "attacks", "cache", "composer", "data", "defense", "devices", "models", "profiles",
+    "registry", "training",
 )  # fmt: skip
 
 

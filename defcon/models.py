@@ -1,12 +1,17 @@
 """Models chosen by dataset: a small CNN for images, an MLP for tabular data.
 
-Every model exposes `features` (an nn.Sequential ending in the penultimate representation) and
-`head` (the final nn.Linear), so defenses that re-initialise the head or inspect the last hidden
-layer work on any of them. `ArchConfig` rebuilds the exact architecture of a cached state dict.
+Every built-in model exposes `features` (an nn.Sequential ending in the penultimate
+representation) and `head` (the final nn.Linear), so defenses that inspect hidden layers work on
+them. A user's own architecture comes from a factory `module:function` called with the input
+shape and the class count (family "custom"); defenses that need architecture facts say so before
+training (`Defense.model_problem`). `ArchConfig` rebuilds the exact architecture of a cached state
+dict.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -14,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from defcon.data import Dataset
+from defcon.errors import DefconError
 from defcon.vocabulary import DataKind
 
 Norm = Literal["batch", "group"]
@@ -24,11 +30,13 @@ class ArchConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    family: Literal["cnn", "mlp"]
+    family: Literal["cnn", "mlp", "custom"]
     input_shape: tuple[int, ...]
     num_classes: int
     width: int = 16
     norm: Norm = "batch"
+    factory: str | None = None  # custom: 'module:function' building the user's nn.Module
+    factory_code: str | None = None  # custom: hash of the factory's source file (cache keys)
 
 
 def _norm_layer(norm: Norm, channels: int, dims: int) -> nn.Module:
@@ -97,8 +105,19 @@ class MLP(nn.Module):
         return self.head(self.features(x))
 
 
-def arch_for(dataset: Dataset, *, width: int = 16, norm: Norm = "batch") -> ArchConfig:
-    """The architecture defcon uses for a dataset: CNN for images, MLP for tabular data."""
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+
+
+def arch_for(
+    dataset: Dataset, *, width: int = 16, norm: Norm = "batch", factory: str | None = None
+) -> ArchConfig:
+    """The architecture for a dataset: the user's factory when given, else defcon's CNN for
+    images and MLP for tabular data."""
+    if factory is not None:
+        return ArchConfig(
+            family="custom", input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+            factory=factory, factory_code=factory_code(factory),
+        )  # fmt: skip
     family = "cnn" if dataset.kind is DataKind.IMAGE else "mlp"
     return ArchConfig(
         family=family,
@@ -109,10 +128,93 @@ def arch_for(dataset: Dataset, *, width: int = 16, norm: Norm = "batch") -> Arch
     )
 
 
+def factory_name(factory: str | ModelFactory) -> str:
+    """The importable 'module:function' of a factory (the cache rebuilds models by this name)."""
+    if isinstance(factory, str):
+        load_factory(factory)  # fail now, not in the middle of a run
+        return factory
+    name = f"{getattr(factory, '__module__', '')}:{getattr(factory, '__qualname__', '')}"
+    if "<" in name or name.startswith(":") or name.endswith(":"):
+        raise DefconError(
+            f"model factory {factory!r} has no importable name ({name}); define it as a "
+            "module-level function, or pass 'module:function'"
+        )
+    if load_factory(name) is not factory:
+        raise DefconError(f"model factory '{name}' does not resolve to the function given")
+    return name
+
+
+def load_factory(path: str) -> ModelFactory:
+    from defcon.registry import load_object
+
+    factory = load_object(path, "--model")
+    if not callable(factory):
+        raise DefconError(f"--model '{path}' is a {type(factory).__name__}, not a callable")
+    return factory
+
+
+def factory_code(path: str) -> str:
+    """Hash of the source file defining the factory: a changed architecture is a new model."""
+    import hashlib
+    from pathlib import Path
+
+    factory = load_factory(path)
+    try:
+        data = Path(inspect.getfile(factory)).read_bytes()
+    except (TypeError, OSError):
+        data = repr(factory).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _custom_model(config: ArchConfig) -> nn.Module:
+    assert config.factory is not None
+    factory = load_factory(config.factory)
+    try:
+        model = factory(tuple(config.input_shape), config.num_classes)
+    except Exception as error:
+        raise DefconError(
+            f"--model '{config.factory}' failed for input shape {tuple(config.input_shape)} and "
+            f"{config.num_classes} classes: {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise DefconError(
+            f"--model '{config.factory}' returned {type(model).__name__}, expected a torch nn.Module"
+        )
+    if config.norm == "group":  # what DP-SGD asked for: Opacus' own replacement of BatchNorm
+        from opacus.validators import ModuleValidator
+
+        if not ModuleValidator.is_valid(model):
+            model = ModuleValidator.fix(model)
+    return model
+
+
 def build_model(config: ArchConfig, seed: int) -> nn.Module:
     """A freshly initialised model; the initialisation is fixed by `seed`."""
     torch.manual_seed(seed)
+    if config.family == "custom":
+        return _custom_model(config)
     return SmallCNN(config) if config.family == "cnn" else MLP(config)
+
+
+def check_model(config: ArchConfig) -> None:
+    """Build the model once and run a batch of two zero inputs: a factory that does not fit the
+    data fails here with one line, before any training."""
+    model = build_model(config, seed=0)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *config.input_shape))
+    except Exception as error:
+        raise DefconError(
+            f"the model ({config.factory or config.family}) fails on inputs of shape "
+            f"{tuple(config.input_shape)}: {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, config.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DefconError(
+            f"the model ({config.factory or config.family}) must return logits of shape "
+            f"(batch, {config.num_classes}); it returned {shape}"
+        )
 
 
 @torch.no_grad()

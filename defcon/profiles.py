@@ -28,10 +28,11 @@ class Profile(BaseModel):
     finetune_epochs: int = 3
 
     def train_cap(self, dataset: str) -> int | None:
-        return self.max_train.get(dataset)
+        """The cap for a dataset, or the profile's "default" (a user's own dataset)."""
+        return self.max_train.get(dataset, self.max_train.get("default"))
 
     def eval_cap(self, dataset: str) -> int | None:
-        return self.max_eval.get(dataset)
+        return self.max_eval.get(dataset, self.max_eval.get("default"))
 
     def epochs_for(self, dataset: str) -> int:
         return self.epochs.get(dataset, self.epochs.get("default", 5))
@@ -40,8 +41,8 @@ class Profile(BaseModel):
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
-        max_train={"fmnist": 1000, "adult": 2000, "compas": 2000, "digits": None},
-        max_eval={"fmnist": 500, "adult": 1000, "compas": 1000, "digits": None},
+        max_train={"fmnist": 1000, "adult": 2000, "compas": 2000, "digits": None, "default": 2000},
+        max_eval={"fmnist": 500, "adult": 1000, "compas": 1000, "digits": None, "default": 1000},
         epochs={"default": 4, "digits": 8},
         batch_size=64,
         lr=3e-3,

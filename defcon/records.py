@@ -73,6 +73,13 @@ class CompositionRecord(BaseModel):
     tolerances: dict[str, float]
     configs: dict[str, dict] = Field(default_factory=dict)
     threads: int = 1
+    device: str = Field(default="cpu", description="where the models computed (cpu, cuda:0, …)")
+    model: str | None = Field(
+        default=None, description="the user's model factory 'module:function' (None: defcon's)"
+    )
+    dataset_sha256: str | None = Field(
+        default=None, description="content hash of a user's dataset (None: a built-in one)"
+    )
     code: str = ""
     versions: dict[str, str]
     wall_time_s: float

@@ -32,6 +32,10 @@ def record_stem(record: CompositionRecord) -> str:
         "tolerances": record.tolerances, "forced": record.forced, "configs": record.configs,
         "threads": record.threads, "code": record.code, "max_seeds": record.max_seeds,
     }  # fmt: skip
+    for extra in ("device", "model", "dataset_sha256"):  # only where set: older stems stay
+        value = getattr(record, extra)
+        if value not in (None, "cpu"):
+            settings[extra] = value
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     raw = (
         f"{record.dataset}-{record.profile}-seeds{record.seed_start}x{len(record.seeds)}-"

@@ -24,6 +24,7 @@ from defcon.attacks import derived_seed
 from defcon.checker.base import structural_clashes
 from defcon.data import Split
 from defcon.defense import Environment, InTrainingDefense
+from defcon.devices import place
 from defcon.errors import DefconError
 from defcon.models import ArchConfig, accuracy, arch_for, build_model
 from defcon.vocabulary import Slot
@@ -107,7 +108,7 @@ def train(
     for defense in defenses:
         arch = defense.adapt_arch(arch)
     torch.manual_seed(env.seed)
-    model = build_model(arch, env.seed)
+    model = place(build_model(arch, env.seed), env.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
     run = TrainingRun(
         model=model,
@@ -188,6 +189,6 @@ def train_reference(env: Environment) -> TrainedModel:
     epochs = max(1, min(40, -(-victim_steps // per_epoch)))
     reference_env = Environment(
         dataset=env.dataset, seed=derived_seed(env.seed, "reference-model"), profile=profile,
-        arch=arch,
+        arch=arch, device=env.device,
     )  # fmt: skip
     return train(reference_env, data, arch=arch, epochs=epochs, description="reference")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from defcon.models import accuracy, arch_for, build_model
+from defcon.registry import make_defense as make
 from defcon.training import TrainingRun, train
 from pipeline_stages.in_training.adversarial_training import AdversarialTraining
-from pipeline_stages.registry import make_defense as make
 
 
 @pytest.fixture(scope="module")

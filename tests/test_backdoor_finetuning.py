@@ -11,9 +11,9 @@ import torch
 from defcon.attacks import BadNets
 from defcon.defense import Environment
 from defcon.models import accuracy, build_model
+from defcon.registry import make_defense
 from defcon.training import train
 from pipeline_stages.in_training.backdoor_finetuning import BackdoorFinetuning
-from pipeline_stages.registry import make_defense
 
 
 def _poisoned_env(make_env, dataset: str = "digits") -> tuple[Environment, object]:

@@ -13,9 +13,9 @@ from torch import nn
 
 from defcon.errors import DefconError
 from defcon.models import accuracy, arch_for, build_model
+from defcon.registry import make_defense
 from defcon.training import TrainingRun, train
 from pipeline_stages.in_training.certified_watermark import CertifiedWatermark
-from pipeline_stages.registry import make_defense
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import torch
 
 from defcon.attacks import BadNets
 from defcon.models import accuracy, build_model
+from defcon.registry import make_defense
 from defcon.training import train
 from pipeline_stages.pre_training.data_watermark import DataWatermark
-from pipeline_stages.registry import make_defense
 
 
 @pytest.fixture(scope="module")

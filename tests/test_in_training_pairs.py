@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import ClassVar
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ from defcon.errors import DefconError
 from defcon.models import ArchConfig, accuracy, build_model
 from defcon.profiles import get_profile
 from defcon.training import train
-from defcon.vocabulary import DefenseSpec
 from pipeline_stages.in_training.adversarial_training import AdversarialTraining
 from pipeline_stages.in_training.dp_sgd import DPSGD, EPSILON_KEY
 from pipeline_stages.in_training.group_fairness import GroupFairness
@@ -125,19 +123,12 @@ def test_trades_per_sample_gradients_under_opacus_cover_both_forward_passes():
             assert torch.allclose(expected.grad, got.grad_sample[i], atol=1e-5)
 
 
-class _TwinDP(DPSGD):
-    """A second privacy-wrapper user (a copy of dp_sgd under another name)."""
-
-    name: ClassVar[str] = "dp_sgd_twin"
-
-    @property
-    def spec(self) -> DefenseSpec:
-        return builtin_catalog()["dp_sgd"].model_copy(update={"name": self.name})
-
-
 def test_two_privacy_wrappers_are_a_structural_clash(make_env):
+    # the same class bound to a second declaration: the spec, not the class, is the identity
+    twin = DPSGD(spec=builtin_catalog()["dp_sgd"].model_copy(update={"name": "dp_sgd_twin"}))
+    assert twin.name == "dp_sgd_twin"
     with pytest.raises(DefconError, match=r"structural clash.*privacy_wrapper"):
-        train(make_env(), make_env().dataset.train, [DPSGD(), _TwinDP()])
+        train(make_env(), make_env().dataset.train, [DPSGD(), twin])
 
 
 def test_loss_terms_are_not_exclusive(make_env):

@@ -11,9 +11,9 @@ import torch
 
 from defcon.attacks import BadNets, make_trigger
 from defcon.models import accuracy, build_model
+from defcon.registry import make_defense
 from defcon.training import train
 from pipeline_stages.pre_training.model_watermark import ModelWatermark
-from pipeline_stages.registry import make_defense
 
 
 @pytest.fixture(scope="module")

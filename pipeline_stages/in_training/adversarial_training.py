@@ -39,6 +39,7 @@ from torch import nn
 
 from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.devices import run_attack
 from defcon.vocabulary import DataKind
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ class AdversarialTrainingConfig(DefenseConfig):
 class AdversarialTraining(InTrainingDefense):
     """PGD (or TRADES) adversarial training, measured by robust accuracy under L∞ PGD."""
 
-    name: ClassVar[str] = "adversarial_training"
     Config: ClassVar[type[DefenseConfig]] = AdversarialTrainingConfig
     config: AdversarialTrainingConfig
 
@@ -105,7 +105,7 @@ class AdversarialTraining(InTrainingDefense):
             model, eps=eps, alpha=self._alpha(eps, steps, training=True), steps=steps,
             random_start=True,
         )  # fmt: skip
-        x_adv = attack(x[:count], y[:count]).detach()
+        x_adv = run_attack(attack, model, x[:count], y[:count]).detach()
         return torch.cat([x_adv, x[count:]]), y, s
 
     def loss_term(
@@ -124,7 +124,7 @@ class AdversarialTraining(InTrainingDefense):
         with run.hooks_disabled() as model:
             alpha = self._alpha(eps, steps, training=True)
             attack = torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)
-            x_adv = attack(x).detach()
+            x_adv = run_attack(attack, model, x).detach()
         adv_logits = run.model(x_adv)  # through the wrapper: per-sample gradients see this term
         kl = F.kl_div(
             F.log_softmax(adv_logits, dim=1), F.softmax(logits, dim=1), reduction="none"
@@ -154,7 +154,7 @@ class AdversarialTraining(InTrainingDefense):
                 model, eps=eps, alpha=self._alpha(eps, steps), steps=steps, random_start=True
             )
             for xb, yb in zip(test.x.split(500), test.y.split(500), strict=True):
-                x_adv = attack(xb, yb)
+                x_adv = run_attack(attack, model, xb, yb)
                 with torch.no_grad():
                     hits.append(model(x_adv).argmax(1) == yb)
         model.train(was_training)

@@ -70,7 +70,6 @@ class BackdoorFinetuningConfig(DefenseConfig):
 class BackdoorFinetuning(InTrainingDefense):
     """Re-initialise the head and fine-tune on clean data; measured by the poisoner's ASR."""
 
-    name: ClassVar[str] = "backdoor_finetuning"
     Config: ClassVar[type[DefenseConfig]] = BackdoorFinetuningConfig
     config: BackdoorFinetuningConfig
 

@@ -83,12 +83,11 @@ def _frozen_norms(model: nn.Module) -> Iterator[None]:
 class CertifiedWatermark(InTrainingDefense):
     """Trigger-set watermark trained under Gaussian parameter noise; measured on the trigger set."""
 
-    name: ClassVar[str] = "certified_watermark"
     Config: ClassVar[type[DefenseConfig]] = CertifiedWatermarkConfig
     config: CertifiedWatermarkConfig
 
-    def __init__(self, config: DefenseConfig | Mapping[str, Any] | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: DefenseConfig | Mapping[str, Any] | None = None, **bound: Any) -> None:
+        super().__init__(config, **bound)  # bound: the spec, see Defense
         # Per-run scratch state (trigger set, noise generator); never needed by `measure`.
         self._state: tuple[weakref.ref, torch.Tensor, torch.Tensor, torch.Generator] | None = None
         self._steps = 0
@@ -158,7 +157,8 @@ class CertifiedWatermark(InTrainingDefense):
             for _ in range(self.config.noise_samples):
                 with torch.no_grad():
                     for p in params:
-                        p.add_(torch.randn(p.shape, generator=generator) * self.config.noise_std)
+                        noise = torch.randn(p.shape, generator=generator).to(p.device)
+                        p.add_(noise * self.config.noise_std)
                 with _frozen_norms(model):
                     loss = scale * F.cross_entropy(model(wm_x), wm_y)
                 loss.backward()

@@ -63,8 +63,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defcon.attacks import derived_seed
-from defcon.data import Split
+from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.devices import device_of
 from defcon.errors import DefconError
 
 if TYPE_CHECKING:
@@ -152,12 +153,11 @@ def group_epsilon(
 class DPSGD(InTrainingDefense):
     """Opacus DP-SGD in the privacy_wrapper slot; measured by per-person ε and a calibrated MIA."""
 
-    name: ClassVar[str] = "dp_sgd"
     Config: ClassVar[type[DefenseConfig]] = DPSGDConfig
     config: DPSGDConfig
 
-    def __init__(self, config: DefenseConfig | dict[str, Any] | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: DefenseConfig | dict[str, Any] | None = None, **bound: Any) -> None:
+        super().__init__(config, **bound)  # bound: the spec, see Defense
         self._engines: dict[int, tuple[PrivacyEngine, torch.optim.Optimizer, Any]] = {}
 
     # ------------------------------------------------------------------ training hooks
@@ -165,6 +165,25 @@ class DPSGD(InTrainingDefense):
     def adapt_arch(self, arch: ArchConfig) -> ArchConfig:
         """GroupNorm instead of BatchNorm (per-sample gradients need no cross-sample layers)."""
         return arch.model_copy(update={"norm": "group"})
+
+    def model_problem(self, model: nn.Module, dataset: Dataset) -> str | None:
+        """Opacus must be able to compute per-sample gradients, after its own fix if needed."""
+        try:
+            fixed = model if ModuleValidator.is_valid(model) else ModuleValidator.fix(model)
+            errors = ModuleValidator.validate(fixed, strict=False)
+        except Exception as error:  # a module Opacus cannot even inspect
+            return f"dp_sgd: Opacus cannot inspect the model ({type(error).__name__}: {error})"
+        if errors:
+            return (
+                f"dp_sgd: Opacus cannot compute per-sample gradients for this model even after "
+                f"ModuleValidator.fix ({errors[0]})"
+            )
+        if device_of(model).type != "cpu" and list(model.parameters(recurse=False)):
+            return (
+                "dp_sgd: on an accelerator the model's top-level module must not hold parameters "
+                "itself (wrap it in nn.Sequential)"
+            )
+        return None
 
     @staticmethod
     def delta_for(split: Split) -> float:
@@ -181,7 +200,10 @@ class DPSGD(InTrainingDefense):
         with warnings.catch_warnings():  # "secure RNG turned off": fine for experiments, seeded
             warnings.simplefilter("ignore", UserWarning)
             engine = PrivacyEngine(accountant="rdp")
-        noise = torch.Generator().manual_seed(derived_seed(run.env.seed, f"{self.name}:noise"))
+        # Opacus draws the noise where the parameters are, so the generator must live there too.
+        noise = torch.Generator(device=device_of(model)).manual_seed(
+            derived_seed(run.env.seed, f"{self.name}:noise")
+        )
         original = (run.optimizer, run.loader)
         common = {
             "module": model,

@@ -106,12 +106,11 @@ class _Multipliers:
 class GroupFairness(InTrainingDefense):
     """An equalized-odds term in the loss_term slot; measured by equalized-odds difference."""
 
-    name: ClassVar[str] = "group_fairness"
     Config: ClassVar[type[DefenseConfig]] = GroupFairnessConfig
     config: GroupFairnessConfig
 
-    def __init__(self, config: DefenseConfig | dict[str, Any] | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: DefenseConfig | dict[str, Any] | None = None, **bound: Any) -> None:
+        super().__init__(config, **bound)  # bound: the spec, see Defense
         self._states: dict[int, _Multipliers] = {}
 
     # ------------------------------------------------------------------ training hook

@@ -36,7 +36,7 @@ training samples actually drive. Pruning without fine-tuning is weaker on small 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,7 +44,9 @@ from pydantic import Field
 from torch import nn
 
 from defcon.attacks import BadNets, derived_seed
+from defcon.data import Dataset
 from defcon.defense import DefenseConfig, Environment, PostTrainingDefense
+from defcon.devices import device_of
 from defcon.errors import DefconError
 
 
@@ -94,7 +96,7 @@ def _layer_inputs(core: nn.Module, layers: list[nn.Linear], x: torch.Tensor) -> 
     seen: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(layers))}
     handles = [
         layer.register_forward_pre_hook(
-            lambda _m, args, i=i: seen[i].append(args[0].detach().reshape(len(args[0]), -1))
+            lambda _m, args, i=i: seen[i].append(args[0].detach().reshape(len(args[0]), -1).cpu())
         )
         for i, layer in enumerate(layers)
     ]
@@ -139,14 +141,21 @@ def robust_z(scores: torch.Tensor) -> torch.Tensor:
 class BackdoorPruning(PostTrainingDefense):
     """Prune hidden units whose training-data activation statistics deviate from clean data."""
 
-    name: ClassVar[str] = "backdoor_pruning"
     Config: ClassVar[type[DefenseConfig]] = BackdoorPruningConfig
 
     config: BackdoorPruningConfig
 
-    def __init__(self, config: BackdoorPruningConfig | dict | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: BackdoorPruningConfig | dict | None = None, **bound: Any) -> None:
+        super().__init__(config, **bound)  # bound: the spec, see Defense
         self.last_pruned: dict[str, int] = {}  # informational: units pruned per layer by apply
+
+    def model_problem(self, model: nn.Module, dataset: Dataset) -> str | None:
+        """Pruning reads hidden units between `features` and `head`: other layouts are refused."""
+        try:
+            core_model(model)
+        except DefconError as error:
+            return str(error)
+        return None
 
     def apply(self, model: nn.Module, env: Environment) -> nn.Module:
         """A copy of `model` with the suspicious units' outgoing weights set to zero."""
@@ -181,11 +190,11 @@ class BackdoorPruning(PostTrainingDefense):
             else None
         )
         suffix = core.features[first:] if first is not None else nn.Identity()
-        cached = val_acts[0]
+        cached = val_acts[0].to(device_of(core))  # inner layers compute where the model lives
 
         @torch.no_grad()
         def val_accuracy() -> float:
-            return float((core.head(suffix(cached)).argmax(1) == val.y).float().mean())
+            return float((core.head(suffix(cached)).argmax(1).cpu() == val.y).float().mean())
 
         baseline = val_accuracy()
         counts = [0] * len(layers)

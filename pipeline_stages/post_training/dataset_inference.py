@@ -174,7 +174,6 @@ def linear_distances(model: nn.Module, split: Split, candidates: int = 3) -> np.
 class DatasetInference(PostTrainingDefense):
     """Ownership verification: does the suspect model know the owner's private samples?"""
 
-    name: ClassVar[str] = "dataset_inference"
     Config: ClassVar[type[DefenseConfig]] = DatasetInferenceConfig
 
     config: DatasetInferenceConfig

@@ -175,7 +175,6 @@ class ExplainedModel(ServingWrapper):
 class Explanations(PostTrainingDefense):
     """Serve Integrated-Gradients attributions with every prediction."""
 
-    name: ClassVar[str] = "explanations"
     Config: ClassVar[type[DefenseConfig]] = ExplanationsConfig
 
     config: ExplanationsConfig

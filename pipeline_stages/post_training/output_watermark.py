@@ -62,6 +62,7 @@ from defcon.defense import (
     ServingWrapper,
     find_served,
 )
+from defcon.devices import place
 from defcon.models import ArchConfig, arch_for, build_model, predict
 
 
@@ -170,7 +171,6 @@ class Extraction:
 class OutputWatermark(PostTrainingDefense):
     """DAWN: a keyed fraction of the API's answers is wrong, and extracted models inherit them."""
 
-    name: ClassVar[str] = "output_watermark"
     Config: ClassVar[type[DefenseConfig]] = OutputWatermarkConfig
 
     config: OutputWatermarkConfig
@@ -204,7 +204,7 @@ class OutputWatermark(PostTrainingDefense):
         arch = arch_for(env.dataset, width=profile.width)  # the threat model's, not the victim's
         seed = derived_seed(env.seed, "output_watermark:surrogate")
         torch.manual_seed(seed)
-        surrogate = build_model(arch, seed)
+        surrogate = place(build_model(arch, seed), env.device)  # the thief's own hardware
         optimizer = torch.optim.Adam(surrogate.parameters(), lr=profile.lr)
         loader = stolen.loader(profile.batch_size, shuffle=True, seed=seed)
         best, best_state, best_epoch, epochs = -1.0, None, 0, 0

@@ -54,7 +54,6 @@ class DataWatermarkConfig(StampingConfig):
 class DataWatermark(StampingWatermark):
     """Poison a seeded share of the data with a secret trigger; verified by a paired t-test."""
 
-    name: ClassVar[str] = "data_watermark"
     Config: ClassVar[type[DefenseConfig]] = DataWatermarkConfig
     config: DataWatermarkConfig
 

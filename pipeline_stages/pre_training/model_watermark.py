@@ -39,7 +39,6 @@ class ModelWatermarkConfig(StampingConfig):
 class ModelWatermark(StampingWatermark):
     """Append trigger-stamped copies relabelled to a secret class; measured by watermark accuracy."""
 
-    name: ClassVar[str] = "model_watermark"
     Config: ClassVar[type[DefenseConfig]] = ModelWatermarkConfig
     config: ModelWatermarkConfig
 
