@@ -180,11 +180,28 @@ def _custom_model(config: ArchConfig) -> nn.Module:
         raise DefconError(
             f"--model '{config.factory}' returned {type(model).__name__}, expected a torch nn.Module"
         )
-    if config.norm == "group":  # what DP-SGD asked for: Opacus' own replacement of BatchNorm
-        from opacus.validators import ModuleValidator
+    if config.norm == "group":  # what DP-SGD asked for
+        model = without_batchnorm(model)
+    return model
 
-        if not ModuleValidator.is_valid(model):
-            model = ModuleValidator.fix(model)
+
+def without_batchnorm(model: nn.Module) -> nn.Module:
+    """`model` with every BatchNorm replaced by a GroupNorm (in place; returned).
+
+    As the built-in models do: on flat features one group over all of them, because Opacus'
+    ModuleValidator.fix would use min(32, C) groups, normalising single features to a constant
+    (an MLP becomes a constant predictor); on images what ModuleValidator.fix puts there.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            flat = isinstance(child, nn.BatchNorm1d)
+            channels = child.num_features
+            groups = 1 if flat else min(32, channels)
+            while channels % groups:
+                groups -= 1
+            setattr(model, name, nn.GroupNorm(groups, channels, affine=child.affine))
+        else:
+            without_batchnorm(child)
     return model
 
 
