@@ -493,6 +493,68 @@ def compose_command(
     err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
 
 
+@app.command("audit")
+def audit_command(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Defenses to audit alone and combined (none: the undefended model).",
+            show_default=False,
+        ),
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="digits (embedded), fmnist, adult or compas.")
+    ] = "digits",
+    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds per arm.")] = 3,
+    seed_start: SeedStartOption = 0,
+    profile: ProfileOption = "quick",
+    risk: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--risk",
+            metavar="RISK",
+            help="Measure only this risk (repeatable; default: all that apply).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the audit record, heatmap and cache.")
+    ] = Path("defcon-runs"),
+    json_path: JsonOption = None,
+    cache: CacheOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Measure every risk on no defense, each defense alone and combined; predict each change."""
+    from defcon.effectiveness import seed_plan
+
+    seed_plan(seeds, None, seed_start)
+    writable_folder(out, "--out")
+    if json_path is not None and json_path != STDOUT:
+        writable_file(json_path, "--json")
+    if cache is not None:
+        writable_folder(cache, "--cache")
+    warn_about_seeds(seeds, seeds)
+    from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
+    from defcon.composer import Composer
+
+    err = Console(stderr=True, highlight=False)
+    composer = Composer(
+        dataset, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
+    )  # fmt: skip
+    record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
+    stem = audit_stem(record)
+    record_path = save_audit(record, out / "audits" / f"{stem}.json")
+    plot = heatmap(record, out / "plots" / f"{stem}.png")
+    if json_path is not None and json_path != STDOUT:
+        save_audit(record, json_path)
+    if json_path == STDOUT:
+        print_audit(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
+        print(record.model_dump_json(indent=2))
+    else:
+        print_audit(record, stdout())
+    err.print(f"record: {escape(str(record_path))}   heatmap: {escape(str(plot))}")
+
+
 @app.command("bench")
 def bench_command(
     datasets: Annotated[

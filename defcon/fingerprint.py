@@ -71,3 +71,9 @@ def code_of(cls: type) -> str:
     if module.__name__.split(".")[0] == "defcon":
         return core_code()
     return _digest(_project_modules(module))
+
+
+@cache
+def risks_code() -> str:
+    """Hash of the risk attacks (defcon/risks): a change re-measures audits, retrains nothing."""
+    return _digest(sorted((Path(defcon.__file__).parent / "risks").glob("*.py")))

@@ -1,0 +1,417 @@
+"""`defcon audit`: what a defense, or a combination, does to every risk — measured and predicted.
+
+Arms: no defense, each named defense alone, and their combination in the checker's order. Every
+arm faces the same adversary per risk (a risk's attack reads each arm's served model; poisoning's
+BadNets poisoner trains with every arm), seed by seed. Per risk metric: mean ± std over seeds and
+the paired change against no defense with its confidence interval (`defcon.effectiveness`),
+read as the *risk* rising (↑), falling (↓) or not told apart (–) by the metric's declared
+direction. Beside it, the SoK guideline's prediction from the factor declarations
+(`defcon.risks.guideline`). Models and measurements come from the composer's cache, so an audit
+shares models with `compose` and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from defcon.attacks import derived_seed
+from defcon.checker import check
+from defcon.composer import CLEAN_ACCURACY, NO_DEFENSE, Composer, applicability_problem
+from defcon.data import Dataset, Split
+from defcon.effectiveness import Interval, Summary, interval
+from defcon.errors import DefconError, unknown
+from defcon.fingerprint import core_code, risks_code
+from defcon.models import arch_for
+from defcon.records import versions
+from defcon.risks import ATTACKS, UNMEASURED, Lab, RiskAttack
+from defcon.risks.guideline import SOK, SYMBOL, Prediction, predict_combination
+from defcon.storage import atomic_write_text
+from defcon.training import TrainedModel, train
+from defcon.vocabulary import Direction, Risk
+
+COMBINED = "combined"
+Change = Literal["up", "down", "none"]
+CHANGE_SYMBOL: dict[str, str] = {"up": "↑", "down": "↓", "none": "–"}
+
+
+class MetricAudit(BaseModel):
+    """One risk metric on every arm, and each arm's paired change against no defense."""
+
+    model_config = ConfigDict(frozen=True)
+
+    risk: Risk
+    metric: str
+    riskier: Direction
+    primary: bool
+    values: dict[str, Summary]  # arm → per-seed values
+    change: dict[str, Interval]  # arm → arm − no defense (paired by seed)
+    risk_change: dict[str, Change]  # arm → the risk rose / fell / cannot be told (–)
+
+
+class AuditRecord(BaseModel):
+    """Everything one audit measured and predicted (written as JSON; enough to redraw it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    defenses: tuple[str, ...]
+    order: tuple[str, ...]
+    dataset: str
+    profile: str
+    seeds: tuple[int, ...]
+    arms: tuple[str, ...]
+    checker_label: str | None
+    risks: tuple[Risk, ...]
+    references: dict[str, str]
+    not_measured: dict[str, str]  # risk → why (refused here, or no attack exists)
+    metrics: tuple[MetricAudit, ...]
+    clean_accuracy: dict[str, Summary]
+    predictions: dict[str, dict[str, Prediction]]  # arm → risk → prediction
+    guideline: str = SOK
+    code: str
+    versions: dict[str, str]
+    wall_time_s: float
+    cache: dict[str, int]
+    seconds: dict[str, float]
+
+    def primary(self, risk: Risk) -> MetricAudit:
+        return next(m for m in self.metrics if m.risk is risk and m.primary)
+
+
+def risk_change(riskier: Direction, lower: float | None, upper: float | None) -> Change:
+    """Which way the risk moved: the metric's paired interval excludes 0, read by `riskier`."""
+    if lower is None or upper is None or math.isnan(lower) or math.isnan(upper):
+        return "none"
+    rose = lower > 0 if riskier is Direction.HIGHER else upper < 0
+    fell = upper < 0 if riskier is Direction.HIGHER else lower > 0
+    return "up" if rose else "down" if fell else "none"
+
+
+def select_attacks(
+    dataset: Dataset, risks: Sequence[str] | None
+) -> tuple[list[RiskAttack], dict[str, str]]:
+    """The attacks that apply (all, or the named risks) and why the others are not measured."""
+    skipped = {risk.value: f"no attack: {why}" for risk, why in UNMEASURED.items()}
+    chosen: list[RiskAttack] = []
+    names = list(risks) if risks else [r.value for r in ATTACKS]
+    for name in names:
+        if name not in {r.value for r in Risk}:
+            raise unknown("risk", name, [r.value for r in ATTACKS])
+        risk = Risk(name)
+        if risk not in ATTACKS:
+            raise DefconError(f"risk '{name}' cannot be measured: {UNMEASURED[risk]}")
+        attack = ATTACKS[risk]()
+        problem = attack.refusal(dataset)
+        if problem is not None and risks:
+            raise DefconError(f"risk '{name}' cannot be measured on {dataset.name}: {problem}")
+        if problem is not None:
+            skipped[name] = problem
+        else:
+            chosen.append(attack)
+    if not chosen:
+        raise DefconError(f"no risk can be measured on {dataset.name}")
+    return chosen, skipped
+
+
+class _VictimComposer(Composer):
+    """The audited composer's recipe on chosen rows of the training split (distribution games).
+
+    Shares the audited composer's cache; the rows (and more epochs, so a small set is trained
+    for about as many steps as the attack asks) enter every cache key.
+    """
+
+    def __init__(self, base: Composer, rows: np.ndarray, tag: str, epochs: int) -> None:
+        self._base, self._rows = base, rows
+        self._rows_key = {"tag": tag, "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16]}
+        name = base.dataset_name
+        profile = base.profile.model_copy(update={"epochs": {**base.profile.epochs, name: epochs}})
+        super().__init__(
+            name, profile=profile, cache_dir=base.cache.root, data_dir=base.data_dir,
+            catalog=base.catalog, configs=base.configs, log=base.log,
+        )  # fmt: skip
+        self.cache = base.cache
+
+    def dataset(self, seed: int) -> Dataset:
+        full = self._base.dataset(seed)
+        return full.with_train(full.train.subset(self._rows).with_(origin=None))
+
+    def _base_key(self, seed: int) -> dict[str, Any]:
+        return {**super()._base_key(seed), "victim_rows": self._rows_key}
+
+
+class Auditor:
+    """Runs audits on one composer (dataset, profile, cache)."""
+
+    def __init__(self, composer: Composer) -> None:
+        self.composer = composer
+
+    def plan(self, names: Sequence[str]) -> tuple[list[str], str | None]:
+        """The combination's order and Def\\Con label; raises DefconError where it cannot run."""
+        catalog = self.composer.catalog
+        specs = catalog.resolve(names, minimum=0)
+        dataset = self.composer.dataset(0)
+        for spec in specs:
+            problem = applicability_problem(spec, dataset)
+            if problem:
+                raise DefconError(f"cannot audit on {dataset.name}: {problem}")
+            self.composer._defense(spec.name)  # a declaration without a mechanism fails here
+        if len(specs) < 2:
+            return [s.name for s in specs], None
+        verdict = check(specs, technique="defcon", catalog=catalog)
+        if not verdict.composable:
+            raise DefconError(f"cannot audit: {verdict.clashes[0].sentence()}")
+        return list(verdict.order), verdict.label
+
+    def lab(self, names: Sequence[str], seed: int, env_seed_dataset: Dataset) -> Lab:
+        """Cached victims (the arm's recipe on chosen rows) and shadows (plain recipe)."""
+        composer = self.composer
+
+        def victim(rows: np.ndarray, tag: str, epochs: int) -> nn.Module:
+            other = _VictimComposer(composer, rows, tag, epochs)
+            return other.run_pipeline(other.pipeline(names, seed, False)).model
+
+        def shadow(split: Split, tag: str, epochs: int) -> nn.Module:
+            digest = hashlib.sha256(split.x.numpy().tobytes() + split.y.numpy().tobytes())
+            key = {**composer._base_key(seed), "shadow": tag, "epochs": epochs,
+                   "data": digest.hexdigest()[:16]}  # fmt: skip
+
+            def fit() -> TrainedModel:
+                from defcon.defense import Environment
+
+                arch = arch_for(env_seed_dataset, width=composer.profile.width)
+                env = Environment(
+                    dataset=env_seed_dataset, seed=derived_seed(seed, tag),
+                    profile=composer.profile, arch=arch,
+                )  # fmt: skip
+                return train(env, split, arch=arch, epochs=epochs, description=tag)
+
+            return composer.cache.model(key, fit, label="shadow models").model
+
+        return Lab(victim=victim, shadow=shadow)
+
+    def audit(
+        self,
+        names: Sequence[str],
+        *,
+        seeds: int = 3,
+        seed_start: int = 0,
+        risks: Sequence[str] | None = None,
+    ) -> AuditRecord:
+        with warnings.catch_warnings():
+            for module in ("opacus", "torch", "captum", "fairlearn", "sklearn"):
+                warnings.filterwarnings("ignore", module=module)
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return self._audit(names, seeds=seeds, seed_start=seed_start, risks=risks)
+
+    def _audit(
+        self, names: Sequence[str], *, seeds: int, seed_start: int, risks: Sequence[str] | None
+    ) -> AuditRecord:
+        if seeds < 1:
+            raise DefconError(f"--seeds must be at least 1, got {seeds}")
+        if seed_start < 0:
+            raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
+        started = time.perf_counter()
+        composer = self.composer
+        before = dict(composer.cache.seconds)
+        order, label = self.plan(names)
+        attacks, skipped = select_attacks(composer.dataset(0), risks)
+        arms: dict[str, list[str]] = {NO_DEFENSE: []}
+        arms.update({name: [name] for name in order})
+        if len(order) > 1:
+            arms[COMBINED] = order
+        values: dict[tuple[str, str], list[float]] = {}
+        clean: dict[str, list[float]] = {arm: [] for arm in arms}
+        seed_list = list(range(seed_start, seed_start + seeds))
+        for index, seed in enumerate(seed_list):
+            composer.log(f"seed {index + 1}/{seeds}: auditing {' → '.join(order) or NO_DEFENSE}")
+            for arm, arm_names in arms.items():
+                results = {}
+                for poisoned in sorted({a.poisoned for a in attacks}):
+                    results[poisoned] = composer.run_pipeline(
+                        composer.pipeline(arm_names, seed, poisoned)
+                    )
+                clean_result = results.get(False) or composer.run_pipeline(
+                    composer.pipeline(arm_names, seed, False)
+                )
+                clean[arm].append(composer.measure(clean_result, None)[CLEAN_ACCURACY])
+                for attack in attacks:
+                    result = results[attack.poisoned]
+                    lab = self.lab(arm_names, seed, result.env.dataset)
+                    description = {
+                        "model": result.model_key, "post": result.post_keys,
+                        "audit": attack.cache_key(),
+                    }  # fmt: skip
+                    measured = composer.cache.measurement(
+                        description,
+                        lambda a=attack, r=result, lab=lab: a.run(r.model, r.env, lab),
+                        label=f"{attack.risk.value} attack",
+                    )
+                    for metric, value in measured.items():
+                        values.setdefault((arm, metric), []).append(value)
+        metrics = []
+        for attack in attacks:
+            for metric in attack.metrics:
+                base = values[(NO_DEFENSE, metric.name)]
+                change, moved = {}, {}
+                for arm in arms:
+                    if arm == NO_DEFENSE:
+                        continue
+                    diffs = [a - b for a, b in zip(values[(arm, metric.name)], base, strict=True)]
+                    mean, lower, upper = interval(diffs)
+                    change[arm] = Interval.of(mean, lower, upper, len(diffs))
+                    moved[arm] = risk_change(metric.riskier, change[arm].lower, change[arm].upper)
+                metrics.append(
+                    MetricAudit(
+                        risk=attack.risk,
+                        metric=metric.name,
+                        riskier=metric.riskier,
+                        primary=metric.primary,
+                        values={arm: Summary.of(values[(arm, metric.name)]) for arm in arms},
+                        change=change,
+                        risk_change=moved,
+                    )  # fmt: skip
+                )
+        catalog = composer.catalog
+        predictions = {
+            arm: {
+                a.risk.value: predict_combination([catalog[n] for n in arm_names], a.risk)
+                for a in attacks
+            }
+            for arm, arm_names in arms.items()
+            if arm_names
+        }
+        spent = {
+            k: round(v - before.get(k, 0.0), 2)
+            for k, v in composer.cache.seconds.items()
+            if v - before.get(k, 0.0) > 0
+        }
+        return AuditRecord(
+            defenses=tuple(names), order=tuple(order), dataset=composer.dataset_name,
+            profile=composer.profile.name, seeds=tuple(seed_list), arms=tuple(arms),
+            checker_label=label, risks=tuple(a.risk for a in attacks),
+            references={a.risk.value: a.reference for a in attacks}, not_measured=skipped,
+            metrics=tuple(metrics),
+            clean_accuracy={arm: Summary.of(v) for arm, v in clean.items()},
+            predictions=predictions, code=f"{core_code()}+{risks_code()}", versions=versions(),
+            wall_time_s=round(time.perf_counter() - started, 2), cache=composer.cache.stats(),
+            seconds=spent,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def audit_stem(record: AuditRecord) -> str:
+    combo = "+".join(record.order) or "no_defense"
+    return f"audit-{record.dataset}-{record.profile}-seeds{record.seeds[0]}x{len(record.seeds)}-{combo}"
+
+
+def audit_table(record: AuditRecord) -> Table:
+    """Risk metrics by arm: mean ± std, measured risk change vs no defense, predicted change."""
+    n = len(record.seeds)
+    table = Table(
+        title=(
+            f"Audit of {' → '.join(record.order) or 'the undefended model'} on {record.dataset} "
+            f"({record.profile} profile, {n} seed{'s' if n > 1 else ''}, mean ± std; "
+            "risk vs no defense: measured / predicted)"
+        ),
+        title_justify="left",
+    )
+    table.add_column("risk", no_wrap=True)
+    table.add_column("metric (riskier)", no_wrap=True)
+    table.add_column(NO_DEFENSE, justify="right")
+    for arm in record.arms[1:]:
+        table.add_column(arm, justify="right")
+    for m in record.metrics:
+        row = [
+            m.risk.value if m.primary else "",
+            f"{m.metric} {'↑' if m.riskier is Direction.HIGHER else '↓'}",
+        ]
+        row.append(str(m.values[NO_DEFENSE]))
+        for arm in record.arms[1:]:
+            cell = f"{m.values[arm]}  {CHANGE_SYMBOL[m.risk_change[arm]]}"
+            if m.primary:
+                cell += f" / {record.predictions[arm][m.risk.value].symbol}"
+            row.append(cell)
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(
+        "utility", "clean accuracy", *(str(record.clean_accuracy[arm]) for arm in record.arms)
+    )
+    return table
+
+
+def print_audit(record: AuditRecord, console: Console) -> None:
+    console.print(audit_table(record))
+    console.print(
+        "measured: ↑ the risk rose, ↓ it fell, – not told apart (paired interval over seeds "
+        "includes 0); predicted (primary metric, SoK guideline on the factor declarations): "
+        f"↑ ↓, {SYMBOL['silent']} silent"
+    )
+    for arm, by_risk in record.predictions.items():
+        for risk, p in by_risk.items():
+            if p.direction != "silent" and p.basis != "mitigates":
+                console.print(f"  predicted {arm} → {risk} {p.symbol}: {p.reason}", highlight=False)
+    for risk, why in record.not_measured.items():
+        console.print(f"[dim]not measured: {risk} ({why})[/]")
+    if record.checker_label is not None:
+        console.print(f"Def\\Con predicts the combination {record.checker_label}.")
+    c = record.cache
+    console.print(
+        f"Wall time {record.wall_time_s:.1f} s; cache: {c['models_trained']} models trained, "
+        f"{c['models_reused']} reused; {c['measurements_computed']} measurements computed, "
+        f"{c['measurements_reused']} reused"
+    )
+
+
+def heatmap(record: AuditRecord, path: Path | str) -> Path:
+    """Arms × risks: the primary metric's change vs no defense, signed so red = more risk."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from defcon.reports import save_figure
+
+    arms = list(record.arms[1:]) or [NO_DEFENSE]
+    risks = list(record.risks)
+    grid = np.zeros((len(arms), len(risks)))
+    for j, risk in enumerate(risks):
+        m = record.primary(risk)
+        sign = 1.0 if m.riskier is Direction.HIGHER else -1.0
+        for i, arm in enumerate(arms):
+            change = m.change.get(arm)
+            grid[i, j] = sign * (change.mean or 0.0) if change is not None else 0.0
+    bound = max(float(np.abs(grid).max()), 1e-6)
+    fig, ax = plt.subplots(figsize=(1.3 * len(risks) + 2.5, 0.6 * len(arms) + 2.0))
+    ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(risks)), [r.value.replace("_", "\n") for r in risks], fontsize=8)
+    ax.set_yticks(range(len(arms)), arms, fontsize=8)
+    for i, arm in enumerate(arms):
+        for j, risk in enumerate(risks):
+            m = record.primary(risk)
+            measured = CHANGE_SYMBOL[m.risk_change.get(arm, "none")]
+            predicted = record.predictions.get(arm, {}).get(risk.value)
+            text = f"{grid[i, j]:+.3f}\n{measured} / {predicted.symbol if predicted else '·'}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_title(
+        f"risk change vs no defense on {record.dataset} (red: more risk; measured / predicted)",
+        fontsize=9,
+    )
+    return save_figure(fig, path)
+
+
+def save_audit(record: AuditRecord, path: Path | str) -> Path:
+    atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
+    return Path(path)

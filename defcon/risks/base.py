@@ -1,0 +1,140 @@
+"""What every risk attack provides, so `defcon audit` can run each one on any model unchanged.
+
+An attack is not a defense: it has no stage and changes no model. It reads a trained model (the
+one a pipeline serves) in an `Environment` and returns its metrics, each declared with the
+direction in which it means *more* risk, so a change can be read as the risk rising or falling
+whatever the metric. An attack that cannot apply to a dataset says why (`refusal`) before any
+training. An attack whose adversary acts during training (a poisoner) sets `poisoned`: the audit
+then measures it on models trained under that adversary, for every arm alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from defcon.data import Dataset, Split
+from defcon.defense import Environment
+from defcon.errors import DefconError
+from defcon.vocabulary import Direction, Risk
+
+
+class RiskMetric(BaseModel):
+    """One number an attack reports, and which way it moves when the model is more at risk."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    riskier: Direction = Field(description="higher: a larger value means more risk")
+    primary: bool = Field(default=True, description="the metric that decides the risk's arrow")
+    description: str
+
+
+class AttackConfig(BaseModel):
+    """Base of an attack's settings; part of the cache key of every measurement it makes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass
+class Lab:
+    """What an attack may train besides reading the audited model.
+
+    `victim(rows, tag, epochs)`: the audited pipeline (same defenses, same order) trained on the
+    given rows of the clean training split; `shadow(split, tag, epochs)`: the plain recipe (the
+    dataset's default architecture, no defense) on data the attacker holds. The audit supplies
+    cached versions; `Lab.plain(env)` trains undefended victims directly (tests, scripts).
+    """
+
+    victim: Callable[[np.ndarray, str, int], nn.Module]
+    shadow: Callable[[Split, str, int], nn.Module]
+
+    @classmethod
+    def plain(cls, env: Environment) -> Lab:
+        from defcon.attacks import derived_seed
+        from defcon.models import arch_for
+        from defcon.training import train
+
+        def fit(split: Split, tag: str, epochs: int) -> nn.Module:
+            arch = arch_for(env.dataset, width=env.profile.width)
+            local = Environment(
+                dataset=env.dataset, seed=derived_seed(env.seed, tag), profile=env.profile,
+                arch=arch,
+            )  # fmt: skip
+            return train(local, split, arch=arch, epochs=epochs, description=tag).model
+
+        def victim(rows: np.ndarray, tag: str, epochs: int) -> nn.Module:
+            return fit(env.dataset.train.subset(rows).with_(origin=None), tag, epochs)
+
+        return cls(victim=victim, shadow=fit)
+
+
+class RiskAttack(ABC):
+    """An attack that measures how susceptible a model is to one risk."""
+
+    risk: ClassVar[Risk]
+    reference: ClassVar[str]
+    metrics: ClassVar[tuple[RiskMetric, ...]]
+    poisoned: ClassVar[bool] = False
+    Config: ClassVar[type[AttackConfig]] = AttackConfig
+
+    def __init__(self, config: AttackConfig | Mapping[str, Any] | None = None) -> None:
+        if config is None:
+            config = self.Config()
+        elif not isinstance(config, AttackConfig):
+            config = self.Config.model_validate(dict(config))
+        self.config = config
+
+    @property
+    def primary(self) -> RiskMetric:
+        return next(m for m in self.metrics if m.primary)
+
+    def refusal(self, dataset: Dataset) -> str | None:
+        """Why this attack does not apply to `dataset` (None when it does)."""
+        return None
+
+    def check(self, dataset: Dataset) -> None:
+        problem = self.refusal(dataset)
+        if problem is not None:
+            raise DefconError(f"{self.risk.value} cannot be measured on {dataset.name}: {problem}")
+
+    def run(self, model: nn.Module, env: Environment, lab: Lab | None = None) -> dict[str, float]:
+        """The attack's metrics on `model` (refused with a DefconError where it does not apply)."""
+        self.check(env.dataset)
+        was_training = model.training
+        model.eval()
+        try:
+            values = self.attack(model, env, lab or Lab.plain(env))
+        finally:
+            model.train(was_training)
+        declared = {m.name for m in self.metrics}
+        if set(values) != declared:
+            raise RuntimeError(
+                f"{self.risk}: returned {sorted(values)}, declared {sorted(declared)}"
+            )
+        return values
+
+    @abstractmethod
+    def attack(self, model: nn.Module, env: Environment, lab: Lab) -> dict[str, float]:
+        """The metrics (names as in `metrics`); the model is in eval mode."""
+
+    def cache_key(self) -> dict[str, Any]:
+        from defcon.fingerprint import risks_code
+
+        return {
+            "risk": self.risk.value, "config": self.config.model_dump(mode="json"),
+            "code": risks_code(),
+        }  # fmt: skip
+
+
+def needs_sensitive_attribute(dataset: Dataset) -> str | None:
+    """The refusal of an attack that needs the groups of a sensitive attribute."""
+    if dataset.sensitive_attribute is None or dataset.test.s is None:
+        return f"it needs a sensitive attribute, and {dataset.name} has none (use adult or compas)"
+    return None

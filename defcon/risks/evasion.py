@@ -1,0 +1,71 @@
+"""Evasion (SoK R1): class-balanced robust accuracy under an L∞ PGD attack with random start.
+
+Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018. The same
+threat as `adversarial_training`'s metric (ε 0.1 on images, 0.05 on tabular data in [0, 1],
+step 2.5·ε/steps, the profile's `eval_attack_steps`), so an audit and a composition read one
+number. Class-balanced (the mean of per-class recalls), so a constant predictor scores
+1/classes, not the majority share.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torchattacks
+from pydantic import Field
+from torch import nn
+
+from defcon.attacks import derived_seed
+from defcon.defense import Environment
+from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
+from defcon.vocabulary import DataKind, Direction, Risk
+
+EPS = {DataKind.IMAGE: 0.1, DataKind.TABULAR: 0.05}
+
+
+class EvasionConfig(AttackConfig):
+    eps: float | None = Field(default=None, gt=0, le=1, description="None: by data kind")
+    steps: int | None = Field(default=None, ge=1, description="None: profile.eval_attack_steps")
+    alpha_factor: float = Field(default=2.5, gt=0)
+    samples: int = Field(default=1000, ge=1, description="test inputs attacked")
+
+
+class Evasion(RiskAttack):
+    risk: ClassVar[Risk] = Risk.EVASION
+    reference: ClassVar[str] = (
+        "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
+    )
+    metrics: ClassVar[tuple[RiskMetric, ...]] = (
+        RiskMetric(
+            name="robust_accuracy", riskier=Direction.LOWER,
+            description="class-balanced test accuracy under L∞ PGD (lower: more evasion)",
+        ),
+    )  # fmt: skip
+    Config = EvasionConfig
+    config: EvasionConfig
+
+    def attack(self, model: nn.Module, env: Environment, lab: Lab) -> dict[str, float]:
+        test = env.dataset.test
+        if len(test) > self.config.samples:
+            generator = torch.Generator().manual_seed(derived_seed(env.seed, "risk:evasion"))
+            test = test.subset(
+                torch.randperm(len(test), generator=generator)[: self.config.samples].sort().values
+            )
+        eps = self.config.eps or EPS[env.dataset.kind]
+        steps = self.config.steps or env.profile.eval_attack_steps
+        correct = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(env.seed, "risk:evasion:start"))
+            pgd = torchattacks.PGD(
+                model, eps=eps, alpha=self.config.alpha_factor * eps / steps, steps=steps,
+                random_start=True,
+            )  # fmt: skip
+            for xb, yb in zip(test.x.split(500), test.y.split(500), strict=True):
+                adversarial = pgd(xb, yb)
+                with torch.no_grad():
+                    correct.append(model(adversarial).argmax(1) == yb)
+        model.eval()
+        hits = torch.cat(correct).float()
+        recalls = [hits[test.y == c].mean() for c in torch.unique(test.y)]
+        return {"robust_accuracy": float(torch.stack(recalls).mean())}

@@ -1,0 +1,66 @@
+"""`defcon audit` on the command line: table, JSON record, heatmap, caching, every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_one_line_error, run
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_audit_two_defenses_writes_table_json_heatmap_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    args = (
+        "audit", "backdoor_pruning", "explanations", "--dataset", "digits", "--seeds", "2",
+        "--profile", "tiny", "--out", str(out), "--risk", "membership_inference",
+        "--risk", "model_theft", "--json", str(tmp_path / "a.json"),
+    )  # fmt: skip
+    result = run(*args)
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "Audit of backdoor_pruning → explanations on digits" in text
+    assert "mia_auc" in text and "surrogate_fidelity" in text
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["arms"] == ["no defense", "backdoor_pruning", "explanations", "combined"]
+    assert record["order"] == ["backdoor_pruning", "explanations"]
+    assert set(record["not_measured"]) == {"data_misuse", "opacity"}
+    mia = next(m for m in record["metrics"] if m["metric"] == "mia_auc")
+    assert len(mia["values"]["combined"]["values"]) == 2
+    assert mia["risk_change"]["combined"] in {"up", "down", "none"}
+    assert (
+        record["predictions"]["backdoor_pruning"]["membership_inference"]["links"][0]["factor"]
+        == "M1"
+    )
+    assert list((out / "plots").glob("audit-*.png"))
+    again = run(*args[:-2], "--json", "-")  # everything from the cache, JSON alone on stdout
+    assert again.exit_code == 0, again.stderr
+    cached = json.loads(again.stdout)
+    assert cached["cache"]["models_trained"] == 0 and cached["cache"]["measurements_computed"] == 0
+    assert cached["metrics"] == record["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["audit", "nonsense"], ["unknown defense 'nonsense'"]),
+        (["audit", "--dataset", "mnist"], ["unknown dataset 'mnist'"]),
+        (["audit", "--seeds", "0"], ["--seeds must be at least 1"]),
+        (["audit", "--risk", "evasions"], ["unknown risk 'evasions'", "evasion"]),
+        (["audit", "--risk", "opacity"], ["risk 'opacity' cannot be measured"]),
+        (["audit", "--risk", "discrimination"], ["cannot be measured on digits", "sensitive"]),
+        (["audit", "group_fairness"], ["cannot audit on digits", "tabular data only"]),
+        (["audit", "dp_sgd", "dp_sgd"], ["named twice"]),
+        (["audit", "--profile", "huge"], ["unknown profile 'huge'"]),
+    ],
+)
+def test_audit_bad_input(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    result = run(*args, "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, *fragments)
+
+
+def test_audit_json_to_a_directory_is_refused(tmp_path: Path) -> None:
+    result = run("audit", "--json", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "--json", "directory")

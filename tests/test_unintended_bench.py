@@ -1,0 +1,49 @@
+"""benchmarks/unintended.py: audits each defense alone, writes predicted vs measured, resumes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "unintended.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("unintended", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["unintended"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unintended_writes_pairs_accuracy_and_resumes(tmp_path: Path, capsys) -> None:
+    bench = _script()
+    args = ["--datasets", "digits", "--profile", "tiny", "--seeds", "2", "--out", str(tmp_path),
+            "--defenses", "backdoor_pruning,explanations"]  # fmt: skip
+    assert bench.main(args) == 0
+    result = json.loads((tmp_path / "unintended.json").read_text())
+    rows = result["pairs"]
+    assert {r["defense"] for r in rows} == {"backdoor_pruning", "explanations"}
+    # digits has no sensitive attribute: the group risks are not measured
+    assert {r["risk"] for r in rows} == {
+        "evasion", "poisoning", "model_theft", "membership_inference", "data_reconstruction"
+    }  # fmt: skip
+    pruning_poisoning = next(
+        r for r in rows if r["defense"] == "backdoor_pruning" and r["risk"] == "poisoning"
+    )
+    assert pruning_poisoning["verdict"] == "intended"
+    # explanations moves only a mechanical factor: the guideline is silent on every risk
+    assert {r["verdict"] for r in rows if r["defense"] == "explanations"} == {"silent"}
+    stats = result["summary"]
+    assert stats["pairs"] == len(rows) == 10
+    assert sum(stats["verdicts"].values()) == 10
+    text = (tmp_path / "UNINTENDED.md").read_text()
+    assert "Prediction accuracy" in text and "## Silent (" in text and "Where the time went" in text
+    assert "where it went" in capsys.readouterr().out
+    assert bench.main(args) == 0  # every record reused
+    assert "record reused" in capsys.readouterr().err
