@@ -137,8 +137,9 @@ class _VictimComposer(Composer):
         name = base.dataset_name
         profile = base.profile.model_copy(update={"epochs": {**base.profile.epochs, name: epochs}})
         super().__init__(
-            name, profile=profile, cache_dir=base.cache.root, data_dir=base.data_dir,
+            base.source, profile=profile, cache_dir=base.cache.root, data_dir=base.data_dir,
             catalog=base.catalog, configs=base.configs, log=base.log,
+            model=base.model_factory, device=base.device,
         )  # fmt: skip
         self.cache = base.cache
 

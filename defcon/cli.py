@@ -522,10 +522,19 @@ def audit_command(
     json_path: JsonOption = None,
     cache: CacheOption = None,
     data_dir: DataDirOption = None,
+    catalog: CatalogOption = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    target: TargetOption = None,
+    sensitive: SensitiveOption = None,
+    kind: KindOption = None,
 ) -> None:
     """Measure every risk on no defense, each defense alone and combined; predict each change."""
     from defcon.effectiveness import seed_plan
 
+    specs = catalog_from(catalog)
+    chosen_device, model_name = run_settings(device, model)
+    source = dataset_source(dataset, target, sensitive, kind)
     seed_plan(seeds, None, seed_start)
     writable_folder(out, "--out")
     if json_path is not None and json_path != STDOUT:
@@ -538,8 +547,9 @@ def audit_command(
 
     err = Console(stderr=True, highlight=False)
     composer = Composer(
-        dataset, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
-        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
+        source, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
+        model=model_name, device=chosen_device,
     )  # fmt: skip
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
