@@ -9,11 +9,13 @@ the combinations whose record is already there.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
@@ -117,9 +119,7 @@ def combinations_for(
 ) -> tuple[list[tuple[str, ...]], list[Skipped]]:
     """The combinations that apply to `dataset`, and those skipped with the reason."""
     catalog = catalog or load_catalog()
-    source = (
-        open_data_file(dataset, **(data_options or {})) if is_data_file(dataset) else dataset
-    )
+    source = open_data_file(dataset, **(data_options or {})) if is_data_file(dataset) else dataset
     probe = load_dataset(source, seed=0, max_train=1, max_eval=1, data_dir=data_dir)
     runnable = [n for n, s in catalog.items() if s.implementation is not None]
     chosen = list(pairs) if pairs is not None else list(itertools.combinations(sorted(runnable), 2))
@@ -224,6 +224,19 @@ def _run_ray(tasks: Sequence[Task], workers: int, report: Report, address: str |
             ray.shutdown()
 
 
+class MeasuringRun(BaseModel):
+    """One invocation that measured combinations into a bench folder (OUT/runs.json), so a
+    summary rebuilt later (`--report-only`) still says how long the measuring took."""
+
+    finished: str
+    wall_time_s: float
+    combinations_run: int
+    workers: int
+    executor: str
+    profile: str
+    seed_start: int
+
+
 class BenchResult(BaseModel):
     """All records of a bench run, what was skipped, and its cost."""
 
@@ -239,6 +252,15 @@ class BenchResult(BaseModel):
     profile: str
     pending: int = 0  # combinations not measured yet (a report-only run)
     report_only: bool = False  # nothing was measured by this invocation
+    runs: list[MeasuringRun] = Field(default_factory=list)  # every measuring run into OUT
+
+
+def _load_runs(out: Path) -> list[MeasuringRun]:
+    path = out / "runs.json"
+    try:
+        return [MeasuringRun.model_validate(item) for item in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []  # absent or unreadable: the summary just lacks the history
 
 
 def run_bench(
@@ -286,7 +308,8 @@ def run_bench(
     data_options = {"target": target, "sensitive": sensitive, "kind": kind}
     # a user's settings go into record file names, so runs that differ never share records
     variant = "".join(
-        f"-{label}{value}" for label, value in (("on-", resolved), ("model-", model))
+        f"-{label}{value}"
+        for label, value in (("on-", resolved), ("model-", model))
         if value not in (None, "cpu")
     ).replace(":", "_")
     if workers < 1:
@@ -358,11 +381,29 @@ def run_bench(
     else:
         _run_local(tasks, workers, report)
     records = load_records(out / "records", log)
+    runs = _load_runs(out)
+    wall_time_s = round(time.perf_counter() - started, 1)
+    if tasks:
+        runs.append(
+            MeasuringRun(
+                finished=datetime.now(UTC).isoformat(timespec="seconds"),
+                wall_time_s=wall_time_s,
+                combinations_run=len(tasks),
+                workers=workers,
+                executor=executor,
+                profile=profile,
+                seed_start=seed_start,
+            )  # fmt: skip
+        )
+        atomic_write_text(
+            out / "runs.json", json.dumps([r.model_dump() for r in runs], indent=2) + "\n"
+        )
     return BenchResult(
         records=records,
         skipped=skipped,
         failed=failed,
-        wall_time_s=round(time.perf_counter() - started, 1),
+        wall_time_s=wall_time_s,
+        runs=runs,
         executor=executor,
         workers=workers,
         seeds=seeds,

@@ -201,6 +201,12 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             else f"- Wall time of this invocation: {result.wall_time_s:.0f} s; summed wall time "
             f"of the combinations' own runs: {compute:.0f} s"
         ),
+        *[
+            f"- Measuring run finished {run.finished}: {run.combinations_run} combinations "
+            f"(seeds from {run.seed_start}) in {run.wall_time_s:.0f} s wall time with "
+            f"{run.workers} worker(s) ({run.executor})"
+            for run in result.runs
+        ],
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "
         f"({reused / max(1, trained + reused):.0%} of all model requests)",
         "",
@@ -408,10 +414,12 @@ def write_results(
     }
     summary["seconds"] = {k: round(v, 1) for k, v in time_breakdown(result.records).items()}
     summary["wall_time_s"] = result.wall_time_s
+    summary["measuring_runs"] = [run.model_dump() for run in result.runs]
     if repeat is not None:
         summary["stability"] = {
             **stability(result.records, repeat.records),
             "wall_time_s": repeat.wall_time_s,
+            "measuring_runs": [run.model_dump() for run in repeat.runs],
             "not_measured_yet_in_repeat": repeat.pending,
         }
     atomic_write_text(out / "scores.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -36,6 +36,9 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     assert "## Measured labels" in text and "## Where the time goes" in text
     assert "model_watermark → backdoor_pruning" in text
     assert plot.stat().st_size > 1000
+    (run,) = result.runs  # the measuring run is logged, so a later --report-only can say it
+    assert run.combinations_run == 3 and run.workers == 2 and run.wall_time_s > 0
+    assert f"3 combinations (seeds from 0) in {run.wall_time_s:.0f} s wall time" in text
 
     # Killed and restarted: only the combination whose record is missing runs again.
     victim = next((tmp_path / "records" / "digits").glob("*model_watermark+explanations*.json"))
@@ -51,6 +54,7 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     # same workers, same threads per task: its models came from the shared cache (the thread
     # count is part of every cache key, since results may depend on it)
     assert rerun.cache["models_trained"] == 0
+    assert [r.combinations_run for r in again.runs] == [3, 1]
 
 
 def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monkeypatch) -> None:
