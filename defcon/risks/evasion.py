@@ -18,6 +18,7 @@ from torch import nn
 
 from defcon.attacks import derived_seed
 from defcon.defense import Environment
+from defcon.devices import run_attack
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
 from defcon.vocabulary import DataKind, Direction, Risk
 
@@ -62,7 +63,7 @@ class Evasion(RiskAttack):
                 random_start=True,
             )  # fmt: skip
             for xb, yb in zip(test.x.split(500), test.y.split(500), strict=True):
-                adversarial = pgd(xb, yb)
+                adversarial = run_attack(pgd, model, xb, yb)  # on the model's device
                 with torch.no_grad():
                     correct.append(model(adversarial).argmax(1) == yb)
         model.eval()
