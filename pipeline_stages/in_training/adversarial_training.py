@@ -6,8 +6,8 @@ Two methods:
 - ``pgd`` (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR
   2018) fills the *batch_transform* slot (the quick profile trains with 2 steps that add up to
   1.25·ε from a random start, Wong, Rice, Kolter, "Fast is better than free", ICLR 2020; on
-  Fashion-MNIST this is as robust under the 10-step measuring attack as 5 steps of 0.5·ε, at
-  half the training time): a share of every training batch (``adv_fraction``) is
+  Fashion-MNIST this is as robust under the 10-step measuring attack as 5 steps of 0.5·ε, with
+  2 instead of 5 attack passes per batch): a share of every training batch (``adv_fraction``) is
   replaced by L∞ PGD adversarial examples of the same samples (torchattacks), the rest stays
   clean. Replacing rather than appending keeps one training example per sampled record, so a
   privacy wrapper's per-sample clipping and accounting (DP-SGD) stay valid.
