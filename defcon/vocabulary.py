@@ -6,6 +6,7 @@ so that a practitioner can declare a defense of their own without writing any tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
@@ -186,6 +187,27 @@ MECHANICAL_FACTORS: frozenset[Factor] = frozenset(
         Factor.ROWS_PER_RECORD,
     }
 )
+
+
+OBJECTIVE_FACTORS: frozenset[Factor] = frozenset(
+    {Factor.O1, Factor.O2_1, Factor.O2_2, Factor.O2_3, Factor.O3}
+)
+
+
+def sok_guideline(shared: Sequence[tuple[Factor, bool]]) -> bool | None:
+    """The SoK's guideline (§4.4) over the factors a defense and a target share, each given as
+    (factor, whether it pushes the target up): all agreeing decide; when they disagree, the
+    objective's factors (O1, O2.x, O3) decide by majority; a tie, or nothing shared, is silent
+    (None). One rule for defense→defense (`factors`) and defense→risk (`audit`) predictions."""
+    if not shared:
+        return None
+    ups = {up for _, up in shared}
+    if len(ups) == 1:
+        return ups.pop()
+    objective = [up for factor, up in shared if factor in OBJECTIVE_FACTORS]
+    up = sum(objective)
+    down = len(objective) - up
+    return None if up == down else up > down
 
 
 class Arrow(StrEnum):

@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from defcon.checker.base import clash_text
 from defcon.checker.defcon_technique import DefConTechnique
 from defcon.checker.verdict import FactorChain, Verdict
-from defcon.vocabulary import DefenseSpec, Factor, FactorClaim, Stage
-
-OBJECTIVE_FACTORS = frozenset({Factor.O1, Factor.O2_1, Factor.O2_2, Factor.O2_3, Factor.O3})
+from defcon.vocabulary import DefenseSpec, Factor, FactorClaim, Stage, sok_guideline
 
 
 @dataclass(frozen=True)
@@ -91,12 +89,10 @@ def _conflicts(links: Sequence[_Link]) -> bool:
     """The SoK guideline over the shared factors of one (mover, dependent) pair."""
     if any(link.harmful and link.moved.factor.mechanical for link in links):
         return True
-    learned = [link for link in links if not link.moved.factor.mechanical]
-    if all(link.harmful for link in learned):
-        return bool(learned)
-    objective = [link for link in learned if link.moved.factor in OBJECTIVE_FACTORS]
-    harmful = sum(link.harmful for link in objective)
-    return harmful > len(objective) - harmful
+    learned = [
+        (link.moved.factor, link.harmful) for link in links if not link.moved.factor.mechanical
+    ]
+    return sok_guideline(learned) is True
 
 
 class FactorsTechnique:

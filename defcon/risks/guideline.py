@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.vocabulary import Arrow, DefenseSpec, Factor, Risk
+from defcon.vocabulary import Arrow, DefenseSpec, Factor, Risk, sok_guideline
 
 SOK = (
     "Duddu, Szyller, Asokan, SoK: Unintended Interactions among Machine Learning Defenses and "
@@ -44,7 +44,6 @@ RISK_FACTORS: dict[Risk, tuple[tuple[Factor, Arrow], ...]] = {
 }  # fmt: skip
 """Risk → (factor, how susceptibility goes with it) — SoK Table 2, as ../shared/FACTORS.md has it."""
 
-OBJECTIVE = frozenset({Factor.O1, Factor.O2_1, Factor.O2_2, Factor.O2_3, Factor.O3})
 Predicted = Literal["up", "down", "silent"]
 SYMBOL: dict[str, str] = {"up": "↑", "down": "↓", "silent": "·"}
 
@@ -107,22 +106,18 @@ def predict(spec: DefenseSpec, risk: Risk) -> Prediction:
             reason=f"{spec.name} moves no factor {risk.value} goes with",
         )  # fmt: skip
     shown = ", ".join(link.text() for link in links)
-    if len({link.raises for link in links}) == 1:
-        return Prediction(
-            risk=risk, direction="up" if links[0].raises else "down", basis="unanimous",
-            links=links, reason=f"every shared factor agrees ({shown})",
-        )  # fmt: skip
-    objective = [link for link in links if link.factor in OBJECTIVE]
-    up = sum(link.raises for link in objective)
-    down = len(objective) - up
-    if up == down:
+    raises = sok_guideline([(link.factor, link.raises) for link in links])
+    if raises is None:
         return Prediction(
             risk=risk, direction="silent", basis="tie", links=links,
             reason=f"shared factors disagree and the objective's do not decide ({shown})",
         )  # fmt: skip
+    unanimous = len({link.raises for link in links}) == 1
     return Prediction(
-        risk=risk, direction="up" if up > down else "down", basis="objective", links=links,
-        reason=f"shared factors disagree; the objective's decide ({shown})",
+        risk=risk, direction="up" if raises else "down",
+        basis="unanimous" if unanimous else "objective", links=links,
+        reason=f"every shared factor agrees ({shown})" if unanimous
+        else f"shared factors disagree; the objective's decide ({shown})",
     )  # fmt: skip
 
 
