@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -136,6 +137,29 @@ def emit_json(text: str, target: Path) -> None:
     from defcon.storage import atomic_write_text
 
     atomic_write_text(writable_file(target, "--json"), text + "\n")
+
+
+def check_outputs(out: Path, json_path: Path | None, cache: Path | None) -> None:
+    """--out, --json and --cache checked before any training (one `error:` line each)."""
+    writable_folder(out, "--out")
+    if json_path is not None and json_path != STDOUT:
+        writable_file(json_path, "--json")
+    if cache is not None:
+        writable_folder(cache, "--cache")
+
+
+def present(
+    record: Any, json_path: Path | None, print_table: Callable[[Any, Console], None]
+) -> None:
+    """The table on stdout, or with `--json -` the JSON alone on stdout and the table on
+    stderr; `--json FILE` also writes the record there."""
+    if json_path == STDOUT:
+        err = Console(stderr=True, highlight=False)
+        print_table(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
+    else:
+        print_table(record, stdout())
+    if json_path is not None:
+        emit_json(record.model_dump_json(indent=2), json_path)
 
 
 @app.command("list")
@@ -461,11 +485,7 @@ def compose_command(
     source = dataset_source(dataset, target, sensitive, kind)
     tolerances = parse_tolerances(tolerance)
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
-    writable_folder(out, "--out")
-    if json_path is not None and json_path != STDOUT:
-        writable_file(json_path, "--json")
-    if cache is not None:
-        writable_folder(cache, "--cache")
+    check_outputs(out, json_path, cache)
     warn_about_seeds(seeds, max_seeds)
     from defcon.composer import Composer
     from defcon.reports import bar_chart, print_report, record_stem, save_record
@@ -482,14 +502,8 @@ def compose_command(
     )  # fmt: skip
     stem = record_stem(record)
     record_path = save_record(record, out / "records" / f"{stem}.json")
-    if json_path is not None and json_path != STDOUT:
-        save_record(record, json_path)
     plot = bar_chart(record, out / "plots" / f"{stem}.png")
-    if json_path == STDOUT:  # the JSON alone on stdout, the table on stderr
-        print_report(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
-        print(record.model_dump_json(indent=2))
-    else:
-        print_report(record, stdout())
+    present(record, json_path, print_report)
     err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
 
 
@@ -536,11 +550,7 @@ def audit_command(
     chosen_device, model_name = run_settings(device, model)
     source = dataset_source(dataset, target, sensitive, kind)
     seed_plan(seeds, None, seed_start)
-    writable_folder(out, "--out")
-    if json_path is not None and json_path != STDOUT:
-        writable_file(json_path, "--json")
-    if cache is not None:
-        writable_folder(cache, "--cache")
+    check_outputs(out, json_path, cache)
     warn_about_seeds(seeds, seeds)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
     from defcon.composer import Composer
@@ -555,13 +565,7 @@ def audit_command(
     stem = audit_stem(record)
     record_path = save_audit(record, out / "audits" / f"{stem}.json")
     plot = heatmap(record, out / "plots" / f"{stem}.png")
-    if json_path is not None and json_path != STDOUT:
-        save_audit(record, json_path)
-    if json_path == STDOUT:
-        print_audit(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
-        print(record.model_dump_json(indent=2))
-    else:
-        print_audit(record, stdout())
+    present(record, json_path, print_audit)
     err.print(f"record: {escape(str(record_path))}   heatmap: {escape(str(plot))}")
 
 
