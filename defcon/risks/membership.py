@@ -5,18 +5,19 @@ ICLR 2022; the offline LiRA of Carlini et al., "Membership Inference Attacks Fro
 Principles", IEEE S&P 2022. score(x) = ℓ_ref(x) − ℓ_target(x): how much better the target fits x
 than an independent model of the same recipe that never saw it (`env.independent_model()`,
 trained on the attacker's data), so easy examples do not pass for members. The same attack as
-`dp_sgd`'s metric. Members are the clean original training records once each (`env.members`),
+`dp_sgd`'s metric, which calls `calibrated_score` from here. Members are the clean original training records once each (`env.members`),
 non-members the test split, equally many of each; the 1 %-FPR threshold is set on validation
 records neither model saw (`env.calibration_data`), never on test data.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import Environment
+from defcon.errors import DefconError
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
 from defcon.vocabulary import Direction, Risk
 
@@ -33,14 +35,44 @@ class MembershipConfig(AttackConfig):
     fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR of the calibrated threshold")
 
 
+def calibrated_score(
+    target: nn.Module, reference: nn.Module, kind: str = "loss"
+) -> Callable[[Split], torch.Tensor]:
+    """score(split) per row: how much more the target fits x than the reference does.
+
+    kind "logit": φ_target − φ_ref with φ = log(p_y/(1 − p_y)); kind "loss": ℓ_ref − ℓ_target.
+    Both models are evaluated in eval mode (their modes are restored).
+    """
+    if kind not in {"logit", "loss"}:
+        raise DefconError(f"unknown membership score {kind!r}; accepted: logit, loss")
+
+    def per_row(model: nn.Module, split: Split) -> torch.Tensor:
+        logit = true_class_logit(model, split)
+        if kind == "logit":
+            return logit
+        return -torch.nn.functional.logsigmoid(logit)  # = cross-entropy −log p_y
+
+    def score(split: Split) -> torch.Tensor:
+        target_value, reference_value = per_row(target, split), per_row(reference, split)
+        if kind == "logit":
+            return target_value - reference_value
+        return reference_value - target_value
+
+    return score
+
+
 @torch.no_grad()
-def losses(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
-    """Per-row cross-entropy of `model` (in eval mode)."""
+def true_class_logit(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
+    """φ = log(p_y / (1 − p_y)) = z_y − logsumexp_{j≠y} z_j, computed stably."""
+    was_training = model.training
     model.eval()
-    parts = [
-        F.cross_entropy(model(x).double(), y, reduction="none")
-        for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True)
-    ]
+    parts = []
+    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
+        logits = model(x).double()
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        others = logits.scatter(1, y[:, None], -math.inf).logsumexp(1)
+        parts.append(true - others)
+    model.train(was_training)
     return torch.cat(parts).float() if parts else torch.zeros(0)
 
 
@@ -76,11 +108,7 @@ class MembershipInference(RiskAttack):
         members, others = balanced(
             env.members, env.dataset.test, self.config.samples, derived_seed(env.seed, "risk:mia")
         )
-        reference = env.independent_model()
-
-        def score(split: Split) -> torch.Tensor:
-            return losses(reference, split) - losses(model, split)
-
+        score = calibrated_score(model, env.independent_model(), "loss")
         inside, outside = score(members), score(others)
         threshold = float(np.quantile(score(env.calibration_data).numpy(), 1 - self.config.fpr))
         labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]

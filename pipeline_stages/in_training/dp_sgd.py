@@ -67,6 +67,7 @@ from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import device_of
 from defcon.errors import DefconError
+from defcon.risks.membership import calibrated_score
 
 if TYPE_CHECKING:
     from defcon.models import ArchConfig
@@ -278,47 +279,6 @@ class DPSGD(InTrainingDefense):
             "mia_tpr_at_1_fpr": float((member_scores > threshold).float().mean()),
             "mia_calibration_fpr": float((other_scores > threshold).float().mean()),
         }
-
-
-def calibrated_score(
-    target: nn.Module, reference: nn.Module, kind: str = SCORE
-) -> Callable[[Split], torch.Tensor]:
-    """score(split) per row: how much more the target fits x than the reference does.
-
-    kind "logit": φ_target − φ_ref with φ = log(p_y/(1 − p_y)); kind "loss": ℓ_ref − ℓ_target.
-    Both models are evaluated in eval mode (their modes are restored).
-    """
-    if kind not in {"logit", "loss"}:
-        raise DefconError(f"dp_sgd: unknown membership score {kind!r}")
-
-    def per_row(model: nn.Module, split: Split) -> torch.Tensor:
-        logit = _true_class_logit(model, split)
-        if kind == "logit":
-            return logit
-        return -torch.nn.functional.logsigmoid(logit)  # = cross-entropy −log p_y
-
-    def score(split: Split) -> torch.Tensor:
-        target_value, reference_value = per_row(target, split), per_row(reference, split)
-        if kind == "logit":
-            return target_value - reference_value
-        return reference_value - target_value
-
-    return score
-
-
-@torch.no_grad()
-def _true_class_logit(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
-    """φ = log(p_y / (1 − p_y)) = z_y − logsumexp_{j≠y} z_j, computed stably."""
-    was_training = model.training
-    model.eval()
-    parts = []
-    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
-        logits = model(x).double()
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        others = logits.scatter(1, y[:, None], -math.inf).logsumexp(1)
-        parts.append(true - others)
-    model.train(was_training)
-    return torch.cat(parts).float() if parts else torch.zeros(0)
 
 
 def _balanced(
