@@ -3,17 +3,11 @@
 python benchmarks/in_training.py            # writes benchmarks/results/in_training.md
 """
 
-from stage_benchmark import main
+from stage_benchmark import defenses_at, main
 
 if __name__ == "__main__":
     main(
-        [
-            "adversarial_training",
-            "dp_sgd",
-            "group_fairness",
-            "backdoor_finetuning",
-            "certified_watermark",
-        ],
+        defenses_at("in"),
         "In-training defenses: metric and clean accuracy, no defense vs defense",
         "in_training.md",
     )

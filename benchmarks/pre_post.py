@@ -3,18 +3,11 @@
 python benchmarks/pre_post.py               # writes benchmarks/results/pre_post.md
 """
 
-from stage_benchmark import main
+from stage_benchmark import defenses_at, main
 
 if __name__ == "__main__":
     main(
-        [
-            "model_watermark",
-            "data_watermark",
-            "backdoor_pruning",
-            "output_watermark",
-            "dataset_inference",
-            "explanations",
-        ],  # fmt: skip
+        defenses_at("pre", "post"),
         "Pre- and post-training defenses: metric and clean accuracy, no defense vs defense",
         "pre_post.md",
     )

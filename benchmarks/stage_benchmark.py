@@ -16,14 +16,25 @@ from defcon.storage import atomic_write_text
 ROOT = Path(__file__).resolve().parent
 
 
+def defenses_at(*stages: str) -> list[str]:
+    """The built-in defenses of these stages, in catalog order: a new defense joins by its spec."""
+    return [spec.name for spec in builtin_catalog().values() if str(spec.stage) in stages]
+
+
 def main(defenses: Sequence[str], title: str, output: str) -> None:
     parser = argparse.ArgumentParser(description=title)
     parser.add_argument("--datasets", default="fmnist,adult")
+    parser.add_argument("--defenses", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
     parser.add_argument("--out", default=str(ROOT / "results" / output))
     args = parser.parse_args()
+    if args.defenses:
+        unknown = sorted(set(args.defenses.split(",")) - set(defenses))
+        if unknown:
+            parser.error(f"--defenses: {', '.join(unknown)} not among {', '.join(defenses)}")
+        defenses = [name for name in defenses if name in args.defenses.split(",")]
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     started = time.perf_counter()
     results, skipped = [], []

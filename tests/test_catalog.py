@@ -36,17 +36,13 @@ tolerance = 0.1
 """
 
 
-def test_builtin_catalog_holds_the_eleven_designed_defenses():
+def test_builtin_catalog_holds_the_designed_defenses():
     catalog = builtin_catalog()
-    assert len(catalog) == 11
-    stages = {stage: sorted(s.name for s in specs) for stage, specs in catalog.by_stage().items()}
-    assert stages[Stage.PRE] == ["data_watermark", "model_watermark"]
-    assert stages[Stage.POST] == [
-        "backdoor_pruning",
-        "dataset_inference",
-        "explanations",
-        "output_watermark",
-    ]
+    stages = {stage: {s.name for s in specs} for stage, specs in catalog.by_stage().items()}
+    assert {"data_watermark", "model_watermark"} <= stages[Stage.PRE]
+    assert {"backdoor_pruning", "dataset_inference", "explanations", "output_watermark"} <= (
+        stages[Stage.POST]
+    )
     users = {s.name for s in catalog.values() if Risk.POISONING in s.uses_risks}
     assert users == {"model_watermark", "data_watermark", "certified_watermark"}
     assert all(s.reason_for(Risk.POISONING) for s in catalog.values() if s.name in users)
