@@ -271,3 +271,59 @@ def test_compose_on_cuda(tmp_path):
     model = composer.run_pipeline(composer.pipeline(["dp_sgd"], 0, False)).model
     assert next(model.parameters()).device.type == "cuda"
     assert model(torch.zeros(2, 1, 8, 8)).device.type == "cpu"  # the CPU boundary
+
+
+# --------------------------------------------------------------------------- torch Datasets
+class _Loans(torch.utils.data.Dataset):
+    """A user's own map-style Dataset yielding (features, label, group)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 5, generator=g) * 100
+        self.s = torch.arange(n) % 2
+        self.y = ((self.x[:, 0] > 50) ^ (self.s == 1)).long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), int(self.s[i])
+
+
+def test_torch_datasets_compose_like_arrays(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from defcon.composer import Composer
+    from defcon.torch_data import from_torch_datasets
+
+    x, y = torch.rand(60, 1, 8, 8), torch.arange(60) % 3
+    images = from_torch_datasets(TensorDataset(x[:45], y[:45]), TensorDataset(x[45:], y[45:]))
+    same = from_arrays(x[:45], y[:45], x[45:], y[45:], name="torch-dataset")
+    assert images.kind == "image" and images.digest == same.digest  # one content, one cache key
+    loans = from_torch_datasets(_Loans(300, 0), _Loans(100, 1), name="loans")
+    data = loans.dataset(0)
+    assert data.kind == "tabular" and data.sensitive_attribute == "s" and data.num_classes == 2
+    assert float(data.train.x.max()) <= 1
+    composer = Composer(loans, profile="tiny", cache_dir=tmp_path, device="cpu")
+    record = composer.compose(["group_fairness", "explanations"], seeds=1)
+    assert record.dataset == "loans" and {r.defense for r in record.results} == {
+        "group_fairness", "explanations"
+    }
+
+
+@pytest.mark.parametrize(
+    ("train", "fragment"),
+    [
+        ([(1, 2)], "expected a map-style torch Dataset"),
+        (torch.utils.data.TensorDataset(torch.rand(4, 3)), "items have 1 parts"),
+        (torch.utils.data.TensorDataset(torch.rand(0, 3), torch.zeros(0)), "is empty"),
+    ],
+)
+def test_bad_torch_datasets_are_one_line(train, fragment):
+    from torch.utils.data import TensorDataset
+
+    from defcon.torch_data import from_torch_datasets
+
+    test = TensorDataset(torch.rand(4, 3), torch.zeros(4))
+    with pytest.raises(DefconError, match=fragment):
+        from_torch_datasets(train, test)
