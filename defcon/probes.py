@@ -2,7 +2,7 @@
 
 Factor declarations (which factors a defense moves, which its effectiveness depends on) are
 claims from the literature. These probes check them on the models defcon actually builds: each
-reads one factor of ../shared/FACTORS.md directly from the model, with a few forward/backward
+reads one factor of docs/factors.md directly from the model, with a few forward/backward
 passes on at most `PROBE_SAMPLES` inputs of a fixed seeded subset, so it costs a fraction of a
 second beside the minutes of training.
 
@@ -42,7 +42,7 @@ PROBES: dict[str, str] = {
     "group_accuracy_gap": "O2.2",
     "parameters": "M1",
 }
-"""Probe name → the factor it reads (FACTORS.md ids)."""
+"""Probe name → the factor it reads (docs/factors.md ids)."""
 
 INVERTED = frozenset({"input_gradient_norm"})
 """Probes that fall when their factor rises (a larger input gradient is a sharper objective)."""

@@ -92,7 +92,7 @@ def spec_view(spec: DefenseSpec) -> RenderableType:
 
 def factor_table(spec: DefenseSpec) -> RenderableType:
     """The factors a spec moves and depends on, each with its reason and reference."""
-    table = Table(title="factors (../shared/FACTORS.md)", title_justify="left")
+    table = Table(title="factors (docs/factors.md)", title_justify="left")
     for column in ("", "factor", "reason", "reference"):
         table.add_column(column)
     for label, claims in (("moves", spec.moves), ("depends on", spec.depends_on)):

@@ -132,7 +132,7 @@ class Factor(StrEnum):
     """What a defense moves and what a defense's effectiveness depends on.
 
     The first ten are the SoK's factors (Duddu, Szyller, Asokan, "SoK: Unintended Interactions
-    among Machine Learning Defenses and Risks", IEEE S&P 2024, Table 2; ../shared/FACTORS.md).
+    among Machine Learning Defenses and Risks", IEEE S&P 2024, Table 2; docs/factors.md).
     The last five are mechanical facts the composer knows about a pipeline.
     """
 
@@ -294,7 +294,7 @@ class DefenseSpec(_Frozen):
     )
     metrics: tuple[Metric, ...] = Field(min_length=1)
     moves: tuple[FactorClaim, ...] = Field(
-        default=(), description="factors the defense moves when effective (FACTORS.md)"
+        default=(), description="factors the defense moves when effective (docs/factors.md)"
     )
     depends_on: tuple[FactorClaim, ...] = Field(
         default=(), description="factors the defense's own effectiveness goes with"

@@ -1,4 +1,4 @@
-"""`factors`: Def\\Con's risk rule plus conflicts through shared factors (../shared/FACTORS.md).
+"""`factors`: Def\\Con's risk rule plus conflicts through shared factors (docs/factors.md).
 
 Every spec declares, with a reference per arrow, the factors it moves when effective (`moves`)
 and the factors its own effectiveness goes with (`depends_on`). A defense M that moves a factor

@@ -42,7 +42,7 @@ RISK_FACTORS: dict[Risk, tuple[tuple[Factor, Arrow], ...]] = {
     ),
     Risk.DISCRIMINATION: ((Factor.D2, _UP), (Factor.O2_2, _UP)),
 }  # fmt: skip
-"""Risk → (factor, how susceptibility goes with it) — SoK Table 2, as ../shared/FACTORS.md has it."""
+"""Risk → (factor, how susceptibility goes with it) — SoK Table 2, as docs/factors.md has it."""
 
 Predicted = Literal["up", "down", "silent"]
 SYMBOL: dict[str, str] = {"up": "↑", "down": "↓", "silent": "·"}
