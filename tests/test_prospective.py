@@ -1,0 +1,51 @@
+"""The prospective protocol script: predictions are written once and scored as frozen."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from defcon.errors import DefconError
+from defcon.reports import load_record
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "benchmarks/results/records/adult/adult-quick-seeds0+3to5-dp_sgd+explanations.json"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("prospective", ROOT / "benchmarks/prospective.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_predictions_are_never_overwritten(tmp_path):
+    script = _script()
+    out = tmp_path / "predictions.json"
+    out.write_text("{}")
+    with pytest.raises(DefconError, match="never edited"):
+        script.predict(["dp_sgd"], ["digits"], out)
+    assert out.read_text() == "{}"
+
+
+def test_scores_read_the_frozen_labels_not_todays(tmp_path):
+    script = _script()
+    record = load_record(RECORD)
+    assert record.conclusive
+    wrong = "ineffective" if record.label == "effective" else "effective"
+    document = {
+        "written": "2026-01-01T00:00:00+00:00", "code": "0" * 40,
+        "new_defenses": ["explanations"], "techniques": ["defcon", "naive"],
+        "declarations": {}, "skipped": [],
+        "combinations": [{
+            "dataset": record.dataset, "defenses": sorted(record.defenses),
+            "predicted": {"defcon": record.label, "naive": wrong},
+        }],
+    }  # fmt: skip
+    text = script.score_markdown(json.loads(json.dumps(document)), [record])
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 1 | 1.00 |" in rows["defcon"] and "| 1 | 0.00 |" in rows["naive"]
+    assert f"{wrong} ✗" in text and "Measured 1 of 1" in text
