@@ -12,7 +12,7 @@ second beside the minutes of training.
 | boundary_distance | O3 (distance of training data to the boundary) | first-order L2 distance of clean training records to the nearest other-class boundary, |f_y − f_k| / ‖∇x (f_y − f_k)‖ (DeepFool's linearisation; negative when misclassified) |
 | input_gradient_norm | O1 (curvature smoothness, inverted) | mean ‖∇x CE(f(x), y)‖₂ on test inputs: a smoother objective has smaller gradients |
 | group_accuracy_gap | O2.2 (distinguishability across subgroups) | largest minus smallest per-group test accuracy (fairlearn MetricFrame); NaN without a sensitive attribute |
-| parameters | M1 (capacity) | trainable parameters |
+| parameters | M1 (capacity) | non-zero trainable parameters (pruned weights set to zero no longer count) |
 
 The probes read the weights a serving wrapper sits in front of (`weights_of`): an API wrapper
 changes answers, not the factors of the model behind it; a post-training change of the weights
@@ -95,6 +95,11 @@ def group_accuracy_gap(model: nn.Module, split: Split) -> float:
     return float(frame.difference())
 
 
+def capacity(model: nn.Module) -> float:
+    """Non-zero trainable parameters: a pruned unit's zeroed weights no longer count (M1)."""
+    return float(sum(int(p.count_nonzero()) for p in model.parameters() if p.requires_grad))
+
+
 def probe_factors(served: nn.Module, env: Environment) -> dict[str, float]:
     """The probes of PROBES that apply, on the weights behind `served` (module docstring)."""
     model = weights_of(served)
@@ -109,7 +114,7 @@ def probe_factors(served: nn.Module, env: Environment) -> dict[str, float]:
                 "boundary_distance": boundary_distance(model, members),
                 "input_gradient_norm": input_gradient_norm(model, test),
                 "group_accuracy_gap": group_accuracy_gap(model, env.dataset.test),
-                "parameters": float(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                "parameters": capacity(model),
             }
         return {name: value for name, value in readings.items() if not math.isnan(value)}
     finally:

@@ -19,7 +19,12 @@ from defcon.catalog import builtin_catalog, load_catalog_file
 from defcon.checker import check
 from defcon.checker.factors_technique import chains
 from defcon.data import Split
-from defcon.probes import boundary_distance, group_accuracy_gap, input_gradient_norm
+from defcon.probes import (
+    boundary_distance,
+    capacity,
+    group_accuracy_gap,
+    input_gradient_norm,
+)
 from defcon.records import repredicted
 from defcon.vocabulary import Arrow, DefenseSpec, Factor, FactorClaim, Metric, Risk, Slot, Stage
 
@@ -215,6 +220,14 @@ def test_boundary_distance_is_exact_for_a_linear_model() -> None:
     y = torch.tensor([0, 0])  # the first is right (distance 0.5), the second wrong (-2)
     split = Split(x, y)
     assert boundary_distance(model, split) == pytest.approx((0.5 - 2.0) / 2)
+
+
+def test_capacity_sees_pruned_weights() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert capacity(model) == 3 * 4 + 4 + 4 * 2 + 2
+    with torch.no_grad():
+        model[2].weight[:, 1] = 0.0  # prune hidden unit 1 the way backdoor pruning does
+    assert capacity(model) == 3 * 4 + 4 + 4 * 2 + 2 - 2
 
 
 def test_input_gradient_norm_and_group_gap() -> None:
