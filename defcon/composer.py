@@ -28,7 +28,7 @@ from defcon.attacks import BadNets
 from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import TECHNIQUES, Verdict, check
-from defcon.data import Dataset, UserData, is_data_file, load_dataset, open_data_file
+from defcon.data import Dataset, Split, UserData, is_data_file, load_dataset, open_data_file
 from defcon.defense import (
     Defense,
     Environment,
@@ -49,6 +49,7 @@ from defcon.errors import DefconError
 from defcon.fingerprint import code_of, core_code, probes_code
 from defcon.models import (
     ArchConfig,
+    InputLayer,
     ModelFactory,
     accuracy,
     arch_for,
@@ -267,8 +268,13 @@ class Composer:
         train_split = dataset.train
         if poisoner is not None:
             train_split, _ = poisoner.poison(train_split, pipeline.seed)
+        front: InputLayer | None = None  # the pre-training defenses' transform of every input
         for defense in pipeline.pre:
             train_split = defense.apply(train_split, env)
+            seen = train_split if front is None else _through(front, train_split)
+            layer = defense.input_layer(seen, env)
+            if layer is not None:
+                front = layer if front is None else front.then(layer)
         env.train_data = train_split
         model_key = {
             **self._base_key(pipeline.seed),
@@ -281,7 +287,9 @@ class Composer:
 
         def train_model() -> TrainedModel:
             self.log(f"seed {pipeline.seed}: training {' + '.join(names)}")
-            return train(env, train_split, pipeline.during, description=" + ".join(names))
+            return train(
+                env, train_split, pipeline.during, description=" + ".join(names), input_layer=front
+            )
 
         def build() -> nn.Module:
             trained = self.cache.model(model_key, train_model)
@@ -520,6 +528,12 @@ class _Arms:
             for arm, readings in self.probes.items()
             if readings
         }
+
+
+@torch.no_grad()
+def _through(layer: InputLayer, split: Split) -> Split:
+    """The split as the model sees it behind `layer` (what a later input layer is fitted on)."""
+    return split.with_(x=layer(split.x))
 
 
 def _keyed(defense: Defense) -> dict[str, Any]:

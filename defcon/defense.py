@@ -1,7 +1,8 @@
 """Stage contracts: what a defense mechanism must provide so the composer can use it unchanged.
 
 - A pre-training defense maps a training split to a new one (keeping any secret it needs, such as
-  a trigger, derived from the seed so it is reproducible without being stored).
+  a trigger, derived from the seed so it is reproducible without being stored); a transform of
+  every input (served queries too) is a fixed input layer the model trains behind.
 - An in-training defense fills slots of the one training loop (see `defcon.training`).
 - A post-training defense maps a trained model to a new model (or wraps its prediction API).
 Every defense measures its own effectiveness on a given model, in a given `Environment`.
@@ -29,7 +30,7 @@ from defcon.profiles import Profile
 from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 if TYPE_CHECKING:
-    from defcon.models import ArchConfig
+    from defcon.models import ArchConfig, InputLayer
     from defcon.training import TrainingRun
 
 
@@ -228,11 +229,22 @@ def contract_problems(cls: type, spec: DefenseSpec) -> list[str]:
 
 
 class PreTrainingDefense(Defense):
-    """Transforms the training data before training."""
+    """Transforms the training data before training.
+
+    A transform that every input must go through (the served queries too, not only the training
+    rows) is an `input_layer`: fitted here on the training data, trained behind and served
+    inside the model, while the training split stays in the data's own space (so provenance,
+    members and every defense reading the data keep working).
+    """
 
     @abstractmethod
     def apply(self, train: Split, env: Environment) -> Split:
         """A new training split (the input is not modified)."""
+
+    def input_layer(self, train: Split, env: Environment) -> InputLayer | None:
+        """A fixed affine layer in front of the model, fitted on `train` (the split `apply`
+        returned, as the model sees it behind earlier defenses' layers); None: no layer."""
+        return None
 
 
 class InTrainingDefense(Defense):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -251,3 +252,102 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     if len(y) == 0:
         return float("nan")
     return float((predict(model, x) == y).float().mean())
+
+
+class InputLayer(nn.Module):
+    """A fixed affine map x ↦ x·Wᵀ + b of flat inputs, placed in front of a model.
+
+    What a pre-training defense that transforms every input (not only the training rows)
+    contributes: the model trains behind it and is served with it, so training data, the
+    validation rows in-training defenses read and every served query go through the same
+    transform. Weight and bias are buffers, not parameters: nothing trains them.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+            raise ValueError(f"an input layer needs an (out, in) weight and (out,) bias, got "
+                             f"{tuple(weight.shape)} and {tuple(bias.shape)}")  # fmt: skip
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
+        self.register_buffer("weight", weight.detach().clone().float())
+        self.register_buffer("bias", bias.detach().clone().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def then(self, other: InputLayer) -> InputLayer:
+        """One layer computing `other(self(x))` (composed in float64)."""
+        weight = other.weight.double() @ self.weight.double()
+        bias = other.weight.double() @ self.bias.double() + other.bias.double()
+        return InputLayer(weight, bias)
+
+
+class WithInputLayer(nn.Module):
+    """`model(layer(x))` while the model trains behind an input layer.
+
+    `head` is the model's own: it reads the penultimate representation, which the layer does not
+    change, so a finetune-phase defense that re-initialises the head works unchanged.
+    """
+
+    def __init__(self, layer: InputLayer, model: nn.Module) -> None:
+        super().__init__()
+        self.layer = InputLayer(layer.weight, layer.bias)  # a copy: placing it moves buffers
+        self.model = model
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.layer(x))
+
+
+def first_linear(model: nn.Module) -> nn.Linear | None:
+    """The Linear that reads the raw input (`features[0]` of defcon's MLP), or None."""
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and len(features) and isinstance(features[0], nn.Linear):
+        return features[0]
+    return None
+
+
+def input_layer_problem(model: nn.Module, features: int) -> str | None:
+    """Why an input layer on `features` inputs cannot be folded into `model` (None: it can)."""
+    first = first_linear(model)
+    if first is None or first.bias is None or first.in_features != features:
+        return (
+            f"an input layer is folded into the model's first layer, which must be a Linear with "
+            f"a bias on its {features} input features as `features[0]` (defcon's MLP); "
+            f"{type(model).__name__} has none"
+        )
+    return None
+
+
+@torch.no_grad()
+def fold_input_layer(fronted: WithInputLayer, probe: torch.Tensor) -> nn.Module:
+    """The model behind `fronted` with the input layer folded into its first Linear.
+
+    W·(Ax + c) + b = (WA)x + (Wc + b): the same function as a plain model of the same
+    architecture, so it is cached, copied, pruned and attacked like any other model. Checked on
+    `probe` inputs: a model whose forward pass does not start with `features[0]` is refused.
+    """
+    model, layer = fronted.model, fronted.layer
+    problem = input_layer_problem(model, layer.weight.shape[0])
+    if problem:
+        raise DefconError(problem)
+    first = first_linear(model)
+    assert first is not None and first.bias is not None
+    fronted.eval()
+    expected = fronted(probe).cpu()
+    weight = first.weight.double()
+    shift = weight @ layer.bias.double()
+    first.weight.copy_(weight @ layer.weight.double())
+    first.bias.copy_(first.bias.double() + shift)
+    folded = model(probe.to(first.weight.device)).cpu()  # the boundary is on `fronted`
+    if not torch.allclose(folded, expected, rtol=1e-4, atol=1e-4):
+        raise DefconError(
+            f"folding the input layer into {type(model).__name__}.features[0] changed its outputs "
+            f"(largest difference {float((folded - expected).abs().max()):.2e}): its forward pass "
+            "does not start with features[0]"
+        )
+    return model

@@ -26,7 +26,15 @@ from defcon.data import Split
 from defcon.defense import Environment, InTrainingDefense
 from defcon.devices import place
 from defcon.errors import DefconError
-from defcon.models import ArchConfig, accuracy, arch_for, build_model
+from defcon.models import (
+    ArchConfig,
+    InputLayer,
+    WithInputLayer,
+    accuracy,
+    arch_for,
+    build_model,
+    fold_input_layer,
+)
 from defcon.vocabulary import Slot
 
 CONVERGED_GAIN = 0.01  # a last epoch that still adds more validation accuracy is not converged
@@ -98,8 +106,15 @@ def train(
     arch: ArchConfig | None = None,
     epochs: int | None = None,
     description: str = "training",
+    input_layer: InputLayer | None = None,
 ) -> TrainedModel:
-    """Train a fresh model on `train_split` with the given in-training defenses plugged in."""
+    """Train a fresh model on `train_split` with the given in-training defenses plugged in.
+
+    With an `input_layer` (pre-training defenses' transform of every input), the model trains
+    behind it, so every hook sees the model a user is served; the returned model has the layer
+    folded into its first Linear (`defcon.models.fold_input_layer`): same function, same
+    architecture.
+    """
     clashes = structural_clashes([defense.spec for defense in defenses])
     if clashes:
         raise DefconError(f"structural clash: {clashes[0].sentence()}")
@@ -108,7 +123,10 @@ def train(
     for defense in defenses:
         arch = defense.adapt_arch(arch)
     torch.manual_seed(env.seed)
-    model = place(build_model(arch, env.seed), env.device)
+    model = build_model(arch, env.seed)
+    if input_layer is not None:
+        model = WithInputLayer(input_layer, model)
+    model = place(model, env.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=profile.lr)
     run = TrainingRun(
         model=model,
@@ -155,6 +173,8 @@ def train(
     for defense in _users(defenses, Slot.FINETUNE_PHASE):
         defense.finetune(run)
     run.model.eval()
+    if isinstance(run.model, WithInputLayer):
+        run.model = place(fold_input_layer(run.model, train_split.x[:256]), env.device)
     record = dict(run.record)
     if val_accuracy:
         record["training.val_accuracy"] = val_accuracy[-1]
