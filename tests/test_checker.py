@@ -235,12 +235,16 @@ def test_shared_non_exclusive_slot_is_no_clash():
 
 
 def test_built_in_in_training_pairs_clash_only_where_declared():
-    """No two built-ins need one exclusive slot; the one declared exclusion is the only clash."""
+    """The declared exclusion, and the two defenses that each replace the training batch
+    (adversarial examples, Gaussian-noised copies): both need the exclusive batch_transform."""
     names = [n for n, s in builtin_catalog().items() if s.stage is Stage.IN]
     clashing = {
         tuple(sorted(pair)) for pair in itertools.combinations(names, 2) if not check(pair).composable
     }
-    assert clashing == {("certified_watermark", "dp_sgd")}
+    assert clashing == {
+        ("certified_watermark", "dp_sgd"),
+        ("adversarial_training", "randomized_smoothing"),
+    }
 
 
 # --- the API: input errors, registry, serialisation ------------------------------------------
