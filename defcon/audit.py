@@ -44,6 +44,7 @@ from defcon.vocabulary import Direction, Risk
 COMBINED = "combined"
 Change = Literal["up", "down", "none"]
 CHANGE_SYMBOL: dict[str, str] = {"up": "↑", "down": "↓", "none": "–"}
+ARROW: dict[Direction | None, str] = {Direction.HIGHER: "↑", Direction.LOWER: "↓"}
 
 
 class MetricAudit(BaseModel):
@@ -53,8 +54,9 @@ class MetricAudit(BaseModel):
 
     risk: Risk
     metric: str
-    riskier: Direction
+    riskier: Direction | None  # None: a count reported beside the risk (no direction)
     primary: bool
+    undefined: str | None = None  # what a NaN value (n/a) means for this metric
     values: dict[str, Summary]  # arm → per-seed values
     change: dict[str, Interval]  # arm → arm − no defense (paired by seed)
     risk_change: dict[str, Change]  # arm → the risk rose / fell / cannot be told (–)
@@ -74,7 +76,7 @@ class AuditRecord(BaseModel):
     checker_label: str | None
     risks: tuple[Risk, ...]
     references: dict[str, str]
-    not_measured: dict[str, str]  # risk → why (refused here, or no attack exists)
+    not_measured: dict[str, str]  # risk (or "risk: metric") → why (refused, no attack exists)
     metrics: tuple[MetricAudit, ...]
     clean_accuracy: dict[str, Summary]
     predictions: dict[str, dict[str, Prediction]]  # arm → risk → prediction
@@ -89,9 +91,9 @@ class AuditRecord(BaseModel):
         return next(m for m in self.metrics if m.risk is risk and m.primary)
 
 
-def risk_change(riskier: Direction, lower: float | None, upper: float | None) -> Change:
+def risk_change(riskier: Direction | None, lower: float | None, upper: float | None) -> Change:
     """Which way the risk moved: the metric's paired interval excludes 0, read by `riskier`."""
-    if lower is None or upper is None or math.isnan(lower) or math.isnan(upper):
+    if riskier is None or lower is None or upper is None or math.isnan(lower) or math.isnan(upper):
         return "none"
     rose = lower > 0 if riskier is Direction.HIGHER else upper < 0
     fell = upper < 0 if riskier is Direction.HIGHER else lower > 0
@@ -119,6 +121,7 @@ def select_attacks(
             skipped[name] = problem
         else:
             chosen.append(attack)
+            skipped.update({f"{name}: {m}": why for m, why in attack.unreported(dataset).items()})
     if not chosen:
         raise DefconError(f"no risk can be measured on {dataset.name}")
     return chosen, skipped
@@ -262,7 +265,7 @@ class Auditor:
                         values.setdefault((arm, metric), []).append(value)
         metrics = []
         for attack in attacks:
-            for metric in attack.metrics:
+            for metric in attack.metrics_for(composer.dataset(seed_list[0])):
                 base = values[(NO_DEFENSE, metric.name)]
                 change, moved = {}, {}
                 for arm in arms:
@@ -278,6 +281,7 @@ class Auditor:
                         metric=metric.name,
                         riskier=metric.riskier,
                         primary=metric.primary,
+                        undefined=metric.undefined,
                         values={arm: Summary.of(values[(arm, metric.name)]) for arm in arms},
                         change=change,
                         risk_change=moved,
@@ -318,6 +322,10 @@ def audit_stem(record: AuditRecord) -> str:
     return f"audit-{record.dataset}-{record.profile}-seeds{record.seeds[0]}x{len(record.seeds)}-{combo}"
 
 
+def _counts(values: Summary) -> str:
+    return "n = " + ", ".join("n/a" if v is None else f"{v:g}" for v in values.values)
+
+
 def audit_table(record: AuditRecord) -> Table:
     """Risk metrics by arm: mean ± std, measured risk change vs no defense, predicted change."""
     n = len(record.seeds)
@@ -337,8 +345,12 @@ def audit_table(record: AuditRecord) -> Table:
     for m in record.metrics:
         row = [
             m.risk.value if m.primary else "",
-            f"{m.metric} {'↑' if m.riskier is Direction.HIGHER else '↓'}",
+            f"{m.metric} {ARROW.get(m.riskier, '(count)')}",
         ]
+        if m.riskier is None:  # a count: per-seed values, no direction to read
+            row += [_counts(m.values[arm]) for arm in record.arms]
+            table.add_row(*row)
+            continue
         row.append(str(m.values[NO_DEFENSE]))
         for arm in record.arms[1:]:
             cell = f"{m.values[arm]}  {CHANGE_SYMBOL[m.risk_change[arm]]}"
@@ -364,6 +376,9 @@ def print_audit(record: AuditRecord, console: Console) -> None:
         for risk, p in by_risk.items():
             if p.direction != "silent" and p.basis != "mitigates":
                 console.print(f"  predicted {arm} → {risk} {p.symbol}: {p.reason}", highlight=False)
+    for m in record.metrics:
+        if m.undefined and any(None in s.values for s in m.values.values()):
+            console.print(f"  {m.metric} n/a on some seed: {m.undefined}", highlight=False)
     for risk, why in record.not_measured.items():
         console.print(f"[dim]not measured: {risk} ({why})[/]")
     if record.checker_label is not None:

@@ -74,6 +74,14 @@ def code_of(cls: type) -> str:
 
 
 @cache
+def invariance_code() -> str:
+    """Hash of the invariance measurement: a change re-measures it, retrains nothing."""
+    return _digest([Path(defcon.__file__).parent / "invariance.py"])
+
+
+@cache
 def risks_code() -> str:
-    """Hash of the risk attacks (defcon/risks): a change re-measures audits, retrains nothing."""
-    return _digest(sorted((Path(defcon.__file__).parent / "risks").glob("*.py")))
+    """Hash of the risk attacks (defcon/risks, and the invariance measurement evasion reports):
+    a change re-measures audits, retrains nothing."""
+    root = Path(defcon.__file__).parent
+    return _digest([*sorted((root / "risks").glob("*.py")), root / "invariance.py"])

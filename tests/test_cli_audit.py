@@ -42,6 +42,25 @@ def test_audit_two_defenses_writes_table_json_heatmap_and_resumes(tmp_path: Path
     assert cached["metrics"] == record["metrics"]
 
 
+def test_audit_reports_invariance_beside_robust_accuracy_on_images_only(tmp_path: Path) -> None:
+    common = ("--seeds", "1", "--profile", "tiny", "--risk", "evasion", "--out", str(tmp_path))
+    images = run("audit", "--dataset", "digits", *common, "--json", str(tmp_path / "d.json"))
+    assert images.exit_code == 0, images.stderr
+    metrics = {m["metric"]: m for m in json.loads((tmp_path / "d.json").read_text())["metrics"]}
+    assert set(metrics) == {"robust_accuracy", "invariance_error", "invariance_label_changing"}
+    assert not metrics["invariance_error"]["primary"]
+    # ε = 0.1 on digits holds no label change the oracle recognises: n = 0, no number invented
+    assert metrics["invariance_label_changing"]["values"]["no defense"]["values"] == [0.0]
+    assert metrics["invariance_error"]["values"]["no defense"]["values"] == [None]
+    text = " ".join(images.stdout.split())
+    assert "invariance_error n/a on some seed" in text and "not measurable" in text
+    table = run("audit", "--dataset", "adult", *common, "--json", str(tmp_path / "a.json"))
+    assert table.exit_code == 0, table.stderr
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert [m["metric"] for m in record["metrics"]] == ["robust_accuracy"]
+    assert "tabular" in record["not_measured"]["evasion: invariance_error"]
+
+
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [

@@ -31,9 +31,15 @@ class RiskMetric(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    riskier: Direction = Field(description="higher: a larger value means more risk")
+    riskier: Direction | None = Field(
+        description="higher: a larger value means more risk; None: a count reported beside the "
+        "risk metrics (e.g. how many perturbations a metric was computed on), no direction"
+    )
     primary: bool = Field(default=True, description="the metric that decides the risk's arrow")
     description: str
+    undefined: str | None = Field(
+        default=None, description="what a NaN value means, if it can be one"
+    )
 
 
 class AttackConfig(BaseModel):
@@ -95,6 +101,14 @@ class RiskAttack(ABC):
     def primary(self) -> RiskMetric:
         return next(m for m in self.metrics if m.primary)
 
+    def metrics_for(self, dataset: Dataset) -> tuple[RiskMetric, ...]:
+        """The metrics this attack reports on `dataset` (some apply to one data kind only)."""
+        return self.metrics
+
+    def unreported(self, dataset: Dataset) -> dict[str, str]:
+        """Declared metrics left out on `dataset`, and why (shown as not measured)."""
+        return {}
+
     def refusal(self, dataset: Dataset) -> str | None:
         """Why this attack does not apply to `dataset` (None when it does)."""
         return None
@@ -113,7 +127,7 @@ class RiskAttack(ABC):
             values = self.attack(model, env, lab or Lab.plain(env))
         finally:
             model.train(was_training)
-        declared = {m.name for m in self.metrics}
+        declared = {m.name for m in self.metrics_for(env.dataset)}
         if set(values) != declared:
             raise RuntimeError(
                 f"{self.risk}: returned {sorted(values)}, declared {sorted(declared)}"

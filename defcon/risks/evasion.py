@@ -5,6 +5,12 @@ threat as `adversarial_training`'s metric (ε 0.1 on images, 0.05 on tabular dat
 step 2.5·ε/steps, the profile's `eval_attack_steps`), so an audit and a composition read one
 number. Class-balanced (the mean of per-class recalls), so a constant predictor scores
 1/classes, not the majority share.
+
+On image data, beside it: excessive invariance in the same ε-ball (`defcon.invariance`; Tramèr
+et al., ICML 2020) — the share of perturbations toward another class's training example that a
+declared k-NN oracle proxy says change the true class, on which the model keeps its prediction,
+and how many such perturbations were found. Robust accuracy rewards a model for not changing
+its label; this reports where that is wrong. Not on tabular data (`defcon.invariance`).
 """
 
 from __future__ import annotations
@@ -17,8 +23,16 @@ from pydantic import Field
 from torch import nn
 
 from defcon.attacks import derived_seed
+from defcon.data import Dataset
 from defcon.defense import Environment
 from defcon.devices import run_attack
+from defcon.invariance import (
+    INVARIANCE_ERROR,
+    LABEL_CHANGING,
+    InvarianceSettings,
+    measure_invariance,
+    not_applicable,
+)
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
 from defcon.vocabulary import DataKind, Direction, Risk
 
@@ -30,6 +44,7 @@ class EvasionConfig(AttackConfig):
     steps: int | None = Field(default=None, ge=1, description="None: profile.eval_attack_steps")
     alpha_factor: float = Field(default=2.5, gt=0)
     samples: int = Field(default=1000, ge=1, description="test inputs attacked")
+    invariance: InvarianceSettings = Field(default_factory=InvarianceSettings)
 
 
 class Evasion(RiskAttack):
@@ -42,18 +57,48 @@ class Evasion(RiskAttack):
             name="robust_accuracy", riskier=Direction.LOWER,
             description="class-balanced test accuracy under L∞ PGD (lower: more evasion)",
         ),
+        RiskMetric(
+            name=INVARIANCE_ERROR, riskier=Direction.HIGHER, primary=False,
+            description="share of label-changing perturbations in the same ε-ball (k-NN oracle "
+            "proxy) on which the model keeps its prediction (images only)",
+            undefined="no label-changing perturbation found in the ε-ball (n = 0): not measurable",
+        ),
+        RiskMetric(
+            name=LABEL_CHANGING, riskier=None, primary=False,
+            description="n: label-changing perturbations found (the same for every arm of a seed)",
+        ),
     )  # fmt: skip
     Config = EvasionConfig
     config: EvasionConfig
 
+    def metrics_for(self, dataset: Dataset) -> tuple[RiskMetric, ...]:
+        if not_applicable(dataset):
+            return tuple(
+                m for m in self.metrics if m.name not in (INVARIANCE_ERROR, LABEL_CHANGING)
+            )
+        return self.metrics
+
+    def unreported(self, dataset: Dataset) -> dict[str, str]:
+        reason = not_applicable(dataset)
+        return {INVARIANCE_ERROR: reason} if reason else {}
+
     def attack(self, model: nn.Module, env: Environment, lab: Lab) -> dict[str, float]:
+        eps = self.config.eps or EPS[env.dataset.kind]
+        robust = self.robust_accuracy(model, env, eps)
+        if not_applicable(env.dataset):
+            return robust
+        return {
+            **robust,
+            **measure_invariance(model, env.dataset, eps, env.seed, self.config.invariance),
+        }
+
+    def robust_accuracy(self, model: nn.Module, env: Environment, eps: float) -> dict[str, float]:
         test = env.dataset.test
         if len(test) > self.config.samples:
             generator = torch.Generator().manual_seed(derived_seed(env.seed, "risk:evasion"))
             test = test.subset(
                 torch.randperm(len(test), generator=generator)[: self.config.samples].sort().values
             )
-        eps = self.config.eps or EPS[env.dataset.kind]
         steps = self.config.steps or env.profile.eval_attack_steps
         correct = []
         with torch.random.fork_rng(devices=[]):
