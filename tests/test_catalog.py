@@ -11,7 +11,7 @@ from defcon.vocabulary import DefenseSpec, Risk, Slot, Stage
 
 USER_SPECS = """
 [[defense]]
-name = "poison_filter"
+name = "outlier_filter"
 title = "Outlier filter on the training data"
 stage = "pre"
 mitigates = ["poisoning"]
@@ -66,7 +66,7 @@ def test_user_file_merges_with_builtins(tmp_path):
 
 
 def test_a_user_spec_may_not_replace_a_builtin(tmp_path):
-    clone = USER_SPECS.replace('name = "poison_filter"', 'name = "dp_sgd"')
+    clone = USER_SPECS.replace('name = "outlier_filter"', 'name = "dp_sgd"')
     with pytest.raises(DefconError, match="'dp_sgd' is declared twice"):
         load_catalog(_write(tmp_path, clone))
 
