@@ -46,10 +46,20 @@ TRIPLES = HERE / "prospective_triples.toml"
 DATASETS = ("fmnist", "adult")
 
 
+def _canonical(value: object) -> object:
+    """JSON with sets in a fixed order: a frozenset dumps in hash order, which varies by process."""
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_canonical(item) for item in value]
+        return sorted(items) if all(isinstance(item, str) for item in items) else items
+    return value
+
+
 def spec_hash(spec: DefenseSpec) -> str:
     """Hash of a declaration as the techniques read it (everything but the mechanism's path)."""
-    text = json.dumps(spec.model_dump(mode="json", exclude={"implementation"}), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    dumped = _canonical(spec.model_dump(mode="json", exclude={"implementation"}))
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _git(*args: str) -> str:
@@ -97,6 +107,7 @@ def predict(new: Sequence[str], datasets: Sequence[str], out: Path) -> dict:
     document = {
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "code": _git("rev-parse", "HEAD"),
+        "hashing": "canonical",
         "new_defenses": sorted(new),
         "techniques": sorted(TECHNIQUES),
         "declarations": {name: spec_hash(catalog[name]) for name in sorted(catalog)},
@@ -141,7 +152,7 @@ def _score_rows(records: Sequence[CompositionRecord], techniques: Sequence[str])
     head = "| technique | n | accuracy | balanced accuracy | " + " | ".join(
         f"{d} bal. acc. (n)" for d in datasets
     )
-    rows = [head + " | missed conflicts | false alarms |", "|" + "---|" * (5 + len(datasets))]
+    rows = [head + " | missed conflicts | false alarms |", "|" + "---|" * (6 + len(datasets))]
     for technique in techniques:
         overall: TechniqueScore = score(technique, records)
         per = [score(technique, [r for r in records if r.dataset == d]) for d in datasets]
@@ -163,12 +174,17 @@ def score_markdown(document: dict, records: Sequence[CompositionRecord]) -> str:
     mine = [r for r in records if _key(r.dataset, r.defenses) in planned]
     frozen = [_frozen(r, predicted) for r in mine]
     techniques = document["techniques"]
-    changed = [
+    commits = _git("log", "--format=%h %ad %s", "--date=iso", "--", str(PREDICTIONS)).splitlines()
+    landed = commits[-1].split()[0] if commits else ""
+    # What the techniques read (specs, vocabulary, checker) changed since the file landed?
+    read = ["pipeline_stages/*/*.toml", "defcon/vocabulary.py", "defcon/checker"]
+    changed = _git("diff", "--name-only", landed, "HEAD", "--", *read).split() if landed else []
+    drifted = [
         name
         for name, digest in document["declarations"].items()
-        if name in catalog and spec_hash(catalog[name]) != digest
-    ]
-    commits = _git("log", "--format=%h %ad %s", "--date=iso", "--", str(PREDICTIONS)).splitlines()
+        if document.get("hashing") == "canonical" and name in catalog
+        and spec_hash(catalog[name]) != digest
+    ]  # fmt: skip
     counts: dict[str, int] = {}
     for record in mine:
         counts[record.label] = counts.get(record.label, 0) + 1
@@ -182,7 +198,10 @@ def score_markdown(document: dict, records: Sequence[CompositionRecord]) -> str:
         "Commits that touched predictions.json (oldest last): "
         + ("; ".join(f"`{c}`" for c in commits) if commits else "none found (not in git yet)"),
         "",
-        f"Declarations changed since the predictions: {', '.join(changed) if changed else 'none'}.",
+        "Files the techniques read (spec files, vocabulary, checker) changed since then: "
+        + (", ".join(f"`{name}`" for name in changed) if changed else "none")
+        + (f"; declarations whose hash differs: {', '.join(drifted)}" if drifted else "")
+        + ".",
         "",
         f"Measured {len(mine)} of {len(planned)} predicted combinations: "
         + ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
