@@ -237,8 +237,8 @@ def score_markdown(document: dict, records: Sequence[CompositionRecord]) -> str:
     lines += [
         "",
         "✗: the prediction disagrees with a conclusive measurement. Per-combination evidence "
-        "(each defense's metric alone vs combined over seeds) is in `bench/RESULTS.md`, "
-        "produced by the same measuring run.",
+        "(each defense's metric with no defense, alone and combined, per seed) is in the records "
+        "under `bench/records/`; `bench/RESULTS.md` summarises them once the measuring run ends.",
         "",
         "Produced by `python benchmarks/prospective.py score`.",
         "",
