@@ -12,13 +12,11 @@ shares models with `compose` and resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -26,22 +24,20 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from defcon.attacks import derived_seed
-from defcon.checker import check
-from defcon.composer import CLEAN_ACCURACY, NO_DEFENSE, Composer, applicability_problem
+from defcon.arms import Arm, ArmComparison, Reading, quiet_libraries
+from defcon.composer import Composer
 from defcon.data import Dataset, Split
 from defcon.effectiveness import Interval, Summary, interval
 from defcon.errors import DefconError, unknown
 from defcon.fingerprint import core_code, risks_code
-from defcon.models import arch_for
+from defcon.pipelines import NO_DEFENSE, PipelineResult
+from defcon.planning import plan_audit
 from defcon.records import versions
 from defcon.risks import ATTACKS, UNMEASURED, Lab, RiskAttack
 from defcon.risks.guideline import SOK, SYMBOL, Prediction, predict_combination
 from defcon.storage import atomic_write_text
-from defcon.training import TrainedModel, train
 from defcon.vocabulary import Direction, Risk
 
-COMBINED = "combined"
 Change = Literal["up", "down", "none"]
 CHANGE_SYMBOL: dict[str, str] = {"up": "↑", "down": "↓", "none": "–"}
 ARROW: dict[Direction | None, str] = {Direction.HIGHER: "↑", Direction.LOWER: "↓"}
@@ -127,33 +123,6 @@ def select_attacks(
     return chosen, skipped
 
 
-class _VictimComposer(Composer):
-    """The audited composer's recipe on chosen rows of the training split (distribution games).
-
-    Shares the audited composer's cache; the rows (and more epochs, so a small set is trained
-    for about as many steps as the attack asks) enter every cache key.
-    """
-
-    def __init__(self, base: Composer, rows: np.ndarray, tag: str, epochs: int) -> None:
-        self._base, self._rows = base, rows
-        self._rows_key = {"tag": tag, "rows": hashlib.sha256(rows.tobytes()).hexdigest()[:16]}
-        name = base.dataset_name
-        profile = base.profile.model_copy(update={"epochs": {**base.profile.epochs, name: epochs}})
-        super().__init__(
-            base.source, profile=profile, cache_dir=base.cache.root, data_dir=base.data_dir,
-            catalog=base.catalog, configs=base.configs, log=base.log,
-            model=base.model_factory, device=base.device,
-        )  # fmt: skip
-        self.cache = base.cache
-
-    def dataset(self, seed: int) -> Dataset:
-        full = self._base.dataset(seed)
-        return full.with_train(full.train.subset(self._rows).with_(origin=None))
-
-    def _base_key(self, seed: int) -> dict[str, Any]:
-        return {**super()._base_key(seed), "victim_rows": self._rows_key}
-
-
 class Auditor:
     """Runs audits on one composer (dataset, profile, cache)."""
 
@@ -162,45 +131,20 @@ class Auditor:
 
     def plan(self, names: Sequence[str]) -> tuple[list[str], str | None]:
         """The combination's order and Def\\Con label; raises DefconError where it cannot run."""
-        catalog = self.composer.catalog
-        specs = catalog.resolve(names, minimum=0)
-        dataset = self.composer.dataset(0)
-        for spec in specs:
-            problem = applicability_problem(spec, dataset)
-            if problem:
-                raise DefconError(f"cannot audit on {dataset.name}: {problem}")
-            self.composer._defense(spec.name)  # a declaration without a mechanism fails here
-        if len(specs) < 2:
-            return [s.name for s in specs], None
-        verdict = check(specs, technique="defcon", catalog=catalog)
-        if not verdict.composable:
-            raise DefconError(f"cannot audit: {verdict.clashes[0].sentence()}")
-        return list(verdict.order), verdict.label
+        composer = self.composer
+        # building each defense makes a declaration without a mechanism fail here
+        return plan_audit(names, composer.catalog, composer.facts(), require=composer.defense)
 
     def lab(self, names: Sequence[str], seed: int, env_seed_dataset: Dataset) -> Lab:
         """Cached victims (the arm's recipe on chosen rows) and shadows (plain recipe)."""
-        composer = self.composer
+        runner = self.composer.runner
 
         def victim(rows: np.ndarray, tag: str, epochs: int) -> nn.Module:
-            other = _VictimComposer(composer, rows, tag, epochs)
+            other = runner.on_rows(rows, tag, epochs)
             return other.run_pipeline(other.pipeline(names, seed, False)).model
 
         def shadow(split: Split, tag: str, epochs: int) -> nn.Module:
-            digest = hashlib.sha256(split.x.numpy().tobytes() + split.y.numpy().tobytes())
-            key = {**composer._base_key(seed), "shadow": tag, "epochs": epochs,
-                   "data": digest.hexdigest()[:16]}  # fmt: skip
-
-            def fit() -> TrainedModel:
-                from defcon.defense import Environment
-
-                arch = arch_for(env_seed_dataset, width=composer.profile.width)
-                env = Environment(
-                    dataset=env_seed_dataset, seed=derived_seed(seed, tag),
-                    profile=composer.profile, arch=arch,
-                )  # fmt: skip
-                return train(env, split, arch=arch, epochs=epochs, description=tag)
-
-            return composer.cache.model(key, fit, label="shadow models").model
+            return runner.shadow_model(seed, env_seed_dataset, split, tag, epochs)
 
         return Lab(victim=victim, shadow=shadow)
 
@@ -212,11 +156,20 @@ class Auditor:
         seed_start: int = 0,
         risks: Sequence[str] | None = None,
     ) -> AuditRecord:
-        with warnings.catch_warnings():
-            for module in ("opacus", "torch", "captum", "fairlearn", "sklearn"):
-                warnings.filterwarnings("ignore", module=module)
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        with quiet_libraries():
             return self._audit(names, seeds=seeds, seed_start=seed_start, risks=risks)
+
+    def _attack(self, attack: RiskAttack) -> Reading:
+        """A risk attack as a reading of every arm (cached with the arm's model)."""
+
+        def read(arm: Arm, result: PipelineResult) -> dict[str, float]:
+            lab = self.lab(arm.defenses, result.env.seed, result.env.dataset)
+            return self.composer.runner.measurement(
+                result, {"audit": attack.cache_key()},
+                lambda: attack.run(result.model, result.env, lab), f"{attack.risk.value} attack",
+            )  # fmt: skip
+
+        return Reading(attack.risk.value, read)
 
     def _audit(
         self, names: Sequence[str], *, seeds: int, seed_start: int, risks: Sequence[str] | None
@@ -230,39 +183,32 @@ class Auditor:
         before = dict(composer.cache.seconds)
         order, label = self.plan(names)
         attacks, skipped = select_attacks(composer.dataset(0), risks)
-        arms: dict[str, list[str]] = {NO_DEFENSE: []}
-        arms.update({name: [name] for name in order})
-        if len(order) > 1:
-            arms[COMBINED] = order
-        values: dict[tuple[str, str], list[float]] = {}
-        clean: dict[str, list[float]] = {arm: [] for arm in arms}
+        # One comparison per adversary: the poisoner trains only with the poisoning risk's
+        # models; clean accuracy is read without it.
+        comparisons = [
+            ArmComparison(
+                composer,
+                order,
+                poisoned=poisoned,
+                clean=not poisoned,
+                own_metrics=False,
+                readings=[self._attack(a) for a in attacks if a.poisoned is poisoned],
+            )  # fmt: skip
+            for poisoned in sorted({a.poisoned for a in attacks} | {False})
+        ]
+        arms = {arm.label: list(arm.defenses) for arm in comparisons[0].arms}
         seed_list = list(range(seed_start, seed_start + seeds))
         for index, seed in enumerate(seed_list):
             composer.log(f"seed {index + 1}/{seeds}: auditing {' → '.join(order) or NO_DEFENSE}")
-            for arm, arm_names in arms.items():
-                results = {}
-                for poisoned in sorted({a.poisoned for a in attacks}):
-                    results[poisoned] = composer.run_pipeline(
-                        composer.pipeline(arm_names, seed, poisoned)
-                    )
-                clean_result = results.get(False) or composer.run_pipeline(
-                    composer.pipeline(arm_names, seed, False)
-                )
-                clean[arm].append(composer.measure(clean_result, None)[CLEAN_ACCURACY])
-                for attack in attacks:
-                    result = results[attack.poisoned]
-                    lab = self.lab(arm_names, seed, result.env.dataset)
-                    description = {
-                        "model": result.model_key, "post": result.post_keys,
-                        "audit": attack.cache_key(),
-                    }  # fmt: skip
-                    measured = composer.cache.measurement(
-                        description,
-                        lambda a=attack, r=result, lab=lab: a.run(r.model, r.env, lab),
-                        label=f"{attack.risk.value} attack",
-                    )
+            for comparison in comparisons:
+                comparison.add_seed(seed)
+        values: dict[tuple[str, str], list[float]] = {}
+        for comparison in comparisons:
+            for (arm, _), readings in comparison.readings.items():
+                for measured in readings:
                     for metric, value in measured.items():
                         values.setdefault((arm, metric), []).append(value)
+        clean = comparisons[0].clean
         metrics = []
         for attack in attacks:
             for metric in attack.metrics_for(composer.dataset(seed_list[0])):
@@ -307,7 +253,7 @@ class Auditor:
             checker_label=label, risks=tuple(a.risk for a in attacks),
             references={a.risk.value: a.reference for a in attacks}, not_measured=skipped,
             metrics=tuple(metrics),
-            clean_accuracy={arm: Summary.of(v) for arm, v in clean.items()},
+            clean_accuracy={arm: Summary.of(clean[arm]) for arm in arms},
             predictions=predictions, code=f"{core_code()}+{risks_code()}", versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2), cache=composer.cache.stats(),
             seconds=spent,

@@ -19,8 +19,8 @@ from types import ModuleType
 import defcon
 
 CORE_MODULES = (
-    "attacks", "cache", "composer", "data", "defense", "devices", "models", "profiles",
-    "registry", "training",
+    "arms", "attacks", "cache", "composer", "data", "defense", "devices", "models", "pipelines",
+    "profiles", "registry", "training",
 )  # fmt: skip
 
 

@@ -14,11 +14,12 @@ evasion risk's (`defcon.risks.evasion.EPS`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.composer import CLEAN_ACCURACY, Composer, PipelineResult
+from defcon.arms import Arm, ArmComparison, Reading, Role
+from defcon.composer import Composer
 from defcon.defense import Defense
 from defcon.effectiveness import Summary
 from defcon.fingerprint import invariance_code
@@ -31,8 +32,10 @@ from defcon.invariance import (
     invariance_set,
     not_applicable,
 )
+from defcon.pipelines import NO_DEFENSE, PipelineResult
+from defcon.planning import Scenario
 from defcon.risks.evasion import EPS as EVASION_EPS
-from defcon.vocabulary import Direction, Risk, Threat
+from defcon.vocabulary import Direction, Risk
 
 
 class StandaloneResult(BaseModel):
@@ -67,10 +70,7 @@ def _invariance(
 ) -> dict[str, float]:
     """The invariance error of a pipeline's model, cached like a defense's measurement."""
     settings = InvarianceSettings()
-    description = {
-        "model": result.model_key, "post": result.post_keys, "eps": eps,
-        "invariance": settings.model_dump(mode="json"), "code": invariance_code(),
-    }  # fmt: skip
+    what = {"eps": eps, "invariance": settings.model_dump(mode="json"), "code": invariance_code()}
 
     def compute() -> dict[str, float]:
         seed = result.env.seed
@@ -78,57 +78,61 @@ def _invariance(
             found[seed] = invariance_set(result.env.dataset, eps, seed, settings)
         return invariance_error(result.model, found[seed])
 
-    return composer.cache.measurement(description, compute, label="measuring invariance")
+    return composer.runner.measurement(result, what, compute, "measuring invariance")
 
 
 def measure_standalone(composer: Composer, name: str, seeds: int) -> StandaloneResult:
-    """Measure defense `name` alone vs no defense over seeds 0 … seeds − 1."""
+    """Measure defense `name` alone vs no defense over seeds 0 … seeds − 1.
+
+    The composer's arm loop (`defcon.arms`) on a one-defense "combination", so no combined arm,
+    under the defense's own scenario; invariance is one more reading on both arms.
+    """
     started = time.perf_counter()
     spec = composer.catalog[name]
-    poisoned = Threat.POISONER in spec.threats
-    none_values: dict[str, list[float]] = {m.name: [] for m in spec.metrics}
-    with_values: dict[str, list[float]] = {m.name: [] for m in spec.metrics}
-    clean: tuple[list[float], list[float]] = ([], [])
     evasion = Risk.EVASION in spec.mitigates
     note = not_applicable(composer.dataset(0)) if evasion else None
-    invariance: tuple[list[float], list[float]] = ([], [])
-    label_changing: list[int] = []
     found: dict[int, InvarianceSet] = {}
-    eps: float | None = None
+    radii: list[float] = []
+    defense = composer.defense(name)  # its radius: config and data kind, the same on every arm
+
+    def invariance(arm: Arm, result: PipelineResult) -> dict[str, float]:
+        radii.append(_eps(defense, result))
+        return _invariance(composer, result, radii[-1], found)
+
+    readings = [Reading(INVARIANCE_ERROR, invariance)] if evasion and note is None else []
+    arms = ArmComparison(composer, [name], poisoned=Scenario.of([spec]).poisoned, readings=readings)
+    label_changing: list[int] = []
     for seed in range(seeds):
-        without = composer.run_pipeline(composer.pipeline([], seed, poisoned))
-        pipeline = composer.pipeline([name], seed, poisoned)
-        defended = composer.run_pipeline(pipeline)
-        (defense,) = pipeline.defenses
-        for target, result in ((none_values, without), (with_values, defended)):
-            for metric, value in composer.measure(result, defense).items():
-                target[metric].append(value)
-        clean[0].append(composer.measure(without, None)[CLEAN_ACCURACY])
-        clean[1].append(composer.measure(defended, None)[CLEAN_ACCURACY])
-        if evasion and note is None:
-            eps = _eps(defense, defended)
-            counts: set[int] = set()
-            for target, result in zip(invariance, (without, defended), strict=True):
-                measured = _invariance(composer, result, eps, found)
-                target.append(measured[INVARIANCE_ERROR])
-                counts.add(int(measured[LABEL_CHANGING]))
-            (count,) = counts  # the same perturbations for both models of a seed
+        arms.add_seed(seed)
+        if readings:
+            (count,) = {  # the same perturbations for both models of a seed
+                int(arms.series(arm, INVARIANCE_ERROR)[-1][LABEL_CHANGING])
+                for arm in (NO_DEFENSE, name)
+            }
             label_changing.append(count)
+
+    def both(values: Callable[[str], list[float]]) -> tuple[Summary, Summary]:
+        return Summary.of(values(NO_DEFENSE)), Summary.of(values(name))
+
+    def errors(arm: str) -> list[float]:
+        return [m[INVARIANCE_ERROR] for m in arms.series(arm, INVARIANCE_ERROR)]
+
+    role: dict[str, Role] = {NO_DEFENSE: "none", name: "alone"}
     return StandaloneResult(
         defense=name,
         dataset=composer.dataset_name,
         profile=composer.profile.name,
         seeds=seeds,
         metrics={
-            m.name: (Summary.of(none_values[m.name]), Summary.of(with_values[m.name]))
+            m.name: both(lambda arm, m=m: arms.values[(name, m.name, role[arm])])
             for m in spec.metrics
         },
         directions={m.name: m.direction for m in spec.metrics},
-        clean_accuracy=(Summary.of(clean[0]), Summary.of(clean[1])),
+        clean_accuracy=both(lambda arm: arms.clean[arm]),
         wall_time_s=round(time.perf_counter() - started, 1),
-        invariance=None if eps is None else (Summary.of(invariance[0]), Summary.of(invariance[1])),
+        invariance=both(errors) if radii else None,
         label_changing=tuple(label_changing),
-        invariance_eps=eps,
+        invariance_eps=radii[-1] if radii else None,
         invariance_note=note,
     )
 

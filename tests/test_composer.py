@@ -81,9 +81,9 @@ def test_three_defense_composition_and_cache_sharing(tmp_path: Path) -> None:
 
 
 def test_interrupted_compose_resumes_without_retraining(tmp_path: Path, monkeypatch) -> None:
-    import defcon.composer as composer_module
+    import defcon.pipelines as pipelines_module  # where pipelines' models are trained
 
-    real_train = composer_module.train
+    real_train = pipelines_module.train
     calls: list[str] = []
 
     def flaky_train(env, split, defenses, **kwargs) -> TrainedModel:
@@ -92,10 +92,10 @@ def test_interrupted_compose_resumes_without_retraining(tmp_path: Path, monkeypa
         calls.append(kwargs.get("description", ""))
         return real_train(env, split, defenses, **kwargs)
 
-    monkeypatch.setattr(composer_module, "train", flaky_train)
+    monkeypatch.setattr(pipelines_module, "train", flaky_train)
     with pytest.raises(KeyboardInterrupt):
         composer(tmp_path).compose(["model_watermark", "dp_sgd"], seeds=1)
-    monkeypatch.setattr(composer_module, "train", real_train)
+    monkeypatch.setattr(pipelines_module, "train", real_train)
 
     resumed = composer(tmp_path)
     resumed.compose(["model_watermark", "dp_sgd"], seeds=1)

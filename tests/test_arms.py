@@ -1,0 +1,36 @@
+"""The one seed × arm loop: compose, the standalone benchmarks and the audit read the same models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from defcon.arms import COMBINED, Arm, arms_of
+from defcon.composer import NO_DEFENSE, Composer
+from defcon.standalone import measure_standalone
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_arms_are_no_defense_each_alone_and_the_combination() -> None:
+    assert arms_of(["a", "b"]) == (
+        Arm(NO_DEFENSE, ()), Arm("a", ("a",)), Arm("b", ("b",)), Arm(COMBINED, ("a", "b")),
+    )  # fmt: skip
+    assert arms_of(["a"]) == (Arm(NO_DEFENSE, ()), Arm("a", ("a",)))  # standalone: no combined
+    assert arms_of([]) == (Arm(NO_DEFENSE, ()),)  # the audit of the undefended model
+
+
+def test_standalone_reads_the_arms_compose_measured(tmp_path: Path) -> None:
+    """Same loop, same scenario (no poisoner either way): every model and number is shared."""
+    composer = Composer("digits", profile="tiny", cache_dir=tmp_path)
+    record = composer.compose(["model_watermark", "explanations"], seeds=1)
+    trained, measured = composer.cache.trained, composer.cache.measured
+    alone = measure_standalone(composer, "model_watermark", seeds=1)
+    assert (composer.cache.trained, composer.cache.measured) == (trained, measured)
+    verdict = record.result("model_watermark").metrics[0]
+    without, defended = alone.metrics[verdict.metric]
+    assert without.values == verdict.no_defense.values
+    assert defended.values == verdict.alone.values
+    assert alone.clean_accuracy[0] == record.clean_accuracy_no_defense
+    assert alone.clean_accuracy[1] == record.result("model_watermark").clean_accuracy_alone
