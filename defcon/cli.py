@@ -418,6 +418,26 @@ def run_settings(device: str, model: str | None) -> tuple[Any, str | None]:
     return resolve_device(device), factory_name(model) if model is not None else None
 
 
+def run_composer(
+    source: Any,
+    profile: str,
+    cache_dir: Path,
+    data_dir: Path | None,
+    specs: Any,
+    model_name: str | None,
+    device: Any,
+    err: Console,
+) -> Any:
+    """The Composer compose and audit run on, its progress lines dimmed on stderr."""
+    from defcon.composer import Composer
+
+    return Composer(
+        source, profile=profile, cache_dir=cache_dir, data_dir=data_dir,
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
+        model=model_name, device=device,
+    )  # fmt: skip
+
+
 def dataset_source(
     name: str, target: str | None, sensitive: str | None, kind: str | None
 ) -> Any:
@@ -487,15 +507,12 @@ def compose_command(
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
     check_outputs(out, json_path, cache)
     warn_about_seeds(seeds, max_seeds)
-    from defcon.composer import Composer
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
     err = Console(stderr=True, highlight=False)
-    composer = Composer(
-        source, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
-        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
-        model=model_name, device=chosen_device,
-    )  # fmt: skip
+    composer = run_composer(
+        source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
+    )
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
         tolerances=tolerances,
@@ -553,14 +570,11 @@ def audit_command(
     check_outputs(out, json_path, cache)
     warn_about_seeds(seeds, seeds)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
-    from defcon.composer import Composer
 
     err = Console(stderr=True, highlight=False)
-    composer = Composer(
-        source, profile=profile, cache_dir=cache or out / "cache", data_dir=data_dir,
-        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
-        model=model_name, device=chosen_device,
-    )  # fmt: skip
+    composer = run_composer(
+        source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
+    )
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
     record_path = save_audit(record, out / "audits" / f"{stem}.json")

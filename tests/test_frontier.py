@@ -3,27 +3,20 @@ records, the markdown table, the plot, argument checks (no training here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 from defcon.catalog import builtin_catalog
 from defcon.effectiveness import Summary, defense_outcome, judge
 from defcon.records import DefenseResult
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "frontier.py"
-
 
 @pytest.fixture(scope="module")
 def frontier():
-    spec = importlib.util.spec_from_file_location("frontier", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["frontier"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("frontier")
 
 
 def _result(name: str, values: dict[str, tuple[list, list, list]], clean_alone: list[float]):

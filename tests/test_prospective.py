@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 from defcon.errors import DefconError
 from defcon.reports import load_record
@@ -15,15 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benchmarks/results/records/adult/adult-quick-seeds0+3to5-dp_sgd+explanations.json"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("prospective", ROOT / "benchmarks/prospective.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_predictions_are_never_overwritten(tmp_path):
-    script = _script()
+    script = load_script("prospective")
     out = tmp_path / "predictions.json"
     out.write_text("{}")
     with pytest.raises(DefconError, match="never edited"):
@@ -32,7 +25,7 @@ def test_predictions_are_never_overwritten(tmp_path):
 
 
 def test_scores_read_the_frozen_labels_not_todays(tmp_path):
-    script = _script()
+    script = load_script("prospective")
     record = load_record(RECORD)
     assert record.conclusive
     wrong = "ineffective" if record.label == "effective" else "effective"

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_script
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "unintended.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("unintended", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["unintended"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_unintended_writes_pairs_accuracy_and_resumes(tmp_path: Path, capsys) -> None:
-    bench = _script()
+    bench = load_script("unintended")
     args = ["--datasets", "digits", "--profile", "tiny", "--seeds", "2", "--out", str(tmp_path),
             "--defenses", "backdoor_pruning,explanations"]  # fmt: skip
     assert bench.main(args) == 0
