@@ -19,9 +19,10 @@ resumes inside a point too. All files are written atomically.
 
 On fmnist and adult only after the prospective predictions (benchmarks/prospective.py predict)
 are committed: dp_sgd + randomized_smoothing is one of the combinations they must precede.
-Cost (quick profile, 2 threads, an otherwise idle 2-core machine): about 75 min on fmnist (per
-noise level and seed: DP-SGD alone ≈ 75 s, with adversarial training ≈ 110 s, with randomized
-smoothing ≈ 75 s of training, two certifications ≈ 35 s each) and about 10 min on adult.
+Cost (quick profile, an otherwise idle 2-core machine): about 70 min on fmnist (per noise level
+and seed, training DP-SGD alone ≈ 75 s, with adversarial training ≈ 110 s, with randomized
+smoothing ≈ 75 s; two certifications of 10–30 s; the DP-SGD, PGD and probe measurements) and
+about 10 min on adult. On cores other jobs share, several times that.
 """
 
 from __future__ import annotations
