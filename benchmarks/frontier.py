@@ -9,12 +9,20 @@ alone at the same σ_DP (what DP-SGD gives without R). Writes OUT/frontier.json,
 and OUT/frontier.png (x: ε per person, log scale; y: certified / robust accuracy, and clean
 accuracy in a panel beside it), one composition record per point under OUT/records.
 
-Resumable: a point whose record exists is read back, not re-measured; models and measurements
+Resumable: a point whose record (and its dp_sgd-alone readings, RECORD.dp_alone.json) exists is
+read back, not re-measured, without even loading the dataset; models and measurements
 come from the composer cache (--cache), shared with compose and bench, so an interrupted run
 resumes inside a point too. All files are written atomically.
 
     python benchmarks/frontier.py --datasets fmnist,adult --noise 0.5,1,2,4 --seeds 3 \
         --cache .defcon-cache
+
+On fmnist and adult only after the prospective predictions (benchmarks/prospective.py predict)
+are committed: dp_sgd + randomized_smoothing is one of the combinations they must precede.
+Cost (quick profile, an otherwise idle 2-core machine): about 70 min on fmnist (per noise level
+and seed, training DP-SGD alone ≈ 75 s, with adversarial training ≈ 110 s, with randomized
+smoothing ≈ 75 s; two certifications of 10–30 s; the DP-SGD, PGD and probe measurements) and
+about 10 min on adult. On cores other jobs share, several times that.
 """
 
 from __future__ import annotations
@@ -182,7 +190,12 @@ def markdown(
                 lines.append(
                     f"| no DP ({what}) | ∞ | {_cell(ref.robust)} | – | {_cell(ref.clean)} | – | – |"
                 )
-    lines += ["", f"Total wall time: {wall_time_s:.0f} s. Where the compute went (cache misses):"]
+    lines += [
+        "",
+        f"Wall time of the invocation that wrote this: {wall_time_s:.0f} s (points whose records "
+        f"were on disk are read back). Compute the points took when measured (cache misses, from "
+        f"the records), {sum(seconds.values()):.0f} s in all:",
+    ]
     lines += [
         f"- {label}: {value:.0f} s"
         for label, value in sorted(seconds.items(), key=lambda kv: -kv[1])
@@ -276,6 +289,17 @@ def record_name(dataset: str, profile: str, seeds: int, defense: str, noise: flo
 # ---------------------------------------------------------------------- measuring
 
 
+class DPAlone(BaseModel):
+    """The robustness defense's metric and clean accuracy on dp_sgd alone, with the compute
+    time it took; saved beside the point's record so a rerun reads it back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    robust: Summary
+    clean: Summary
+    seconds: dict[str, float]
+
+
 def measure_point(
     dataset: str,
     defense: str,
@@ -287,31 +311,50 @@ def measure_point(
     out: Path,
     log: Callable[[str], None],
     device: str = "auto",
-) -> tuple[CompositionRecord, str, tuple[Summary, Summary], dict[str, float]]:
-    """The record of dp_sgd (σ_DP = noise) + defense (read back when saved), and the defense's
-    metric and clean accuracy on dp_sgd alone; compute seconds by label."""
-    composer = Composer(
-        dataset, profile=profile, cache_dir=cache, device=device,
-        configs={DP: {"noise_multiplier": noise}}, log=lambda m: log(f"  {m}"),
-    )  # fmt: skip
+) -> tuple[CompositionRecord, str, DPAlone]:
+    """The record of dp_sgd (σ_DP = noise) + defense and the dp_sgd-alone readings, each read
+    back when saved (the composer, and its dataset, are only built when something is missing)."""
     name = record_name(dataset, profile, seeds, defense, noise)
     path = out / "records" / name
+    side = path.with_suffix(".dp_alone.json")
+    composer: Composer | None = None
+
+    def get_composer() -> Composer:
+        nonlocal composer
+        if composer is None:
+            composer = Composer(
+                dataset, profile=profile, cache_dir=cache, device=device,
+                configs={DP: {"noise_multiplier": noise}}, log=lambda m: log(f"  {m}"),
+            )  # fmt: skip
+        return composer
+
     if path.is_file():
         record = load_record(path)
         log(f"{dataset}: {DP}({noise:g}) + {defense}: record reused ({path})")
     else:
         started = time.perf_counter()
         log(f"{dataset}: measuring {DP}({noise:g}) + {defense}")
-        record = composer.compose([DP, defense], seeds=seeds, max_seeds=seeds, force=True)
+        record = get_composer().compose([DP, defense], seeds=seeds, max_seeds=seeds, force=True)
         save_record(record, path)
         log(f"{dataset}: {DP}({noise:g}) + {defense} done in {time.perf_counter() - started:.0f} s")
+    if side.is_file():
+        return record, name, DPAlone.model_validate_json(side.read_text())
+    composer = get_composer()
+    before = dict(composer.cache.seconds)
     robust, clean = [], []
     for seed in record.seeds:
-        dp_alone = composer.run_pipeline(composer.pipeline([DP], seed, poisoned=False))
+        alone = composer.run_pipeline(composer.pipeline([DP], seed, poisoned=False))
         (robust_defense,) = composer.pipeline([defense], seed, poisoned=False).defenses
-        robust.append(composer.measure(dp_alone, robust_defense)[ROBUST[defense]])
-        clean.append(composer.measure(dp_alone, None)[CLEAN_ACCURACY])
-    return record, name, (Summary.of(robust), Summary.of(clean)), dict(composer.cache.seconds)
+        robust.append(composer.measure(alone, robust_defense)[ROBUST[defense]])
+        clean.append(composer.measure(alone, None)[CLEAN_ACCURACY])
+    spent = {
+        label: round(value - before.get(label, 0.0), 2)
+        for label, value in composer.cache.seconds.items()
+        if value > before.get(label, 0.0)
+    }
+    dp_alone = DPAlone(robust=Summary.of(robust), clean=Summary.of(clean), seconds=spent)
+    atomic_write_text(side, dp_alone.model_dump_json(indent=2) + "\n")
+    return record, name, dp_alone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,14 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         for defense in defenses:
             for noise in noises:
-                record, name, dp_alone, spent = measure_point(
+                record, name, dp_alone = measure_point(
                     dataset, defense, noise, profile=args.profile, seeds=args.seeds,
                     cache=args.cache, out=args.out, log=log, device=args.device,
                 )  # fmt: skip
-                points.append(point_from_record(record, defense, noise, name, dp_alone))
+                points.append(
+                    point_from_record(
+                        record, defense, noise, name, (dp_alone.robust, dp_alone.clean)
+                    )
+                )
                 for ref in references_from_record(record, defense):
                     references.setdefault((ref.dataset, ref.defense, ref.arm), ref)
-                for label, value in spent.items():
+                for label, value in (*record.seconds.items(), *dp_alone.seconds.items()):
                     seconds[f"{dataset}: {label}"] += value
     refs = list(references.values())
     wall = time.perf_counter() - started

@@ -87,3 +87,20 @@ def test_record_names_and_argument_checks(frontier, capsys):
             frontier.main(bad)
         assert exit_info.value.code == 2
     assert "--noise" in capsys.readouterr().err
+
+
+def test_a_point_on_disk_is_read_back_without_a_composer(frontier, fake_record, tmp_path: Path):
+    record = _record(fake_record, "randomized_smoothing", "certified_accuracy", 2.0, [0.3, 0.3])
+    name = frontier.record_name("nowhere", "quick", 2, "randomized_smoothing", 1.0)
+    path = tmp_path / "records" / name
+    frontier.save_record(record, path)
+    dp_alone = frontier.DPAlone(
+        robust=Summary.of([0.2, 0.2]), clean=Summary.of([0.8, 0.8]), seconds={"training": 5.0}
+    )
+    path.with_suffix(".dp_alone.json").write_text(dp_alone.model_dump_json())
+    # "nowhere" is no dataset: building a composer would raise
+    read, read_name, read_alone = frontier.measure_point(
+        "nowhere", "randomized_smoothing", 1.0, profile="quick", seeds=2, cache=tmp_path,
+        out=tmp_path, log=lambda message: None,
+    )  # fmt: skip
+    assert read == record and read_name == name and read_alone == dp_alone
