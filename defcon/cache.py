@@ -108,9 +108,17 @@ class ModelCache:
             self.log(f"waiting for another process that is computing the same entry ({label})")
             lock.acquire()
         try:
+            self._sweep_orphans(key)
             yield
         finally:
             lock.release()
+
+    def _sweep_orphans(self, key: str) -> None:
+        """Remove the temporary files a killed writer of this entry left behind: the entry's
+        lock is held, so no live process is writing them."""
+        for kind in ("models", "measurements"):
+            for orphan in (self.root / kind / key[:2]).glob(f".{key}.*.tmp"):
+                orphan.unlink(missing_ok=True)
 
     def load_model(self, key: str) -> TrainedModel | None:
         """The verified cached model, or None when absent (or bad: warned, to be recomputed)."""

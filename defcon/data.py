@@ -54,6 +54,15 @@ class Split:
         """Per row, the index of the original record it derives from."""
         return self.origin if self.origin is not None else torch.arange(len(self))
 
+    def seeded_sample(self, size: int, seed: int) -> Split:
+        """At most `size` rows, drawn by a torch generator seeded with `seed` and kept in their
+        order: every model measured under one seed is read on the same rows."""
+        if len(self) <= size:
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(self), generator=generator)[:size]
+        return self.subset(index.sort().values)
+
     def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
         return Split(
@@ -709,3 +718,12 @@ def open_data_file(
                               "y_* and s_* arrays")  # fmt: skip
         return read_npz(path, kind)
     raise DefconError(f"dataset file '{path}': accepted suffixes {', '.join(DATA_SUFFIXES)}")
+
+
+def class_balanced_mean(hits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over the classes present of each class's mean hit rate (NaN without rows), so a
+    constant predictor scores 1/classes whatever the class balance of the rows read."""
+    if len(hits) == 0:
+        return float("nan")
+    hits = hits.float()
+    return float(torch.stack([hits[labels == c].mean() for c in torch.unique(labels)]).mean())

@@ -74,6 +74,25 @@ def test_a_damaged_measurement_is_recomputed_with_a_warning(tmp_path: Path, dama
     assert len(warnings) == 1 and str(path) in warnings[0]
 
 
+def test_a_killed_writers_temporary_files_are_swept_when_the_entry_is_written(
+    tmp_path: Path,
+) -> None:
+    cache, warnings = _cache(tmp_path)
+    key = content_key({"m": 3})
+    orphans = [
+        tmp_path / "cache" / "measurements" / key[:2] / f".{key}.json.dead1.tmp",
+        tmp_path / "cache" / "models" / key[:2] / f".{key}.pt.dead2.tmp",
+    ]
+    other = tmp_path / "cache" / "measurements" / key[:2] / ".someone-else.json.x.tmp"
+    for path in [*orphans, other]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    assert cache.measurement({"m": 3}, lambda: {"acc": 0.5}) == {"acc": 0.5}
+    assert not any(path.exists() for path in orphans)
+    assert other.exists()  # another entry's file: its own writer may still be alive
+    assert not warnings
+
+
 def test_infinite_measurements_round_trip_as_valid_json(tmp_path: Path) -> None:
     cache, warnings = _cache(tmp_path)
     cache.measurement({"m": 2}, lambda: {"epsilon": float("inf")})

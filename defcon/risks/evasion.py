@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from defcon.attacks import derived_seed
-from defcon.data import Dataset
+from defcon.data import Dataset, class_balanced_mean
 from defcon.defense import Environment
 from defcon.devices import run_attack
 from defcon.invariance import (
@@ -93,12 +93,9 @@ class Evasion(RiskAttack):
         }
 
     def robust_accuracy(self, model: nn.Module, env: Environment, eps: float) -> dict[str, float]:
-        test = env.dataset.test
-        if len(test) > self.config.samples:
-            generator = torch.Generator().manual_seed(derived_seed(env.seed, "risk:evasion"))
-            test = test.subset(
-                torch.randperm(len(test), generator=generator)[: self.config.samples].sort().values
-            )
+        test = env.dataset.test.seeded_sample(
+            self.config.samples, derived_seed(env.seed, "risk:evasion")
+        )
         steps = self.config.steps or env.profile.eval_attack_steps
         correct = []
         with torch.random.fork_rng(devices=[]):
@@ -112,6 +109,4 @@ class Evasion(RiskAttack):
                 with torch.no_grad():
                     correct.append(model(adversarial).argmax(1) == yb)
         model.eval()
-        hits = torch.cat(correct).float()
-        recalls = [hits[test.y == c].mean() for c in torch.unique(test.y)]
-        return {"robust_accuracy": float(torch.stack(recalls).mean())}
+        return {"robust_accuracy": class_balanced_mean(torch.cat(correct), test.y)}

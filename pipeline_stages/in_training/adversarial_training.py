@@ -38,6 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from defcon.attacks import derived_seed
+from defcon.data import class_balanced_mean
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import run_attack
 from defcon.vocabulary import DataKind
@@ -138,11 +139,9 @@ class AdversarialTraining(InTrainingDefense):
         return {"robust_accuracy": self.robust_accuracy(model, env)}
 
     def robust_accuracy(self, model: nn.Module, env: Environment) -> float:
-        test = env.dataset.test
-        generator = torch.Generator().manual_seed(derived_seed(env.seed, self.name))
-        if len(test) > self.config.eval_samples:
-            index = torch.randperm(len(test), generator=generator)[: self.config.eval_samples]
-            test = test.subset(index.sort().values)
+        test = env.dataset.test.seeded_sample(
+            self.config.eval_samples, derived_seed(env.seed, self.name)
+        )
         eps = self.eps_for(env)
         steps = self.config.eval_steps or env.profile.eval_attack_steps
         was_training = model.training
@@ -160,6 +159,4 @@ class AdversarialTraining(InTrainingDefense):
         model.train(was_training)
         if not hits:
             return float("nan")
-        correct = torch.cat(hits).float()
-        per_class = [correct[test.y == c].mean() for c in torch.unique(test.y)]
-        return float(torch.stack(per_class).mean())
+        return class_balanced_mean(torch.cat(hits), test.y)

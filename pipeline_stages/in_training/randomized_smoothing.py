@@ -52,6 +52,7 @@ from scipy.stats import binomtest, norm
 from torch import nn
 
 from defcon.attacks import derived_seed
+from defcon.data import class_balanced_mean
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.models import predict
 
@@ -212,15 +213,10 @@ class RandomizedSmoothing(InTrainingDefense):
 
     def certified_accuracy(self, model: nn.Module, env: Environment) -> float:
         """Mean over classes of the share of test points certified correct at `radius`."""
-        test = env.dataset.test
-        points = self.budget(env).points
-        if len(test) > points:
-            generator = torch.Generator().manual_seed(derived_seed(env.seed, self.name))
-            index = torch.randperm(len(test), generator=generator)[:points]
-            test = test.subset(index.sort().values)
+        test = env.dataset.test.seeded_sample(
+            self.budget(env).points, derived_seed(env.seed, self.name)
+        )
         if len(test) == 0:
             return float("nan")
         classes, radii = self.certify(model, test.x, env.dataset.num_classes, env)
-        certified = ((classes == test.y) & (radii >= self.config.radius)).float()
-        per_class = [certified[test.y == c].mean() for c in torch.unique(test.y)]
-        return float(torch.stack(per_class).mean())
+        return class_balanced_mean((classes == test.y) & (radii >= self.config.radius), test.y)
