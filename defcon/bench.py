@@ -109,6 +109,15 @@ def parse_pairs(text: str, catalog: Catalog | None = None) -> list[tuple[str, ..
     return pairs
 
 
+def pairs_among(text: str, catalog: Catalog | None = None) -> list[tuple[str, ...]]:
+    """'a,b,c' → every pair among those defenses, each name checked against the catalog."""
+    names = sorted({n.strip() for n in text.split(",") if n.strip()})
+    if len(names) < 2:
+        raise DefconError(f"--defenses: '{text}' names fewer than two defenses; give two or more")
+    (catalog or load_catalog()).resolve(names)
+    return list(itertools.combinations(names, 2))
+
+
 def combinations_for(
     dataset: str,
     pairs: Sequence[tuple[str, ...]] | None,

@@ -590,6 +590,15 @@ def bench_command(
         typer.Option("--datasets", help="Comma-separated datasets (names or .npz/.csv files)."),
     ] = "fmnist,adult",
     pairs: Annotated[str, typer.Option("--pairs", help="'all', or pairs like 'a+b,c+d'.")] = "all",
+    defenses: Annotated[
+        str | None,
+        typer.Option(
+            "--defenses",
+            help="Comma-separated defenses: every pair among these instead of --pairs "
+            "(default: every defense with a mechanism).",
+            show_default=False,
+        ),
+    ] = None,
     triples: Annotated[
         Path | None,
         typer.Option(
@@ -645,13 +654,17 @@ def bench_command(
     kind: KindOption = None,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
-    from defcon.bench import load_triples, parse_pairs, run_bench
+    from defcon.bench import load_triples, pairs_among, parse_pairs, run_bench
     from defcon.bench_report import scores_by_dataset, write_results
     from defcon.scoring import score_text
 
     specs = catalog_from(catalog)
     run_settings(device, model)
     chosen_pairs = parse_pairs(pairs, specs)
+    if defenses is not None:
+        if chosen_pairs is not None:
+            raise DefconError("--defenses and --pairs both choose the pairs; give one of them")
+        chosen_pairs = pairs_among(defenses, specs)
     chosen_triples = load_triples(triples, specs) if triples is not None else []
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     if not names:

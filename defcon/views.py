@@ -97,7 +97,8 @@ def factor_table(spec: DefenseSpec) -> RenderableType:
         table.add_column(column)
     for label, claims in (("moves", spec.moves), ("depends on", spec.depends_on)):
         for claim in claims:
-            table.add_row(label, claim.arrow(), Text(claim.reason), Text(claim.reference))
+            arrow = f"{claim.arrow()} (read)" if claim.reads else claim.arrow()
+            table.add_row(label, arrow, Text(claim.reason), Text(claim.reference))
     if not spec.moves and not spec.depends_on:
         table.add_row("—", "none declared", "", "")
     return table
@@ -121,12 +122,23 @@ def verdict_view(verdict: Verdict) -> RenderableType:
     order.add_column()
     for stage, names in verdict.stages.items():
         order.add_row("", _STAGE_NAMES[Stage(stage)], " → ".join(names))
-    parts: list[RenderableType] = [
-        Text.assemble(
+    if verdict.composable:
+        headline = Text.assemble(
             (verdict.label.upper(), style),
             f"  {' + '.join(verdict.defenses)}  ",
             (f"(technique: {verdict.technique})", "dim"),
-        ),
+        )
+    else:  # the label is what the technique predicts were they composable: never the headline
+        headline = Text.assemble(
+            ("CANNOT COMPOSE", "bold red"),
+            f"  {' + '.join(verdict.defenses)}  ",
+            (
+                f"(technique: {verdict.technique}; were they composable: {verdict.label})",
+                "dim",
+            ),
+        )
+    parts: list[RenderableType] = [
+        headline,
         Text(""),
         Text(verdict.explanation),
         Text(""),
@@ -143,10 +155,17 @@ def verdict_view(verdict: Verdict) -> RenderableType:
                 + ["each arrow's reason and reference: defcon show NAME"],
             )
         )
+    if verdict.weak_chains:
+        parts.append(
+            _bullets(
+                "weak chains, not counted (data and model factors alone do not decide)",
+                [chain.sentence() for chain in verdict.weak_chains],
+            )
+        )
     if verdict.clashes:
         parts.append(
             _bullets(
-                "structural clashes (they do not change the label)",
+                "why they cannot be composed (structural clashes)",
                 [c.sentence() for c in verdict.clashes],
             )
         )

@@ -259,13 +259,20 @@ class FactorClaim(_Frozen):
     """One arrow of a defense's factor declaration, with the source that supports it.
 
     In `moves`: when the defense is effective, the factor goes `direction`. In `depends_on`:
-    the defense's effectiveness rises with the factor (`up`) or falls with it (`down`).
+    the defense's effectiveness rises with the factor (`up`) or falls with it (`down`); `reads`
+    marks the dependencies that are definitions rather than correlations (the metric is computed
+    from the factor, as robust accuracy is from the distance to the boundary).
     """
 
     factor: Factor
     direction: Arrow
     reference: str = Field(min_length=1, description="the publication (or mechanism) it rests on")
     reason: str = Field(min_length=1)
+    reads: bool = Field(
+        default=False,
+        description="depends_on only, objective factors only: the defense's metric is computed "
+        "from this factor, so a move against it lowers the metric by definition",
+    )
 
     def arrow(self) -> str:
         return f"{self.factor.value}{self.direction.symbol}"
@@ -334,6 +341,19 @@ class DefenseSpec(_Frozen):
             factors = [claim.factor for claim in getattr(self, field_name)]
             if len(set(factors)) != len(factors):
                 raise ValueError(f"defense '{self.name}' declares a factor twice in {field_name}")
+        if any(claim.reads for claim in self.moves):
+            raise ValueError(
+                f"defense '{self.name}' marks a moved factor 'reads'; only a dependency can be "
+                "read by the defense's metric"
+            )
+        for claim in self.depends_on:
+            if claim.reads and claim.factor not in OBJECTIVE_FACTORS:
+                raise ValueError(
+                    f"defense '{self.name}' marks {claim.factor.value} 'reads'; a metric on the "
+                    "served model can read only a factor of its objective "
+                    f"({', '.join(sorted(f.value for f in OBJECTIVE_FACTORS))}), not of the "
+                    "training data or the capacity"
+                )
         if len({m.name for m in self.metrics}) != len(self.metrics):
             raise ValueError(f"defense '{self.name}' declares the same metric twice")
         return self

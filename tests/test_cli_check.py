@@ -106,9 +106,18 @@ defense:
     result = run("check", "dp_sgd", "other_dp", "--catalog", path)
     out = flat(result.stdout)
     assert result.exit_code == 0
-    assert out.startswith("EFFECTIVE")
+    assert out.startswith("CANNOT COMPOSE")  # never EFFECTIVE for a pair that cannot train together
+    assert "were they composable: effective" in out
     assert "structural clashes" in out
     assert "dp_sgd and other_dp both need the exclusive training-loop slot 'privacy_wrapper'" in out
+
+
+def test_an_incompatibility_that_is_not_a_slot_clash_is_never_called_effective():
+    result = run("check", "certified_watermark", "dp_sgd")
+    out = flat(result.stdout)
+    assert result.exit_code == 0
+    assert out.startswith("CANNOT COMPOSE")
+    assert "certified_watermark cannot train beside dp_sgd" in out
 
 
 def test_list_groups_every_defense_by_stage(tmp_path):

@@ -17,7 +17,7 @@ import defcon.checker
 from defcon.bench_report import leave_one_out
 from defcon.catalog import builtin_catalog, load_catalog_file
 from defcon.checker import check
-from defcon.checker.factors_technique import chains
+from defcon.checker.factors_technique import FactorsTechnique, chains
 from defcon.data import Split
 from defcon.probes import (
     boundary_distance,
@@ -31,9 +31,13 @@ from defcon.vocabulary import Arrow, DefenseSpec, Factor, FactorClaim, Metric, R
 CHECKER_SOURCES = sorted(Path(defcon.checker.__file__).parent.glob("*.py"))
 
 
-def claim(factor: str, direction: str) -> FactorClaim:
+def claim(factor: str, direction: str, reads: bool = False) -> FactorClaim:
     return FactorClaim(
-        factor=Factor(factor), direction=Arrow(direction), reference="ref", reason="why"
+        factor=Factor(factor),
+        direction=Arrow(direction),
+        reference="ref",
+        reason="why",
+        reads=reads,
     )
 
 
@@ -174,6 +178,36 @@ def test_a_harmful_mechanical_fact_is_a_conflict_on_its_own() -> None:
     assert [c.factor for c in found] == [Factor.BATCH_NORMALISATION]
 
 
+def test_a_move_against_a_factor_the_metric_reads_decides_over_a_tie() -> None:
+    tie = spec("d", "in", moves=(claim("O3", "down"), claim("O1", "up")))
+    reads_margin = spec("e", "post", depends_on=(claim("O3", "up", reads=True), claim("O1", "up")))
+    found = chains([tie, reads_margin], ["d", "e"])
+    assert [(c.mover, c.factor, c.dependent) for c in found] == [("d", Factor.O3, "e")]
+
+
+def test_a_chain_through_data_and_model_factors_alone_is_weak_not_a_conflict() -> None:
+    adds_a_key_set = spec("keys", "pre", moves=(claim("D2", "up"),))
+    needs_short_tail = spec("margin", "in", depends_on=(claim("D2", "down"), claim("M1", "up")))
+    verdict = FactorsTechnique().check([adds_a_key_set, needs_short_tail])
+    assert verdict.label == "effective"
+    assert not verdict.factor_chains
+    assert [(c.mover, c.factor, c.dependent) for c in verdict.weak_chains] == [
+        ("keys", Factor.D2, "margin")
+    ]
+    assert "Not counted" in verdict.explanation and "keys moves D2↑" in verdict.explanation
+    # the same data factor beside a harmful objective factor is a conflict
+    also_objective = spec("both", "pre", moves=(claim("D2", "up"), claim("O3", "down")))
+    needs_margin = spec("margin2", "in", depends_on=(claim("D2", "down"), claim("O3", "up")))
+    assert FactorsTechnique().check([also_objective, needs_margin]).label == "ineffective"
+
+
+def test_reads_is_only_for_dependencies_on_objective_factors() -> None:
+    with pytest.raises(ValidationError, match="only a dependency can be read"):
+        spec("x", "in", moves=(claim("O3", "up", reads=True),))
+    with pytest.raises(ValidationError, match="can read only a factor of its objective"):
+        spec("x", "in", depends_on=(claim("D2", "up", reads=True),))
+
+
 def test_a_factor_declared_twice_is_rejected() -> None:
     with pytest.raises(ValidationError, match="declares a factor twice"):
         spec("x", "in", moves=(claim("O3", "up"), claim("O3", "down")))
@@ -205,7 +239,7 @@ reason = "it squeezes the margin"
     verdict = check(["adversarial_training", "my_smoother"], technique="factors", catalog=path)
     assert verdict.label == "ineffective"
     shown = run_cli("show", "dp_sgd")
-    assert shown.exit_code == 0 and "O2.1↓" in shown.output and "Feldman" in shown.output
+    assert shown.exit_code == 0 and "O2.1↓ (read)" in shown.output and "Feldman" in shown.output
 
 
 # --- probes -----------------------------------------------------------------------------------

@@ -39,6 +39,13 @@ def test_scores_read_the_frozen_labels_not_todays(tmp_path):
         }],
     }  # fmt: skip
     text = script.score_markdown(json.loads(json.dumps(document)), [record])
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    frozen, post_hoc = text.split("## Post hoc")
+    rows = {line.split("|")[1].strip(): line for line in frozen.splitlines() if line.startswith("| ")}
     assert "| 1 | 1.00 |" in rows["defcon"] and "| 1 | 0.00 |" in rows["naive"]
     assert f"{wrong} ✗" in text and "Measured 1 of 1" in text
+    # the post-hoc table re-runs today's techniques: naive's current label, not the frozen one
+    from defcon.checker import check
+
+    today = check(list(record.defenses), technique="naive").label
+    naive_today = next(line for line in post_hoc.splitlines() if line.startswith("| naive |"))
+    assert ("| 1 | 1.00 |" if today == record.label else "| 1 | 0.00 |") in naive_today

@@ -17,8 +17,18 @@ Where a factor's effect reaches (order and stage logic):
 
 Several shared factors between M and D are weighed as the SoK's guideline says (§4.4): all
 harmful gives a conflict, none harmful none; when they disagree, the factors of the objective
-(O1, O2.x, O3) decide, and a tie leaves the guideline silent (no conflict). A harmful mechanical
-fact is a conflict on its own: it is a fact about the pipeline, not a correlation.
+(O1, O2.x, O3) decide, and a tie leaves the guideline silent (no conflict). Two things decide
+before the guideline:
+- a harmful mechanical fact is a conflict on its own: it is a fact about the pipeline, not a
+  correlation;
+- so is a harmful move of a factor D's metric *reads* (`reads`: the metric is computed from it,
+  as robust accuracy is from the distance to the boundary): a definition, not a correlation.
+And one thing the guideline alone does not decide: a chain made only of data and model factors
+(D1–D4, M1) is reported as a weak chain, not a conflict. The SoK's objective factors dominate
+those of data and model, and it reports its guideline failing for rows with few factors; a
+defense that changes a small part of the data (a key set) moves a data factor of the training
+set, not the property of the model another defense's metric reads. These three refinements
+were adopted after the benchmark's labels were seen (README: how the techniques were scored).
 
 No rule here names a defense: everything comes from the declarations.
 """
@@ -31,7 +41,14 @@ from dataclasses import dataclass
 from defcon.checker.base import clash_text
 from defcon.checker.defcon_technique import DefConTechnique
 from defcon.checker.verdict import FactorChain, Verdict
-from defcon.vocabulary import DefenseSpec, Factor, FactorClaim, Stage, sok_guideline
+from defcon.vocabulary import (
+    OBJECTIVE_FACTORS,
+    DefenseSpec,
+    Factor,
+    FactorClaim,
+    Stage,
+    sok_guideline,
+)
 
 
 @dataclass(frozen=True)
@@ -55,44 +72,70 @@ def reaches(
     return mover.stage is Stage.POST and order.index(dependent.name) < order.index(mover.name)
 
 
-def chains(specs: Sequence[DefenseSpec], order: Sequence[str]) -> list[FactorChain]:
-    """Every (mover, dependent) pair whose shared factors predict a loss of effectiveness."""
-    found: list[FactorChain] = []
+def _links(mover: DefenseSpec, dependent: DefenseSpec, order: Sequence[str]) -> list[_Link]:
+    return [
+        _Link(moved, needed)
+        for needed in dependent.depends_on
+        for moved in mover.moves
+        if moved.factor is needed.factor and reaches(mover, dependent, needed.factor, order)
+    ]
+
+
+def _chain(mover: DefenseSpec, dependent: DefenseSpec, link: _Link) -> FactorChain:
+    return FactorChain(
+        mover=mover.name,
+        factor=link.moved.factor,
+        moved=link.moved.direction,
+        dependent=dependent.name,
+        needed=link.needed.direction,
+        mover_reference=link.moved.reference,
+        dependent_reference=link.needed.reference,
+    )
+
+
+def weigh(
+    specs: Sequence[DefenseSpec], order: Sequence[str]
+) -> tuple[list[FactorChain], list[FactorChain]]:
+    """(conflicting chains, weak chains): every (mover, dependent) pair with a harmful link,
+    split by whether its shared factors predict a loss of effectiveness."""
+    conflicting: list[FactorChain] = []
+    weak: list[FactorChain] = []
     for dependent in specs:
         for mover in specs:
             if mover.name == dependent.name:
                 continue
-            links = [
-                _Link(moved, needed)
-                for needed in dependent.depends_on
-                for moved in mover.moves
-                if moved.factor is needed.factor and reaches(mover, dependent, needed.factor, order)
-            ]
-            harmful = [link for link in links if link.harmful]
-            if harmful and _conflicts(links):
-                found.extend(
-                    FactorChain(
-                        mover=mover.name,
-                        factor=link.moved.factor,
-                        moved=link.moved.direction,
-                        dependent=dependent.name,
-                        needed=link.needed.direction,
-                        mover_reference=link.moved.reference,
-                        dependent_reference=link.needed.reference,
-                    )
-                    for link in harmful
-                )
-    return found
+            links = _links(mover, dependent, order)
+            harmful = [_chain(mover, dependent, link) for link in links if link.harmful]
+            if not harmful:
+                continue
+            verdict = _conflicts(links)
+            if verdict:
+                conflicting.extend(harmful)
+            elif verdict is None:
+                weak.extend(harmful)
+    return conflicting, weak
 
 
-def _conflicts(links: Sequence[_Link]) -> bool:
-    """The SoK guideline over the shared factors of one (mover, dependent) pair."""
+def chains(specs: Sequence[DefenseSpec], order: Sequence[str]) -> list[FactorChain]:
+    """Every (mover, dependent) pair whose shared factors predict a loss of effectiveness."""
+    return weigh(specs, order)[0]
+
+
+def _conflicts(links: Sequence[_Link]) -> bool | None:
+    """Whether one (mover, dependent) pair's shared factors predict a loss of effectiveness:
+    True, False, or None for a weak chain (harmful through data and model factors only)."""
     if any(link.harmful and link.moved.factor.mechanical for link in links):
+        return True
+    if any(link.harmful and link.needed.reads for link in links):
         return True
     learned = [
         (link.moved.factor, link.harmful) for link in links if not link.moved.factor.mechanical
     ]
-    return sok_guideline(learned) is True
+    if sok_guideline(learned) is not True:
+        return False
+    if any(harmful and factor in OBJECTIVE_FACTORS for factor, harmful in learned):
+        return True
+    return None
 
 
 class FactorsTechnique:
@@ -111,19 +154,22 @@ class FactorsTechnique:
         risk_verdict = self._risks.check(specs)
         by_name = {spec.name: spec for spec in specs}
         ordered = [by_name[name] for name in risk_verdict.order]
-        found = chains(ordered, risk_verdict.order)
+        found, weak = weigh(ordered, risk_verdict.order)
         conflicted = bool(risk_verdict.conflicts or found)
-        explanation = _explain(risk_verdict, found)
+        explanation = _explain(risk_verdict, found, weak)
         return risk_verdict.model_copy(
             update={
                 "label": "ineffective" if conflicted else "effective",
                 "factor_chains": tuple(found),
+                "weak_chains": tuple(weak),
                 "explanation": explanation + clash_text(risk_verdict.clashes),
             }
         )
 
 
-def _explain(risk_verdict: Verdict, found: Sequence[FactorChain]) -> str:
+def _explain(
+    risk_verdict: Verdict, found: Sequence[FactorChain], weak: Sequence[FactorChain]
+) -> str:
     parts = []
     if risk_verdict.conflicts:
         parts.append(
@@ -138,11 +184,19 @@ def _explain(risk_verdict: Verdict, found: Sequence[FactorChain]) -> str:
         shown = [chain.sentence() for chain in found[:4]]
         more = f" (and {len(found) - 4} more)" if len(found) > 4 else ""
         parts.append("Factors: " + "; ".join(shown) + more + ".")
+    not_counted = (
+        " Not counted, as data and model factors alone do not decide: "
+        + "; ".join(chain.sentence() for chain in weak)
+        + "."
+        if weak
+        else ""
+    )
     if not parts:
         return (
             "The factors technique finds no conflict: no defense uses a risk a later one "
-            "mitigates, and no defense moves a factor against what another's effectiveness "
-            f"needs. Apply them in this order: {' → '.join(risk_verdict.order)}."
+            "mitigates, and no defense moves a factor of the objective, or a mechanical fact, "
+            "against what another's effectiveness needs. Apply them in this order: "
+            f"{' → '.join(risk_verdict.order)}." + not_counted
         )
     losers = sorted({c.earlier for c in risk_verdict.conflicts} | {c.dependent for c in found})
     return (
@@ -150,4 +204,5 @@ def _explain(risk_verdict: Verdict, found: Sequence[FactorChain]) -> str:
         + " ".join(parts)
         + f" Expected to lose effectiveness: {', '.join(losers)}."
         + f" Order: {' → '.join(risk_verdict.order)}."
+        + not_counted
     )

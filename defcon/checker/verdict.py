@@ -113,6 +113,7 @@ class Verdict(_Frozen):
     precedences: tuple[Precedence, ...] = ()  # the same-stage constraints that fixed the order
     clashes: tuple[StructuralClash, ...] = ()
     factor_chains: tuple[FactorChain, ...] = ()  # the `factors` technique's evidence
+    weak_chains: tuple[FactorChain, ...] = ()  # harmful through data and model factors only
     explanation: str
 
     @property
