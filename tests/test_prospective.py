@@ -49,3 +49,7 @@ def test_scores_read_the_frozen_labels_not_todays(tmp_path):
     today = check(list(record.defenses), technique="naive").label
     naive_today = next(line for line in post_hoc.splitlines() if line.startswith("| naive |"))
     assert ("| 1 | 1.00 |" if today == record.label else "| 1 | 0.00 |") in naive_today
+    assert "entered git after" not in text  # nothing held out: no such table
+    key = f"{record.dataset}:{'+'.join(sorted(record.defenses))}"
+    held = script.score_markdown(json.loads(json.dumps(document)), [record], ("abc1234", {key}))
+    assert "the 1 combinations whose records entered git after `abc1234`" in held
