@@ -16,7 +16,8 @@ second beside the minutes of training.
 
 The probes read the weights a serving wrapper sits in front of (`weights_of`): an API wrapper
 changes answers, not the factors of the model behind it; a post-training change of the weights
-(pruning) is read.
+(pruning) is read. One exception: the groups' gap (O2.2) is a property of the *observables*, so
+it is read on what the pipeline serves — a wrapper that re-thresholds per group moves it.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def capacity(model: nn.Module) -> float:
 
 
 def probe_factors(served: nn.Module, env: Environment) -> dict[str, float]:
-    """The probes of PROBES that apply, on the weights behind `served` (module docstring)."""
+    """The probes of PROBES that apply: on the weights behind `served`, the groups' gap on
+    `served` itself (module docstring)."""
     model = weights_of(served)
     was_training = model.training
     model.eval()
@@ -113,7 +115,7 @@ def probe_factors(served: nn.Module, env: Environment) -> dict[str, float]:
                 "generalization_gap": _mean_loss(model, test) - _mean_loss(model, members),
                 "boundary_distance": boundary_distance(model, members),
                 "input_gradient_norm": input_gradient_norm(model, test),
-                "group_accuracy_gap": group_accuracy_gap(model, env.dataset.test),
+                "group_accuracy_gap": group_accuracy_gap(served, env.dataset.test),
                 "parameters": capacity(model),
             }
         return {name: value for name, value in readings.items() if not math.isnan(value)}

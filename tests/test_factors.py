@@ -277,6 +277,27 @@ def test_input_gradient_norm_and_group_gap() -> None:
     assert torch.isnan(torch.tensor(group_accuracy_gap(model, Split(x, y))))
 
 
+def test_the_group_gap_is_read_on_what_is_served_the_rest_on_the_weights(make_env) -> None:
+    from defcon.defense import ServingWrapper
+    from defcon.probes import probe_factors
+
+    env = make_env("adult")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(env.dataset.test.x[0].numel(), 2))
+
+    class AnswersZero(ServingWrapper):  # an API that serves class 0 to everyone
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([1.0, 0.0]).expand(len(x), 2)
+
+    raw, served = probe_factors(model, env), probe_factors(AnswersZero(model), env)
+    assert served["group_accuracy_gap"] != raw["group_accuracy_gap"]
+    for name in ("generalization_gap", "boundary_distance", "input_gradient_norm", "parameters"):
+        assert served[name] == raw[name]
+
+
 # --- scoring every technique ----------------------------------------------------------------
 
 
