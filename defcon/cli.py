@@ -196,17 +196,45 @@ def check_command(
     technique: Annotated[
         str,
         typer.Option(
-            "--technique", "-t", help=f"Which technique predicts: {', '.join(TECHNIQUES)}."
+            "--technique",
+            "-t",
+            help=f"Which technique predicts: {', '.join(TECHNIQUES)}, or pilot (it trains: "
+            "a short run on a small slice of --dataset).",
         ),
     ] = "defcon",
     catalog: CatalogOption = None,
     json_path: JsonOption = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset", help="The dataset the pilot measures on (pilot only).", show_default=False
+        ),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="The pilot's model cache folder (default: defcon-runs/cache).",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
-    chosen = get_technique(technique)
+    catalog_specs = catalog_from(catalog)
+    if technique == "pilot":
+        chosen: Any = pilot_technique(dataset, cache, data_dir, device, catalog_specs)
+    elif dataset is not None or cache is not None:
+        raise DefconError(
+            f"--dataset and --cache are read by --technique pilot only; '{technique}' reads "
+            "declarations and trains nothing"
+        )
+    else:
+        chosen = get_technique(technique)
     if json_path is not None and json_path != STDOUT:
         writable_file(json_path, "--json")
-    specs = catalog_from(catalog).resolve(names or [])
+    specs = catalog_specs.resolve(names or [])
     verdict = chosen.check(specs)
     if json_path is not None:
         emit_json(json.dumps(verdict.model_dump(mode="json"), indent=2), json_path)
@@ -215,6 +243,26 @@ def check_command(
     from defcon.views import verdict_view
 
     stdout().print(verdict_view(verdict))
+
+
+def pilot_technique(
+    dataset: str | None, cache: Path | None, data_dir: Path | None, device: str, specs: Any
+) -> Any:
+    """The pilot technique on `dataset`, its options checked before anything trains."""
+    if dataset is None:
+        raise DefconError(
+            "--technique pilot measures the combination on a small slice of a dataset; give "
+            "--dataset NAME (digits, fmnist, adult, compas, or a .npz/.csv file)"
+        )
+    cache = cache or Path("defcon-runs/cache")
+    writable_folder(cache, "--cache")
+    chosen_device, _ = run_settings(device, None)
+    from defcon.pilot import PilotTechnique
+
+    return PilotTechnique(
+        dataset_source(dataset, None, None, None), cache_dir=cache, data_dir=data_dir,
+        catalog=specs, device=chosen_device,
+    )  # fmt: skip
 
 
 @app.command("datasets")
