@@ -212,7 +212,9 @@ def plot(points: Sequence[Point], references: Sequence[Reference], path: Path) -
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(p.dataset for p in points))
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets), 2, figsize=(11, 4.2 * len(datasets) + 1), squeeze=False, layout="constrained"
+    )
     for (left, right), dataset in zip(axes, datasets, strict=True):
         here = [p for p in points if p.dataset == dataset and p.epsilon.mean is not None]
         if not here:
@@ -251,12 +253,20 @@ def plot(points: Sequence[Point], references: Sequence[Reference], path: Path) -
         ):
             ax.set_xscale("log")
             ax.axvline((top * no_dp) ** 0.5, color="black", linestyle="--", linewidth=0.8)
-            ax.text(no_dp, 0.02, "no DP\n(ε = ∞)", ha="center", fontsize=7)
+            ax.text(  # x in data units, y as a fraction of the axes (their y-range differs)
+                no_dp, 0.02, "no DP\n(ε = ∞)", ha="center", fontsize=7,
+                transform=ax.get_xaxis_transform(),
+            )  # fmt: skip
             ax.set_title(f"{dataset}: {title}", fontsize=10)
             ax.set_xlabel("ε per person (log scale)", fontsize=8)
-            ax.set_ylim(0, 1)
+            if ax is left:
+                ax.set_ylim(0, 1)  # clean accuracy keeps its own range: its changes are small
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left")
+    legend: dict[str, object] = {}  # one legend for the figure: every panel uses the same styles
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=3, fontsize=8)
     return save_figure(fig, path)
 
 

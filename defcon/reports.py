@@ -169,7 +169,8 @@ def save_figure(fig, path: Path | str) -> Path:  # fig: matplotlib Figure (impor
     """Write a matplotlib figure as a PNG atomically, and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure that chose its own layout keeps it
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
