@@ -223,6 +223,7 @@ def check_command(
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
     catalog_specs = catalog_from(catalog)
+    specs = catalog_specs.resolve(names or [])  # before a pilot loads any data
     if technique == "pilot":
         chosen: Any = pilot_technique(dataset, cache, data_dir, device, catalog_specs)
     elif dataset is not None or cache is not None:
@@ -234,7 +235,6 @@ def check_command(
         chosen = get_technique(technique)
     if json_path is not None and json_path != STDOUT:
         writable_file(json_path, "--json")
-    specs = catalog_specs.resolve(names or [])
     verdict = chosen.check(specs)
     if json_path is not None:
         emit_json(json.dumps(verdict.model_dump(mode="json"), indent=2), json_path)
