@@ -19,12 +19,13 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from defcon.bench import load_records
 from defcon.catalog import builtin_catalog
-from defcon.checker import TECHNIQUES
+from defcon.checker import TECHNIQUES, check
 from defcon.errors import DefconError
 from defcon.pilot import PILOT_PROFILE, PILOT_SEED_START, PILOT_SEEDS, PilotTechnique
 from defcon.records import CompositionRecord
@@ -65,6 +66,15 @@ def predict_all(
     return done
 
 
+def prediction_seconds(technique: str, records: Sequence[CompositionRecord]) -> float:
+    """Wall time a declaration technique takes to label these combinations (no training)."""
+    catalog = builtin_catalog()
+    started = time.perf_counter()
+    for record in records:
+        check([catalog[name] for name in record.order], technique=technique)
+    return time.perf_counter() - started
+
+
 def results_markdown(records: Sequence[CompositionRecord], predicted: dict[str, dict]) -> str:
     scored = [
         r.model_copy(update={"predicted": {**r.predicted, "pilot": predicted[key(r)]["label"]}})
@@ -82,18 +92,24 @@ def results_markdown(records: Sequence[CompositionRecord], predicted: dict[str, 
         "techniques' labels are recomputed from today's declarations. Scored on the "
         f"{len(scored)} conclusive combinations of the records given.",
         "",
-        "| dataset | technique | n | accuracy | balanced accuracy | missed conflicts | false alarms |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | technique | n | accuracy | balanced accuracy | missed conflicts | "
+        "false alarms | seconds to predict them |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     datasets = sorted({r.dataset for r in scored})
     for dataset in [*datasets, "all"]:
         chosen = [r for r in scored if dataset in ("all", r.dataset)]
         for technique in techniques:
             s = score(technique, chosen)
+            cost = (
+                sum(predicted[key(r)]["seconds"] for r in chosen)
+                if technique == "pilot"
+                else prediction_seconds(technique, chosen)
+            )
             lines.append(
                 f"| {dataset} | {technique} | {s.n} | {score_text(s.accuracy)} | "
                 f"{score_text(s.balanced_accuracy)} | {s.confusion['ineffective']['effective']} | "
-                f"{s.confusion['effective']['ineffective']} |"
+                f"{s.confusion['effective']['ineffective']} | {cost:.3g} |"
             )
     lines += [
         "",
