@@ -38,6 +38,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from defcon.cli import run_script
 from defcon.composer import CLEAN_ACCURACY, Composer
 from defcon.effectiveness import Summary
 from defcon.records import CompositionRecord
@@ -448,4 +449,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 from defcon.bench import load_records
 from defcon.catalog import builtin_catalog
 from defcon.checker import TECHNIQUES, check
+from defcon.cli import run_script
 from defcon.errors import DefconError
 from defcon.pilot import PILOT_PROFILE, PILOT_SEED_START, PILOT_SEEDS, PilotTechnique
 from defcon.records import CompositionRecord
@@ -152,20 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     os.environ.setdefault("DEFCON_PROGRESS", "0")
-    try:
-        out = Path(args.out)
-        records = [r for f in args.records for r in load_records(Path(f)) if r.conclusive]
-        if not records:
-            raise DefconError(f"no conclusive record under {', '.join(args.records)}")
-        predicted = predict_all(records, out / "predictions.json", args.cache)
-        text = results_markdown(records, predicted)
-        atomic_write_text(out / "RESULTS.md", text)
-        print(text)
-        return 0
-    except DefconError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    out = Path(args.out)
+    records = [r for f in args.records for r in load_records(Path(f)) if r.conclusive]
+    if not records:
+        raise DefconError(f"no conclusive record under {', '.join(args.records)}")
+    predicted = predict_all(records, out / "predictions.json", args.cache)
+    text = results_markdown(records, predicted)
+    atomic_write_text(out / "RESULTS.md", text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

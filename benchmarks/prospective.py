@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from pathlib import Path
 from defcon.bench import combinations_for, load_triples, run_bench
 from defcon.catalog import builtin_catalog
 from defcon.checker import TECHNIQUES, check
+from defcon.cli import run_script
 from defcon.errors import DefconError
 from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record
@@ -314,28 +314,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("score", help="write RESULTS.md from predictions.json and the measurements")
     args = parser.parse_args(argv)
     os.environ.setdefault("DEFCON_PROGRESS", "0")
-    try:
-        if args.step == "predict":
-            document = predict(args.new.split(","), args.datasets.split(","), PREDICTIONS)
-            print(f"wrote {len(document['combinations'])} combinations to {PREDICTIONS}")
-            return 0
-        if not PREDICTIONS.exists():
-            raise DefconError(f"{PREDICTIONS} is missing; run the predict step and commit it first")
-        document = json.loads(PREDICTIONS.read_text())
-        if args.step == "measure":
-            started = time.perf_counter()
-            measure(document, args.workers, args.seeds, args.max_seeds, args.cache)
-            print(f"measured in {time.perf_counter() - started:.0f} s")
-            return 0
-        records = [load_record(p) for p in sorted((BENCH / "records").rglob("*.json"))]
-        text = score_markdown(document, records, held_out_keys())
-        atomic_write_text(OUT / "RESULTS.md", text)
-        print(text)
+    if args.step == "predict":
+        document = predict(args.new.split(","), args.datasets.split(","), PREDICTIONS)
+        print(f"wrote {len(document['combinations'])} combinations to {PREDICTIONS}")
         return 0
-    except DefconError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if not PREDICTIONS.exists():
+        raise DefconError(f"{PREDICTIONS} is missing; run the predict step and commit it first")
+    document = json.loads(PREDICTIONS.read_text())
+    if args.step == "measure":
+        started = time.perf_counter()
+        measure(document, args.workers, args.seeds, args.max_seeds, args.cache)
+        print(f"measured in {time.perf_counter() - started:.0f} s")
+        return 0
+    records = [load_record(p) for p in sorted((BENCH / "records").rglob("*.json"))]
+    text = score_markdown(document, records, held_out_keys())
+    atomic_write_text(OUT / "RESULTS.md", text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from defcon.audit import CHANGE_SYMBOL, Auditor, AuditRecord, save_audit
 from defcon.catalog import builtin_catalog
+from defcon.cli import run_script
 from defcon.composer import Composer, applicability_problem
 from defcon.storage import atomic_write_json, atomic_write_text
 
@@ -204,4 +205,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -39,6 +39,16 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     raise SystemExit(code)
 
 
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """The entry point of a `benchmarks/` script: `main`'s exit code, or for a `DefconError`
+    the same one `error:` line and exit 2 as every CLI command, never a traceback."""
+    try:
+        code = main()
+    except DefconError as error:
+        fail(str(error))
+    raise SystemExit(code)
+
+
 class DefconGroup(TyperGroup):
     """Maps `DefconError` and click's usage errors to `fail` for every command."""
 

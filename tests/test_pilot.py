@@ -63,3 +63,16 @@ def test_the_benchmark_scores_the_pilot_beside_every_technique(tmp_path, fake_re
     text = script.results_markdown([record], predicted)
     assert "| digits | pilot | 1 |" in text and "| digits | factors | 1 |" in text
     assert "## What the pilot read, and what it cost" in text
+
+
+def test_a_benchmark_script_reports_bad_input_in_one_line_like_the_cli(tmp_path, capsys) -> None:
+    from defcon.cli import run_script
+
+    script = load_script("pilot")
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(lambda: script.main([str(tmp_path / "nothing"), "--out", str(tmp_path)]))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: no conclusive record under")
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(lambda: 0)
+    assert exit_info.value.code == 0
