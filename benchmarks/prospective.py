@@ -23,7 +23,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,7 +174,7 @@ READ = ["pipeline_stages/*/*.toml", "defcon/vocabulary.py", "defcon/checker"]
 """What the techniques read: a change here changes their predictions."""
 
 
-def held_out_keys() -> tuple[str, set[str]]:
+def held_out_keys(by_path: Mapping[Path, CompositionRecord]) -> tuple[str, set[str]]:
     """(the last commit that changed what the techniques read, the combinations whose records
     entered git after it or are not committed yet): labels today's techniques were not shaped on."""
     last = _git("log", "-1", "--format=%h", "--", *READ)
@@ -182,12 +182,11 @@ def held_out_keys() -> tuple[str, set[str]]:
     if not last:
         return "", set()
     earlier = set(_git("ls-tree", "-r", "--name-only", last, "--", folder).split())
-    keys = set()
-    for path in sorted((BENCH / "records").rglob("*.json")):
-        if str(path.relative_to(HERE.parent)) not in earlier:
-            record = load_record(path)
-            keys.add(_key(record.dataset, record.defenses))
-    return last, keys
+    return last, {
+        _key(record.dataset, record.defenses)
+        for path, record in by_path.items()
+        if str(path.resolve().relative_to(HERE.parent)) not in earlier
+    }
 
 
 def score_markdown(
@@ -326,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure(document, args.workers, args.seeds, args.max_seeds, args.cache)
         print(f"measured in {time.perf_counter() - started:.0f} s")
         return 0
-    records = [load_record(p) for p in sorted((BENCH / "records").rglob("*.json"))]
-    text = score_markdown(document, records, held_out_keys())
+    by_path = {p: load_record(p) for p in sorted((BENCH / "records").rglob("*.json"))}
+    text = score_markdown(document, list(by_path.values()), held_out_keys(by_path))
     atomic_write_text(OUT / "RESULTS.md", text)
     print(text)
     return 0
