@@ -122,21 +122,13 @@ def verdict_view(verdict: Verdict) -> RenderableType:
     order.add_column()
     for stage, names in verdict.stages.items():
         order.add_row("", _STAGE_NAMES[Stage(stage)], " → ".join(names))
-    if verdict.composable:
-        headline = Text.assemble(
-            (verdict.label.upper(), style),
-            f"  {' + '.join(verdict.defenses)}  ",
-            (f"(technique: {verdict.technique})", "dim"),
-        )
-    else:  # the label is what the technique predicts were they composable: never the headline
-        headline = Text.assemble(
-            ("CANNOT COMPOSE", "bold red"),
-            f"  {' + '.join(verdict.defenses)}  ",
-            (
-                f"(technique: {verdict.technique}; were they composable: {verdict.label})",
-                "dim",
-            ),
-        )
+    word, note = verdict.label.upper(), f"technique: {verdict.technique}"
+    if not verdict.composable:  # the label is a prediction were they composable: never the headline
+        word, style = "CANNOT COMPOSE", "bold red"
+        note += f"; were they composable: {verdict.label}"
+    headline = Text.assemble(
+        (word, style), f"  {' + '.join(verdict.defenses)}  ", (f"({note})", "dim")
+    )
     parts: list[RenderableType] = [
         headline,
         Text(""),
