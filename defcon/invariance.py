@@ -126,10 +126,8 @@ def invariance_set(
     if not_applicable(dataset):
         raise ValueError(f"invariance on {dataset.name}: {not_applicable(dataset)}")
     settings = settings or InvarianceSettings()
-    test, train = dataset.test, dataset.train  # the clean training split: true labels only
-    if len(test) > settings.samples:
-        generator = torch.Generator().manual_seed(derived_seed(seed, "invariance"))
-        test = test.subset(torch.randperm(len(test), generator=generator)[: settings.samples])
+    train = dataset.train  # the clean training split: true labels only
+    test = dataset.test.seeded_sample(settings.samples, derived_seed(seed, "invariance"))
     x, y = test.x.flatten(1).float(), test.y
     refs, labels = train.x.flatten(1).float(), train.y
     nearest = torch.empty(len(y), dtype=torch.long)

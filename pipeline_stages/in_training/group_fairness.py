@@ -144,11 +144,9 @@ class GroupFairness(InTrainingDefense):
 
     def _validation_gaps(self, run: TrainingRun) -> dict[int, float]:
         """TPR/FPR gaps of the current model on (a seeded subset of) the validation split."""
-        val = run.env.dataset.val
-        if len(val) > self.config.rate_samples:
-            generator = torch.Generator().manual_seed(derived_seed(run.env.seed, self.name))
-            pick = torch.randperm(len(val), generator=generator)[: self.config.rate_samples]
-            val = val.subset(pick)
+        val = run.env.dataset.val.seeded_sample(
+            self.config.rate_samples, derived_seed(run.env.seed, self.name)
+        )
         model = run.plain_model
         was_training = model.training
         model.eval()
