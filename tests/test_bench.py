@@ -135,3 +135,28 @@ def test_report_only_measures_nothing_and_counts_what_is_pending(tmp_path: Path)
     assert again.pending == 2
     assert [f.reason for f in again.failed] == ["cannot compose: reasons"]
     assert "Not measured yet: 2" in results_markdown(again)
+
+
+def test_defenses_choose_every_pair_among_them(tmp_path: Path) -> None:
+    from cli_helpers import run as run_cli
+
+    from defcon.bench import pairs_among
+    from defcon.errors import DefconError
+
+    assert pairs_among("model_watermark, explanations,backdoor_pruning") == [
+        ("backdoor_pruning", "explanations"),
+        ("backdoor_pruning", "model_watermark"),
+        ("explanations", "model_watermark"),
+    ]
+    with pytest.raises(DefconError, match="fewer than two"):
+        pairs_among("dp_sgd")
+    with pytest.raises(DefconError, match="unknown defense 'nosuch'"):
+        pairs_among("dp_sgd,nosuch")
+    out = tmp_path / "bench"
+    both = run_cli("bench", "--datasets", "digits", "--pairs", "dp_sgd+explanations",
+                   "--defenses", "dp_sgd,explanations", "--out", str(out))  # fmt: skip
+    assert both.exit_code == 2 and "give one of them" in both.output
+    pending = run_cli("bench", "--datasets", "digits", "--defenses", "model_watermark,explanations",
+                      "--profile", "tiny", "--report-only", "--out", str(out))  # fmt: skip
+    assert pending.exit_code == 0, pending.output
+    assert "Not measured yet: 1" in (out / "RESULTS.md").read_text()
