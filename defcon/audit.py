@@ -5,7 +5,8 @@ arm faces the same adversary per risk (a risk's attack reads each arm's served m
 BadNets poisoner trains with every arm), seed by seed. Per risk metric: mean ± std over seeds and
 the paired change against no defense with its confidence interval (`defcon.effectiveness`),
 read as the *risk* rising (↑), falling (↓) or not told apart (–) by the metric's declared
-direction. Beside it, the SoK guideline's prediction from the factor declarations
+direction. A change is only a change when the interval excludes 0 *and* its mean is at least the
+metric's declared practical size (`RiskMetric.min_effect`): a significant but tiny shift is "–". Beside it, the SoK guideline's prediction from the factor declarations
 (`defcon.risks.guideline`). Models and measurements come from the composer's cache, so an audit
 shares models with `compose` and resumes where it stopped.
 """
@@ -33,7 +34,7 @@ from defcon.fingerprint import core_code, risks_code
 from defcon.pipelines import NO_DEFENSE, PipelineResult
 from defcon.planning import plan_audit
 from defcon.records import versions
-from defcon.risks import ATTACKS, UNMEASURED, Lab, RiskAttack
+from defcon.risks import ATTACKS, UNMEASURED, Lab, RiskAttack, RiskMetric
 from defcon.risks.guideline import SOK, SYMBOL, Prediction, predict_combination
 from defcon.storage import atomic_write_text
 from defcon.vocabulary import Direction, Risk
@@ -53,6 +54,7 @@ class MetricAudit(BaseModel):
     riskier: Direction | None  # None: a count reported beside the risk (no direction)
     primary: bool
     undefined: str | None = None  # what a NaN value (n/a) means for this metric
+    min_effect: float | None = None  # the practical size a change had to reach (None: older record)
     values: dict[str, Summary]  # arm → per-seed values
     change: dict[str, Interval]  # arm → arm − no defense (paired by seed)
     risk_change: dict[str, Change]  # arm → the risk rose / fell / cannot be told (–)
@@ -87,13 +89,32 @@ class AuditRecord(BaseModel):
         return next(m for m in self.metrics if m.risk is risk and m.primary)
 
 
-def risk_change(riskier: Direction | None, lower: float | None, upper: float | None) -> Change:
-    """Which way the risk moved: the metric's paired interval excludes 0, read by `riskier`."""
+def risk_change(
+    riskier: Direction | None,
+    lower: float | None,
+    upper: float | None,
+    mean: float | None = None,
+    min_effect: float = 0.0,
+) -> Change:
+    """Which way the risk moved: the metric's paired interval excludes 0, read by `riskier`, and
+    the mean change is at least `min_effect` (a smaller change is "none", whatever its p-value)."""
     if riskier is None or lower is None or upper is None or math.isnan(lower) or math.isnan(upper):
+        return "none"
+    if mean is not None and abs(mean) < min_effect:
         return "none"
     rose = lower > 0 if riskier is Direction.HIGHER else upper < 0
     fell = upper < 0 if riskier is Direction.HIGHER else lower > 0
     return "up" if rose else "down" if fell else "none"
+
+
+def judge_change(metric: RiskMetric, differences: Sequence[float]) -> tuple[Interval, Change]:
+    """The paired change of `metric` (arm − no defense, per seed) and the risk's arrow for it."""
+    mean, lower, upper = interval(differences)
+    change = Interval.of(mean, lower, upper, len(differences))
+    moved = risk_change(
+        metric.riskier, change.lower, change.upper, change.mean, metric.min_effect or 0.0
+    )
+    return change, moved
 
 
 def select_attacks(
@@ -218,9 +239,7 @@ class Auditor:
                     if arm == NO_DEFENSE:
                         continue
                     diffs = [a - b for a, b in zip(values[(arm, metric.name)], base, strict=True)]
-                    mean, lower, upper = interval(diffs)
-                    change[arm] = Interval.of(mean, lower, upper, len(diffs))
-                    moved[arm] = risk_change(metric.riskier, change[arm].lower, change[arm].upper)
+                    change[arm], moved[arm] = judge_change(metric, diffs)
                 metrics.append(
                     MetricAudit(
                         risk=attack.risk,
@@ -228,6 +247,7 @@ class Auditor:
                         riskier=metric.riskier,
                         primary=metric.primary,
                         undefined=metric.undefined,
+                        min_effect=metric.min_effect,
                         values={arm: Summary.of(values[(arm, metric.name)]) for arm in arms},
                         change=change,
                         risk_change=moved,
@@ -289,9 +309,10 @@ def audit_table(record: AuditRecord) -> Table:
     for arm in record.arms[1:]:
         table.add_column(arm, justify="right")
     for m in record.metrics:
+        size = "" if m.min_effect is None else f" (±{m.min_effect:g})"
         row = [
             m.risk.value if m.primary else "",
-            f"{m.metric} {ARROW.get(m.riskier, '(count)')}",
+            f"{m.metric} {ARROW.get(m.riskier, '(count)')}{size}",
         ]
         if m.riskier is None:  # a count: per-seed values, no direction to read
             row += [_counts(m.values[arm]) for arm in record.arms]
@@ -314,8 +335,9 @@ def audit_table(record: AuditRecord) -> Table:
 def print_audit(record: AuditRecord, console: Console) -> None:
     console.print(audit_table(record))
     console.print(
-        "measured: ↑ the risk rose, ↓ it fell, – not told apart (paired interval over seeds "
-        "includes 0); predicted (primary metric, SoK guideline on the factor declarations): "
+        "measured: ↑ the risk rose, ↓ it fell, – no change (paired interval over seeds "
+        "includes 0, or the mean change is smaller than the metric's practical size, shown as "
+        "±size beside it); predicted (primary metric, SoK guideline on the factor declarations): "
         f"↑ ↓, {SYMBOL['silent']} silent"
     )
     for arm, by_risk in record.predictions.items():

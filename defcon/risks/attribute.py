@@ -46,11 +46,11 @@ class AttributeInference(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="attribute_auc", riskier=Direction.HIGHER,
+            name="attribute_auc", riskier=Direction.HIGHER, min_effect=0.02,
             description="ROC AUC of inferring the sensitive group of training records",
         ),
         RiskMetric(
-            name="attribute_auc_test", riskier=Direction.HIGHER, primary=False,
+            name="attribute_auc_test", riskier=Direction.HIGHER, primary=False, min_effect=0.02,
             description="the same attack on test records (what the population alone reveals)",
         ),
     )  # fmt: skip

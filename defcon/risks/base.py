@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from defcon.data import Dataset, Split
@@ -40,6 +40,18 @@ class RiskMetric(BaseModel):
     undefined: str | None = Field(
         default=None, description="what a NaN value means, if it can be one"
     )
+    min_effect: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False,
+        description="the smallest change of this metric that counts as a change in the audit "
+        "(docs/measurement.md, 'Effect sizes and coverage'); required for a directed metric",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _sized(self) -> RiskMetric:
+        # a directed metric without a practical size would call any significant wobble a change
+        if self.riskier is not None and self.min_effect is None:
+            raise ValueError(f"risk metric {self.name} has a direction but no min_effect")
+        return self
 
 
 class AttackConfig(BaseModel):

@@ -26,11 +26,11 @@ class Discrimination(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="equalized_odds_difference", riskier=Direction.HIGHER,
+            name="equalized_odds_difference", riskier=Direction.HIGHER, min_effect=0.02,
             description="larger of the TPR and FPR gaps between the sensitive groups (test)",
         ),
         RiskMetric(
-            name="demographic_parity_difference", riskier=Direction.HIGHER, primary=False,
+            name="demographic_parity_difference", riskier=Direction.HIGHER, primary=False, min_effect=0.02,
             description="gap in the rate of favourable predictions between the groups (test)",
         ),
     )  # fmt: skip

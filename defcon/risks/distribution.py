@@ -67,7 +67,7 @@ class DistributionInference(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="distribution_inference_accuracy", riskier=Direction.HIGHER,
+            name="distribution_inference_accuracy", riskier=Direction.HIGHER, min_effect=0.05,
             description="share of victims whose training-set group ratio the attacker guesses",
         ),
     )  # fmt: skip

@@ -54,11 +54,11 @@ class Evasion(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="robust_accuracy", riskier=Direction.LOWER,
+            name="robust_accuracy", riskier=Direction.LOWER, min_effect=0.05,
             description="class-balanced test accuracy under L∞ PGD (lower: more evasion)",
         ),
         RiskMetric(
-            name=INVARIANCE_ERROR, riskier=Direction.HIGHER, primary=False,
+            name=INVARIANCE_ERROR, riskier=Direction.HIGHER, primary=False, min_effect=0.05,
             description="share of label-changing perturbations in the same ε-ball (k-NN oracle "
             "proxy) on which the model keeps its prediction (images only)",
             undefined="no label-changing perturbation found in the ε-ball (n = 0): not measurable",

@@ -93,11 +93,11 @@ class MembershipInference(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="mia_auc", riskier=Direction.HIGHER,
+            name="mia_auc", riskier=Direction.HIGHER, min_effect=0.02,
             description="ROC AUC of the calibrated score, training records vs test records",
         ),
         RiskMetric(
-            name="mia_tpr_at_1_fpr", riskier=Direction.HIGHER, primary=False,
+            name="mia_tpr_at_1_fpr", riskier=Direction.HIGHER, primary=False, min_effect=0.02,
             description="share of members above the threshold set to 1% FPR on validation data",
         ),
     )  # fmt: skip

@@ -40,11 +40,11 @@ class ModelTheft(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="surrogate_fidelity", riskier=Direction.HIGHER,
+            name="surrogate_fidelity", riskier=Direction.HIGHER, min_effect=0.05,
             description="share of test inputs on which the stolen copy agrees with the API",
         ),
         RiskMetric(
-            name="surrogate_accuracy", riskier=Direction.HIGHER, primary=False,
+            name="surrogate_accuracy", riskier=Direction.HIGHER, primary=False, min_effect=0.05,
             description="test accuracy of the stolen copy",
         ),
     )  # fmt: skip

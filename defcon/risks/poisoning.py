@@ -26,7 +26,7 @@ class Poisoning(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="attack_success_rate", riskier=Direction.HIGHER,
+            name="attack_success_rate", riskier=Direction.HIGHER, min_effect=0.05,
             description="share of triggered test inputs (true class ≠ target) sent to the target",
         ),
     )  # fmt: skip

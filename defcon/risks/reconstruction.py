@@ -37,11 +37,11 @@ class DataReconstruction(RiskAttack):
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
-            name="reconstruction_similarity", riskier=Direction.HIGHER,
+            name="reconstruction_similarity", riskier=Direction.HIGHER, min_effect=0.05,
             description="mean over classes of cos(inversion − μ, class training mean − μ)",
         ),
         RiskMetric(
-            name="reconstruction_class_match", riskier=Direction.HIGHER, primary=False,
+            name="reconstruction_class_match", riskier=Direction.HIGHER, primary=False, min_effect=0.1,
             description="share of classes whose inversion is closest to its own class's mean",
         ),
     )  # fmt: skip
