@@ -12,7 +12,15 @@ from defcon.checker import TECHNIQUES
 from defcon.effectiveness import LABELS as MEASURED_LABELS
 from defcon.records import CompositionRecord
 from defcon.reports import save_figure
-from defcon.scoring import LABELS, TechniqueScore, score, score_text
+from defcon.scoring import (
+    BOOTSTRAP_SEED,
+    LABELS,
+    RESAMPLES,
+    TechniqueScore,
+    interval_text,
+    score,
+    score_text,
+)
 from defcon.storage import atomic_write_text
 
 _MARK = {"held": "✓", "dropped": "✗", "inconclusive": "?", "not_effective_alone": "∅",
@@ -27,16 +35,24 @@ def stability(first: Sequence[CompositionRecord], second: Sequence[CompositionRe
     """Labels of the same combinations measured on two disjoint seed sets.
 
     `label_flip_rate` is the share of combinations conclusive in both runs whose labels differ.
+    `reproducible_share` is stricter: among the combinations (measured in both runs) conclusive
+    in *either* run, the share conclusive with the same label in both — a label that is
+    conclusive on one seed set only does not reproduce.
     """
     by_key = {_key(r): r for r in second}
     pairs = [(r, by_key[_key(r)]) for r in first if _key(r) in by_key]
     both = [(a, b) for a, b in pairs if a.conclusive and b.conclusive]
     flips = [(a, b) for a, b in both if a.label != b.label]
+    either = [(a, b) for a, b in pairs if a.conclusive or b.conclusive]
+    same = [(a, b) for a, b in both if a.label == b.label]
     return {
         "combinations_in_both": len(pairs),
         "conclusive_in_both": len(both),
         "label_flips": len(flips),
         "label_flip_rate": len(flips) / len(both) if both else None,
+        "conclusive_in_either": len(either),
+        "reproduced": len(same),
+        "reproducible_share": len(same) / len(either) if either else None,
         "same_label_any": sum(a.label == b.label for a, b in pairs),
         "first_seeds": sorted({s for r in first for s in r.seeds}),
         "second_seeds": sorted({s for r in second for s in r.seeds}),
@@ -60,6 +76,58 @@ def stability(first: Sequence[CompositionRecord], second: Sequence[CompositionRe
             if a.conclusive != b.conclusive
         ],  # fmt: skip
     }
+
+
+def coverage(records: Sequence[CompositionRecord]) -> dict[str, dict]:
+    """Per dataset (and 'all'): the share of measured combinations with a conclusive label."""
+    groups: dict[str, list[CompositionRecord]] = {
+        name: [r for r in records if r.dataset == name]
+        for name in sorted({r.dataset for r in records})
+    }
+    if records:
+        groups["all"] = list(records)
+    return {
+        group: {
+            "measured": len(members),
+            "conclusive": sum(r.conclusive for r in members),
+            "coverage": sum(r.conclusive for r in members) / len(members),
+        }
+        for group, members in groups.items()
+    }
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def headline(records: Sequence[CompositionRecord], repeat: BenchResult | None) -> list[str]:
+    """The two numbers that say how far the scores can be trusted, per dataset."""
+    cover = coverage(records)
+    shares = "; ".join(
+        f"{group} {_share(c['coverage'])} ({c['conclusive']} of {c['measured']})"
+        for group, c in cover.items()
+    )
+    lines = [
+        "**Coverage** (measured combinations with a conclusive label): "
+        + (f"{shares}." if cover else "n/a (nothing measured).")
+    ]
+    if repeat is None:
+        lines.append("**Reproducible share**: n/a (no second seed set).")
+        return lines
+    parts = []
+    for group in cover:
+        chosen = [r for r in records if group == "all" or r.dataset == group]
+        again = [r for r in repeat.records if group == "all" or r.dataset == group]
+        st = stability(chosen, again)
+        parts.append(
+            f"{group} {_share(st['reproducible_share'])} ({st['reproduced']} of "
+            f"{st['conclusive_in_either']})"
+        )
+    lines.append(
+        "**Reproducible share** (combinations conclusive with the same label on both seed sets, "
+        "of those conclusive on either): " + "; ".join(parts) + "."
+    )
+    return lines
 
 
 def label_counts(records: Sequence[CompositionRecord]) -> dict[str, dict[str, int]]:
@@ -223,7 +291,13 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "",
         "## Technique scores (conclusive labels only)",
         "",
-        "| dataset | technique | n | accuracy | balanced accuracy | confusion (measured → predicted) |",
+        *headline(records, repeat),
+        "",
+        "The scores below count only conclusive labels: read them with the coverage and the "
+        "reproducible share above. Balanced accuracy with a bootstrap 95 % interval "
+        f"({RESAMPLES} resamples of the scored combinations, seed {BOOTSTRAP_SEED}).",
+        "",
+        "| dataset | technique | n | accuracy | balanced accuracy [95 % CI] | confusion (measured → predicted) |",
         "|---|---|---|---|---|---|",
     ]
     for dataset, by_technique in scores.items():
@@ -231,11 +305,13 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             confusion = "; ".join(f"{m}→{p}: {s.confusion[m][p]}" for m in LABELS for p in LABELS)
             lines.append(
                 f"| {dataset} | {technique} | {s.n} | {score_text(s.accuracy)} | "
-                f"{score_text(s.balanced_accuracy)} | {confusion} |"
+                f"{score_text(s.balanced_accuracy)}{interval_text(s.balanced_accuracy_ci)} | "
+                f"{confusion} |"
             )
     lines += [
         "",
-        "## Leave one defense out (balanced accuracy on the combinations without it, all datasets)",
+        "## Leave one defense out (balanced accuracy [bootstrap 95 % CI] on the combinations "
+        "without it, all datasets)",
         "",
         "| left out | n | " + " | ".join(techniques) + " |",
         "|---|---|" + "---|" * len(techniques),
@@ -244,7 +320,11 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         n = next(iter(by_technique.values())).n
         lines.append(
             f"| {left} | {n} | "
-            + " | ".join(score_text(by_technique[t].balanced_accuracy) for t in techniques)
+            + " | ".join(
+                score_text(by_technique[t].balanced_accuracy)
+                + interval_text(by_technique[t].balanced_accuracy_ci)
+                for t in techniques
+            )
             + " |"
         )
     if repeat is not None:
@@ -265,7 +345,9 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             f"{st['conclusive_in_both']} conclusive in both; label flips among those: "
             f"{st['label_flips']} (label_flip_rate "
             f"{'n/a' if rate is None else f'{rate:.3f}'}); same label overall (any of the four): "
-            f"{st['same_label_any']}."
+            f"{st['same_label_any']}; conclusive in either run: {st['conclusive_in_either']}, "
+            f"of which conclusive with the same label in both: {st['reproduced']} "
+            f"(reproducible_share {_share(st['reproducible_share'])})."
             + (f" Not measured yet in the repeat: {repeat.pending}." if repeat.pending else ""),
             "",
         ]
@@ -408,6 +490,12 @@ def write_results(
         for name, by in scores_by_dataset(result.records).items()
     }
     summary["labels"] = label_counts(result.records)
+    cover = coverage(result.records)
+    summary["coverage"] = cover["all"]["coverage"] if cover else None
+    summary["coverage_by_dataset"] = cover
+    summary["reproducible_share"] = (
+        stability(result.records, repeat.records)["reproducible_share"] if repeat else None
+    )
     summary["leave_one_defense_out"] = {
         left: {t: s.model_dump(mode="json", exclude={"misses", "confusion"}) for t, s in by.items()}
         for left, by in leave_one_out(result.records).items()
@@ -418,6 +506,7 @@ def write_results(
     if repeat is not None:
         summary["stability"] = {
             **stability(result.records, repeat.records),
+            "coverage": coverage(repeat.records),
             "wall_time_s": repeat.wall_time_s,
             "measuring_runs": [run.model_dump() for run in repeat.runs],
             "not_measured_yet_in_repeat": repeat.pending,

@@ -4,6 +4,8 @@
 warn about conflicts, so a missed conflict (false negative) is the costly error. Only conclusive
 labels score a technique: a combination measured `inconclusive` (the seeds cannot tell) or
 `not_effective_alone` (a defense had nothing to lose) is counted and reported, never scored.
+Every balanced accuracy comes with a seeded bootstrap 95 % interval over the scored combinations,
+so a reader sees how much a score rests on a few labels (same records → same interval).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from defcon.records import CompositionRecord
 
 LABELS = ("effective", "ineffective")
+RESAMPLES = 2000  # bootstrap resamples per balanced accuracy
+BOOTSTRAP_SEED = 0  # fixed: the same records always give the same interval
 
 
 class Miss(BaseModel):
@@ -39,8 +44,45 @@ class TechniqueScore(BaseModel):
     n: int
     accuracy: float | None  # None: no conclusive combination to score
     balanced_accuracy: float | None
+    # bootstrap 95 % percentile interval of the balanced accuracy (None: nothing scored)
+    balanced_accuracy_ci: tuple[float, float] | None = None
     confusion: dict[str, dict[str, int]]  # measured label → predicted label → count
     misses: tuple[Miss, ...]
+
+
+def balanced_accuracy_interval(
+    measured: Sequence[str],
+    predicted: Sequence[str],
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the balanced accuracy over combinations (resampled with
+    replacement). Balanced accuracy is the mean recall over the measured classes present in a
+    resample, as scikit-learn computes it; None when there is nothing to resample."""
+    if len(measured) != len(predicted):
+        raise ValueError("measured and predicted labels differ in length")
+    if not measured:
+        return None
+    positive = np.asarray([m == "ineffective" for m in measured])
+    right = np.asarray([m == p for m, p in zip(measured, predicted, strict=True)])
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(measured), size=(resamples, len(measured)))
+    pos, hit = positive[rows], right[rows]
+    recalls = []
+    for members in (pos, ~pos):
+        count = members.sum(1)
+        recall = np.where(count > 0, (hit & members).sum(1) / np.maximum(count, 1), np.nan)
+        recalls.append(recall)
+    balanced = np.nanmean(np.stack(recalls), axis=0)  # each resample has at least one class
+    tail = (1 - level) / 2 * 100
+    lower, upper = np.percentile(balanced, [tail, 100 - tail])
+    return float(lower), float(upper)
+
+
+def interval_text(bounds: tuple[float, float] | None) -> str:
+    """A bootstrap interval as [lower, upper] with two decimals, or empty where undefined."""
+    return "" if bounds is None else f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
 
 
 def signed(value: float | None) -> str:
@@ -121,6 +163,7 @@ def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScor
         n=len(records),
         accuracy=float(accuracy_score(measured, predicted)) if records else None,
         balanced_accuracy=balanced,
+        balanced_accuracy_ci=balanced_accuracy_interval(measured, predicted),
         confusion=confusion,
         misses=misses,
     )
