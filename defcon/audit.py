@@ -132,6 +132,8 @@ def select_attacks(
             raise DefconError(f"risk '{name}' cannot be measured: {UNMEASURED[risk]}")
         attack = ATTACKS[risk]()
         problem = attack.refusal(dataset)
+        if problem is None and attack.named_only and not risks:
+            problem = f"measured only when named (--risk {name}): {attack.named_only}"
         if problem is not None and risks:
             raise DefconError(f"risk '{name}' cannot be measured on {dataset.name}: {problem}")
         if problem is not None:

@@ -602,7 +602,8 @@ def audit_command(
         typer.Option(
             "--risk",
             metavar="RISK",
-            help="Measure only this risk (repeatable; default: all that apply).",
+            help="Measure only this risk (repeatable; default: all that apply, except "
+            "distribution_inference, measured only when named because of its cost).",
         ),
     ] = None,
     out: Annotated[

@@ -94,3 +94,17 @@ def test_bootstrap_interval_is_deterministic_and_contains_the_estimate() -> None
     assert scored.balanced_accuracy_ci is not None
     lower, upper = scored.balanced_accuracy_ci
     assert lower <= scored.balanced_accuracy <= upper
+
+
+def test_distribution_inference_runs_only_when_named(make_env) -> None:
+    from defcon.audit import select_attacks
+    from defcon.risks.distribution import DistributionConfig
+
+    assert DistributionConfig().victims >= 100  # Suri & Evans: on the order of 100 per ratio
+    dataset = make_env("adult").dataset
+    chosen, skipped = select_attacks(dataset, None)
+    assert "distribution_inference" not in {a.risk.value for a in chosen}
+    assert "measured only when named" in skipped["distribution_inference"]
+    assert "100 victims" in skipped["distribution_inference"]
+    named, _ = select_attacks(dataset, ["distribution_inference"])
+    assert [a.risk.value for a in named] == ["distribution_inference"]

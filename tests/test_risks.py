@@ -97,7 +97,7 @@ def test_distribution_inference_tells_group_ratios_apart(adult_model):
     from defcon.risks.distribution import DistributionInference
 
     env, model = adult_model
-    guessed = DistributionInference({"victims": 6}).run(model, env)
+    guessed = DistributionInference({"victims": 6, "shadows": 4}).run(model, env)
     assert guessed["distribution_inference_accuracy"] > 0.5
 
 

@@ -5,7 +5,9 @@ one a pipeline serves) in an `Environment` and returns its metrics, each declare
 direction in which it means *more* risk, so a change can be read as the risk rising or falling
 whatever the metric. An attack that cannot apply to a dataset says why (`refusal`) before any
 training. An attack whose adversary acts during training (a poisoner) sets `poisoned`: the audit
-then measures it on models trained under that adversary, for every arm alike.
+then measures it on models trained under that adversary, for every arm alike. An attack too costly
+to run in every audit says so in `named_only`: it is measured only when the risk is named, and
+listed as not measured, with that reason, otherwise.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class RiskAttack(ABC):
     reference: ClassVar[str]
     metrics: ClassVar[tuple[RiskMetric, ...]]
     poisoned: ClassVar[bool] = False
+    named_only: ClassVar[str | None] = None  # why it runs only when named (its cost), if it does
     Config: ClassVar[type[AttackConfig]] = AttackConfig
 
     def __init__(self, config: AttackConfig | Mapping[str, Any] | None = None) -> None:

@@ -7,9 +7,13 @@ sets whose share of group s = 1 is either `ratios[0]` or `ratios[1]` (`victims` 
 drawn from the clean training split); the attacker trains `shadows` plain models per ratio on its
 own population data, describes each model by its mean positive-class probability on queries of
 either group (and overall), fits a logistic regression on the shadows and guesses each victim's
-ratio. The metric is the share of victims guessed right (0.5 is chance). Kept cheap: victims and
-shadows see `size` rows (the most the attacker's data allows at both ratios) for about `steps`
-optimizer steps.
+ratio. The metric is the share of victims guessed right (0.5 is chance). Victims and shadows see
+`size` rows (the most the attacker's data allows at both ratios) for about `steps` optimizer steps.
+
+Suri & Evans's reading is stable only with many victims per ratio (on the order of 100); with a
+handful each seed's accuracy takes one of a few values and the mean is noise. So the game plays
+100 victims and 100 shadows per ratio, which makes it the costliest attack of an audit (200
+trainings of the audited recipe per arm and seed): it runs only when named.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from defcon.vocabulary import Direction, Risk
 class DistributionConfig(AttackConfig):
     ratios: tuple[float, float] = (0.2, 0.8)
     size: int = Field(default=600, ge=20, description="most rows per victim / shadow training set")
-    victims: int = Field(default=4, ge=1, description="victims per ratio")
-    shadows: int = Field(default=4, ge=2, description="shadow models per ratio")
+    victims: int = Field(default=100, ge=1, description="victims per ratio")
+    shadows: int = Field(default=100, ge=2, description="shadow models per ratio")
     steps: int = Field(default=40, ge=1, description="optimizer steps per model (about)")
 
 
@@ -73,6 +77,10 @@ class DistributionInference(RiskAttack):
     )  # fmt: skip
     Config = DistributionConfig
     config: DistributionConfig
+    named_only: ClassVar[str | None] = (
+        "it trains 100 victims of the audited recipe per ratio, for every arm and seed (fewer "
+        "give a reading that is noise)"
+    )
 
     def refusal(self, dataset: Dataset) -> str | None:
         problem = needs_sensitive_attribute(dataset)
