@@ -108,11 +108,11 @@ def headline(records: Sequence[CompositionRecord], repeat: BenchResult | None) -
         for group, c in cover.items()
     )
     lines = [
-        "**Coverage** (measured combinations with a conclusive label): "
+        "- **Coverage** (measured combinations with a conclusive label): "
         + (f"{shares}." if cover else "n/a (nothing measured).")
     ]
     if repeat is None:
-        lines.append("**Reproducible share**: n/a (no second seed set).")
+        lines.append("- **Reproducible share**: n/a (no second seed set).")
         return lines
     parts = []
     for group in cover:
@@ -124,7 +124,7 @@ def headline(records: Sequence[CompositionRecord], repeat: BenchResult | None) -
             f"{st['conclusive_in_either']})"
         )
     lines.append(
-        "**Reproducible share** (combinations conclusive with the same label on both seed sets, "
+        "- **Reproducible share** (combinations conclusive with the same label on both seed sets, "
         "of those conclusive on either): " + "; ".join(parts) + "."
     )
     return lines
