@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -24,6 +23,8 @@ from defcon.catalog import Catalog, load_catalog
 from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
 from defcon.storage import writable_target
+from defcon.terminal import console as safe_console
+from defcon.terminal import say
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -35,7 +36,7 @@ USAGE_ERROR = 2
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     """Print one `error:` line on stderr and exit: the only way the CLI reports bad input."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    say(f"error: {' '.join(message.split())}")
     raise SystemExit(code)
 
 
@@ -117,10 +118,7 @@ CatalogOption = Annotated[
 
 def stdout() -> Console:
     """Rich console for results; at least 120 columns wide so tables stay readable when piped."""
-    console = Console(highlight=False)
-    if console.width < 120:
-        console = Console(highlight=False, width=120)
-    return console
+    return safe_console(min_width=120)
 
 
 def catalog_from(path: Path | None) -> Catalog:
@@ -164,8 +162,7 @@ def present(
     """The table on stdout, or with `--json -` the JSON alone on stdout and the table on
     stderr; `--json FILE` also writes the record there."""
     if json_path == STDOUT:
-        err = Console(stderr=True, highlight=False)
-        print_table(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
+        print_table(record, safe_console(stderr=True, min_width=120))
     else:
         print_table(record, stdout())
     if json_path is not None:
@@ -363,10 +360,9 @@ def warn_about_seeds(seeds: int, max_seeds: int) -> None:
     """One warning line (not an error) when a run asks for many seeds: each one costs minutes."""
     most = max(seeds, max_seeds)
     if most > SEEDS_WARNING:
-        print(
+        say(
             f"warning: {most} seeds: every seed trains and measures every arm again (about a "
-            "minute per seed and combination on the quick profile); this will take long",
-            file=sys.stderr,
+            "minute per seed and combination on the quick profile); this will take long"
         )
 
 
@@ -567,7 +563,7 @@ def compose_command(
     warn_about_seeds(seeds, max_seeds)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
-    err = Console(stderr=True, highlight=False)
+    err = safe_console(stderr=True)
     composer = run_composer(
         source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
     )
@@ -629,7 +625,7 @@ def audit_command(
     warn_about_seeds(seeds, seeds)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
 
-    err = Console(stderr=True, highlight=False)
+    err = safe_console(stderr=True)
     composer = run_composer(
         source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
     )
@@ -730,7 +726,7 @@ def bench_command(
     writable_folder(out, "--out")
     if cache is not None:
         writable_folder(cache, "--cache")
-    err = Console(stderr=True, highlight=False)
+    err = safe_console(stderr=True)
     from defcon.effectiveness import seed_plan
 
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
