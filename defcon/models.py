@@ -155,11 +155,19 @@ def load_factory(path: str) -> ModelFactory:
 
 
 def factory_code(path: str) -> str:
-    """Hash of the source file defining the factory: a changed architecture is a new model."""
+    """Hash of the source behind the factory: for a user's module, its whole package (every
+    module it uses from its own folder, `fingerprint.plugin_code`), so a changed architecture or
+    helper is a new model; otherwise the defining file."""
     import hashlib
     from pathlib import Path
 
+    from defcon.fingerprint import plugin_code
+    from defcon.registry import PLUGIN_FOLDERS
+
     factory = load_factory(path)
+    module = getattr(factory, "__module__", None) or ""
+    if module.partition(".")[0] in PLUGIN_FOLDERS:
+        return plugin_code(module)
     try:
         data = Path(inspect.getfile(factory)).read_bytes()
     except (TypeError, OSError):
