@@ -59,7 +59,7 @@ class DefconGroup(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except DefconError as error:
-            fail(str(error))
+            fail(str(error), getattr(error, "exit_code", USAGE_ERROR))  # a signal: 128 + it
         except NoArgsIsHelpError as error:  # bare `defcon`: the help (rich prints it itself)
             if error.format_message().strip():
                 print(error.format_message())
@@ -332,6 +332,12 @@ def report_command(
             f"record file '{record}' is not a defcon composition record "
             f"({where + ': ' if where else ''}{problem['msg']})"
         ) from None
+    from defcon.records import readable
+
+    try:
+        loaded = readable(loaded, f"record file '{record}'")
+    except ValueError as error:
+        raise DefconError(str(error)) from None
     print_report(loaded, stdout())
 
 

@@ -185,4 +185,7 @@ def save_record(record: CompositionRecord, path: Path | str) -> Path:
 
 
 def load_record(path: Path | str) -> CompositionRecord:
-    return CompositionRecord.model_validate_json(Path(path).read_text())
+    """The record at `path`; a ValueError when it does not parse or has a newer schema."""
+    from defcon.records import readable
+
+    return readable(CompositionRecord.model_validate_json(Path(path).read_text()), str(path))
