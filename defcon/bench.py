@@ -33,7 +33,7 @@ from defcon.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record, save_record
-from defcon.storage import atomic_write_text, read_text
+from defcon.storage import atomic_write_text, read_text, safe_folder
 
 Executor = Literal["local", "ray"]
 
@@ -408,6 +408,8 @@ def run_bench(
             identity = task_identity(dataset, names, catalog, model, data_options)
             stem = f"{label}-{profile}-{seed_set}{variant}-{'+'.join(names)}{identity}"
             path = out / "records" / label / f"{stem}.json"
+            if measure:
+                safe_folder(path.parent, out)  # a link planted there is replaced, not followed
             paths.append(path)
             if _finished(path):
                 continue

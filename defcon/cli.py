@@ -383,6 +383,15 @@ def writable_file(path: Path, option: str) -> Path:
     return path
 
 
+def made_here(out: Path, *folders: str) -> None:
+    """The folders defcon makes inside the user's --out, each a real folder (a link planted
+    there is replaced, with a warning), so no write below --out goes through a link."""
+    from defcon.storage import safe_folder
+
+    for folder in folders:
+        safe_folder(out / folder, out)
+
+
 def writable_folder(path: Path, option: str) -> Path:
     """Create `path` if needed and make sure we can write there, before any work is done."""
     try:
@@ -578,6 +587,7 @@ def compose_command(
         tolerances=tolerances,
     )  # fmt: skip
     stem = record_stem(record)
+    made_here(out, "records", "plots")
     record_path = save_record(record, out / "records" / f"{stem}.json")
     plot = bar_chart(record, out / "plots" / f"{stem}.png")
     present(record, json_path, print_report)
@@ -637,6 +647,7 @@ def audit_command(
     )
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
+    made_here(out, "audits", "plots")
     record_path = save_audit(record, out / "audits" / f"{stem}.json")
     plot = heatmap(record, out / "plots" / f"{stem}.png")
     present(record, json_path, print_audit)

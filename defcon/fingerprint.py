@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import inspect
 import modulefinder
+import site
 import sys
+import sysconfig
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -71,14 +73,34 @@ def code_of(cls: type) -> str:
     """Hash of the source behind a defense class (its module and its package's helpers; for a
     user's plug-in, its whole package: `plugin_code`)."""
     module = sys.modules[cls.__module__]
-    from defcon.registry import PLUGIN_FOLDERS
-
     top = module.__name__.split(".")[0]
     if top == "defcon":
         return core_code()
-    if top in PLUGIN_FOLDERS:
+    if user_folder(top) is not None:
         return plugin_code(module.__name__)
     return _digest(_project_modules(module))
+
+
+def user_folder(top: str) -> Path | None:
+    """The folder a user's top-level module or package `top` was imported from, or None where
+    it is not a user's: defcon, an installed defense catalog (`defcon.catalogs`), or anything in
+    the standard library or site-packages."""
+    from defcon.catalog import catalog_entry_points
+    from defcon.registry import PLUGIN_FOLDERS
+
+    if top in PLUGIN_FOLDERS:
+        return PLUGIN_FOLDERS[top]
+    providers = {ep.value.partition(":")[0].split(".")[0] for ep in catalog_entry_points()}
+    file = getattr(sys.modules.get(top), "__file__", None)
+    if top == "defcon" or top in providers or not file:
+        return None
+    path = Path(file).resolve()
+    folder = path.parent.parent if path.name == "__init__.py" else path.parent
+    system = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    system |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    if any(folder.is_relative_to(Path(place).resolve()) for place in system if place):
+        return None
+    return folder
 
 
 def plugin_code(module_name: str) -> str:
@@ -89,9 +111,10 @@ def plugin_code(module_name: str) -> str:
     Found by a static scan (`modulefinder`, which compiles but never runs code) restricted to
     the plug-in's folder, so editing a helper the factory or defense imports is a new key.
     """
-    from defcon.registry import PLUGIN_FOLDERS
-
-    return _plugin_code(module_name, PLUGIN_FOLDERS[module_name.partition(".")[0]])
+    folder = user_folder(module_name.partition(".")[0])
+    if folder is None:
+        raise ValueError(f"'{module_name}' is not a user's module")
+    return _plugin_code(module_name, folder)
 
 
 @cache
@@ -106,6 +129,9 @@ def _plugin_code(module_name: str, folder: Path) -> str:
         for name, found in finder.modules.items()
         if found.__file__ and Path(found.__file__).suffix == ".py" and not installed(name)
     }  # a file shadowing an installed library (./opacus.py) is not what the plug-in imports
+    own = getattr(sys.modules.get(module_name), "__file__", None)
+    if own:  # found by name or not (a script's __main__), the module's own file counts
+        files.add(Path(own).resolve())
     root = folder.resolve()
     return _digest_named(sorted(f for f in files if f.is_relative_to(root)), root)
 

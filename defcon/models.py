@@ -11,6 +11,7 @@ dict.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Literal
 
@@ -161,12 +162,11 @@ def factory_code(path: str) -> str:
     import hashlib
     from pathlib import Path
 
-    from defcon.fingerprint import plugin_code
-    from defcon.registry import PLUGIN_FOLDERS
+    from defcon.fingerprint import plugin_code, user_folder
 
     factory = load_factory(path)
     module = getattr(factory, "__module__", None) or ""
-    if module.partition(".")[0] in PLUGIN_FOLDERS:
+    if module in sys.modules and user_folder(module.partition(".")[0]) is not None:
         return plugin_code(module)
     try:
         data = Path(inspect.getfile(factory)).read_bytes()
