@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -396,9 +397,11 @@ def writable_folder(path: Path, option: str) -> Path:
     """Create `path` if needed and make sure we can write there, before any work is done."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".defcon-write-test"
-        probe.write_text("")
-        probe.unlink()
+        import tempfile
+
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".defcon-write-test.")  # O_EXCL: no link
+        os.close(fd)
+        os.unlink(probe)
     except OSError as error:
         raise DefconError(
             f"{option} '{path}' is not a writable folder ({error.strerror or error})"
