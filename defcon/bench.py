@@ -467,7 +467,8 @@ def run_bench(
         name = signal.Signals(stopped.signum).name
         raise Interrupted(
             f"bench stopped by {name}: {done} of {len(tasks)} combinations finished (their "
-            f"records are kept), the rest not started; rerun the same command to resume",
+            "records are kept), the running ones were stopped and the rest not started; rerun "
+            "the same command to resume",
             stopped.signum,
         ) from None
     records = load_records(out / "records", log, catalog)
