@@ -44,6 +44,7 @@ from defcon.effectiveness import Summary
 from defcon.records import CompositionRecord
 from defcon.reports import load_record, save_figure, save_record
 from defcon.storage import atomic_write_json, atomic_write_text
+from defcon.terminal import say
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "frontier"
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DEFCON_PROGRESS", "0")
 
     def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        say(message)
 
     started = time.perf_counter()
     points: list[Point] = []

@@ -31,6 +31,7 @@ from defcon.catalog import builtin_catalog
 from defcon.cli import run_script
 from defcon.composer import Composer, applicability_problem
 from defcon.storage import atomic_write_json, atomic_write_text
+from defcon.terminal import say
 
 OUT = Path("benchmarks/results/unintended")
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset, profile=args.profile, seeds=args.seeds, out=args.out,
             cache=args.cache or args.out / "cache",
             only=[d for d in args.defenses.split(",") if d] or None,
-            log=lambda m: print(m, file=sys.stderr, flush=True),
+            log=say,
         )  # fmt: skip
         records += found
         for label, value in spent.items():

@@ -8,9 +8,11 @@ the combinations whose record is already there.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
+import signal
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -27,10 +29,11 @@ from defcon.composer import Composer, applicability_problem
 from defcon.data import is_data_file, load_dataset, open_data_file
 from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
+from defcon.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record, save_record
-from defcon.storage import atomic_write_text, read_text
+from defcon.storage import atomic_write_text, read_text, safe_folder
 
 Executor = Literal["local", "ray"]
 
@@ -147,6 +150,57 @@ def combinations_for(
     return keep, skipped
 
 
+def task_identity(
+    dataset: str,
+    names: Sequence[str],
+    catalog: Catalog,
+    model: str | None,
+    data_options: dict[str, str | None],
+) -> str:
+    """A short hash of everything a combination's result depends on beyond its readable name,
+    for record file names: a user's data file (its bytes, and --target/--sensitive/--kind), the
+    spec and the whole implementation of every defense from a user's catalog, and the source
+    of a user's model factory. Two runs that differ there never share (or replace) a record.
+
+    Empty for a built-in dataset, built-in defenses and defcon's models, so the names of the
+    records measured before it existed are unchanged.
+    """
+    from defcon.catalog import builtin_catalog
+    from defcon.fingerprint import code_of
+    from defcon.models import factory_code
+    from defcon.registry import defense_class
+
+    parts: dict[str, object] = {}
+    if is_data_file(dataset):
+        parts["data"] = _file_digest(Path(dataset))
+        parts["options"] = {k: v for k, v in sorted(data_options.items()) if v is not None}
+    builtin = builtin_catalog()
+    user = {
+        name: {
+            "spec": catalog[name].model_dump(mode="json"),
+            "code": code_of(defense_class(catalog[name])),
+        }
+        for name in names
+        if name not in builtin
+    }
+    if user:
+        parts["defenses"] = user
+    if model is not None:
+        parts["model"] = factory_code(model)
+    if not parts:
+        return ""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_task(task: Task) -> str | None:
     """Measure one combination (forced: measuring predicted conflicts is the point) and save it.
 
@@ -200,10 +254,25 @@ def _run_local(tasks: Sequence[Task], workers: int, report: Report) -> None:
         for task in tasks:
             report(task, run_task(task))
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=worker_start,
+        initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
         futures = {pool.submit(run_task, task): task for task in tasks}
         for future in as_completed(futures):
             report(futures[future], future.result())
+    except BaseException:
+        # stop the queue: nothing new starts, running combinations end now (their finished
+        # models stay in the cache for a rerun), the workers exit before we do
+        running = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.join(timeout=10)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _run_ray(tasks: Sequence[Task], workers: int, report: Report, address: str | None) -> None:
@@ -336,8 +405,11 @@ def run_bench(
         label = Path(dataset).name if is_data_file(dataset) else dataset
         for names in keep:
             seed_set = f"seeds{seed_start}+{seeds}to{max_seeds}"
-            stem = f"{label}-{profile}-{seed_set}{variant}-{'+'.join(names)}"
+            identity = task_identity(dataset, names, catalog, model, data_options)
+            stem = f"{label}-{profile}-{seed_set}{variant}-{'+'.join(names)}{identity}"
             path = out / "records" / label / f"{stem}.json"
+            if measure:
+                safe_folder(path.parent, out)  # a link planted there is replaced, not followed
             paths.append(path)
             if _finished(path):
                 continue
@@ -385,11 +457,21 @@ def run_bench(
             failed.append(Skipped(dataset=task.dataset, defenses=task.defenses, reason=problem))
             atomic_write_text(_failure_path(Path(task.record_path)), problem + "\n")
 
-    if executor == "ray":
-        _run_ray(tasks, workers, report, ray_address)
-    else:
-        _run_local(tasks, workers, report)
-    records = load_records(out / "records", log)
+    try:
+        with stop_on_signals():
+            if executor == "ray":
+                _run_ray(tasks, workers, report, ray_address)
+            else:
+                _run_local(tasks, workers, report)
+    except Stopped as stopped:
+        name = signal.Signals(stopped.signum).name
+        raise Interrupted(
+            f"bench stopped by {name}: {done} of {len(tasks)} combinations finished (their "
+            "records are kept), the running ones were stopped and the rest not started; rerun "
+            "the same command to resume",
+            stopped.signum,
+        ) from None
+    records = load_records(out / "records", log, catalog)
     runs = _load_runs(out)
     wall_time_s = round(time.perf_counter() - started, 1)
     if tasks:
@@ -425,21 +507,34 @@ def run_bench(
 
 
 def load_records(
-    folder: Path | str, warn: Callable[[str], None] = lambda message: None
+    folder: Path | str,
+    warn: Callable[[str], None] = lambda message: None,
+    catalog: Catalog | None = None,
 ) -> list[CompositionRecord]:
     """Every composition record under `folder` (all datasets, earlier runs' too), sorted by path.
 
-    A file that does not parse as a record is skipped with a warning naming it, never fatal: the
-    summaries of a bench folder are rebuilt from everything measured into it. Predictions are
-    recomputed by every registered technique (`repredicted`), so all are scored on every record.
+    A file that does not parse as a record, has a newer schema version, or names a defense the
+    catalog (default: the installed one) does not know is skipped with a warning naming it,
+    never fatal: the summaries of a bench folder are rebuilt from everything readable in it.
+    Predictions are recomputed by every registered technique (`repredicted`), so all are scored
+    on every record.
     """
+    catalog = catalog if catalog is not None else load_catalog()
     records = []
     for path in sorted(Path(folder).rglob("*.json")):
         try:
-            records.append(repredicted(load_record(path)))
+            record = load_record(path)
         except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             warn(f"warning: skipped {path}: not a readable composition record ({first})")
+            continue
+        unknown = [name for name in record.defenses if name not in catalog]
+        if unknown:
+            warn(f"warning: skipped {path}: it names defense(s) {', '.join(unknown)} that the "
+                 "catalog does not declare (give the catalog file it was measured with: "
+                 "--catalog FILE)")  # fmt: skip
+            continue
+        records.append(repredicted(record))
     return records
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,8 @@ import torch
 from filelock import FileLock, Timeout
 
 from defcon.models import ArchConfig, build_model
-from defcon.storage import atomic_write_bytes, atomic_write_json
+from defcon.storage import atomic_write_bytes, read_regular_bytes, remove_link, safe_folder
+from defcon.terminal import warn as warn_stderr
 from defcon.training import TrainedModel
 
 
@@ -42,10 +42,6 @@ def content_key(description: Any) -> str:
     return _checksum(description)[:32]
 
 
-def _warn_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 class ModelCache:
     """Trained models and measurements on disk, with counters of what was computed vs reused.
 
@@ -56,7 +52,7 @@ class ModelCache:
     def __init__(
         self,
         root: Path | str,
-        warn: Callable[[str], None] = _warn_stderr,
+        warn: Callable[[str], None] = warn_stderr,
         log: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.root = Path(root)
@@ -73,10 +69,13 @@ class ModelCache:
     def _discard(self, path: Path, error: Exception) -> None:
         """Warn that the entry at `path` is not served, and count it as recomputed."""
         detail = str(error).splitlines()[0] if str(error) else "unreadable"
-        self.warn(
-            f"cache entry {path} is corrupt or was modified ({type(error).__name__}: {detail}); "
-            "recomputing it"
-        )
+        if any(p.is_symlink() for p in (path, path.with_suffix(".json"))):
+            self.warn(f"cache entry {path} is a symbolic link, never followed; recomputing it")
+        else:
+            self.warn(
+                f"cache entry {path} is corrupt or was modified ({type(error).__name__}: "
+                f"{detail}); recomputing it"
+            )
         self.recomputed += 1
 
     def timed(self, label: str, fn: Callable[[], Any]) -> Any:
@@ -96,12 +95,17 @@ class ModelCache:
         folder = self.root / "models" / key[:2]
         return folder / f"{key}.pt", folder / f"{key}.json"
 
+    def _write(self, path: Path, data: bytes) -> None:
+        """Write an entry file: its folders below the cache root made real (a link there is
+        replaced), the file itself replaced atomically (a link there too, never followed)."""
+        safe_folder(path.parent, self.root, self.warn)
+        atomic_write_bytes(path, data, self.warn)
+
     @contextmanager
     def _lock(self, key: str, label: str) -> Iterator[None]:
         """Hold the entry's lock; say so when another process holds it (it may take minutes)."""
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_dir / f"{key}.lock"))
+        lock_dir = safe_folder(self.root / "locks", self.root, self.warn)
+        lock = FileLock(str(remove_link(lock_dir / f"{key}.lock", self.warn)))
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -117,17 +121,17 @@ class ModelCache:
         """Remove the temporary files a killed writer of this entry left behind: the entry's
         lock is held, so no live process is writing them."""
         for kind in ("models", "measurements"):
-            for orphan in (self.root / kind / key[:2]).glob(f".{key}.*.tmp"):
+            for orphan in (self.root / kind / key[:2]).glob(f".{key}.*.tmp"):  # links too
                 orphan.unlink(missing_ok=True)
 
     def load_model(self, key: str) -> TrainedModel | None:
         """The verified cached model, or None when absent (or bad: warned, to be recomputed)."""
         weights, meta = self._paths(key)
-        if not (weights.is_file() or meta.is_file()):
+        if not any(p.is_file() or p.is_symlink() for p in (weights, meta)):
             return None
         try:
-            info = json.loads(meta.read_text())
-            data = weights.read_bytes()
+            info = json.loads(read_regular_bytes(meta))  # a link: refused, recomputed
+            data = read_regular_bytes(weights)
             if info.get("sha256") != hashlib.sha256(data).hexdigest():
                 raise ValueError("weights do not match their recorded checksum")
             payload = {k: info[k] for k in ("arch", "record", "description")}
@@ -161,20 +165,18 @@ class ModelCache:
             torch.save(trained.model.state_dict(), buffer)
             data = buffer.getvalue()
             weights, meta = self._paths(key)
-            atomic_write_bytes(weights, data)
+            self._write(weights, data)
             payload = {
                 "arch": trained.arch.model_dump(mode="json"),
                 "record": trained.record,
                 "description": description,
             }
-            atomic_write_json(
-                meta,
-                {
-                    **payload,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "meta_sha256": _checksum(payload),
-                },
-            )
+            entry = {
+                **payload,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "meta_sha256": _checksum(payload),
+            }
+            self._write(meta, _json_bytes(entry))
             self.trained += 1
             return trained
 
@@ -192,9 +194,9 @@ class ModelCache:
         key = content_key(description)
         path = self.root / "measurements" / key[:2] / f"{key}.json"
         with self._lock(key, label):
-            if path.is_file():
+            if path.is_file() or path.is_symlink():
                 try:
-                    entry = json.loads(path.read_text())
+                    entry = json.loads(read_regular_bytes(path))
                     payload = {"metrics": entry["metrics"], "description": entry["description"]}
                     if entry.get("sha256") != _checksum(payload):
                         raise ValueError("content does not match its recorded checksum")
@@ -209,7 +211,7 @@ class ModelCache:
             metrics = {name: float(value) for name, value in measured.items()}
             stored = {name: _json_number(value) for name, value in metrics.items()}
             payload = {"metrics": stored, "description": description}
-            atomic_write_json(path, {**payload, "sha256": _checksum(payload)})
+            self._write(path, _json_bytes({**payload, "sha256": _checksum(payload)}))
             self.measured += 1
             return metrics
 
@@ -221,6 +223,10 @@ class ModelCache:
             "measurements_reused": self.measurements_reused,
             "entries_recomputed": self.recomputed,
         }
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def _json_number(value: float) -> float | str:

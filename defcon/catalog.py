@@ -49,6 +49,11 @@ class Catalog(Mapping[str, DefenseSpec]):
         except KeyError:
             raise unknown("defense", name, self._specs) from None
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default asks __getitem__ and catches KeyError, which an unknown name never
+        # raises here (it is a DefconError): `in` must answer, not abort.
+        return name in self._specs
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)
 

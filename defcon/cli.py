@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -24,6 +24,8 @@ from defcon.catalog import Catalog, load_catalog
 from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
 from defcon.storage import writable_target
+from defcon.terminal import console as safe_console
+from defcon.terminal import say
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -35,7 +37,7 @@ USAGE_ERROR = 2
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     """Print one `error:` line on stderr and exit: the only way the CLI reports bad input."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    say(f"error: {' '.join(message.split())}")
     raise SystemExit(code)
 
 
@@ -58,7 +60,7 @@ class DefconGroup(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except DefconError as error:
-            fail(str(error))
+            fail(str(error), getattr(error, "exit_code", USAGE_ERROR))  # a signal: 128 + it
         except NoArgsIsHelpError as error:  # bare `defcon`: the help (rich prints it itself)
             if error.format_message().strip():
                 print(error.format_message())
@@ -117,10 +119,7 @@ CatalogOption = Annotated[
 
 def stdout() -> Console:
     """Rich console for results; at least 120 columns wide so tables stay readable when piped."""
-    console = Console(highlight=False)
-    if console.width < 120:
-        console = Console(highlight=False, width=120)
-    return console
+    return safe_console(min_width=120)
 
 
 def catalog_from(path: Path | None) -> Catalog:
@@ -164,8 +163,7 @@ def present(
     """The table on stdout, or with `--json -` the JSON alone on stdout and the table on
     stderr; `--json FILE` also writes the record there."""
     if json_path == STDOUT:
-        err = Console(stderr=True, highlight=False)
-        print_table(record, Console(stderr=True, highlight=False, width=max(err.width, 120)))
+        print_table(record, safe_console(stderr=True, min_width=120))
     else:
         print_table(record, stdout())
     if json_path is not None:
@@ -335,6 +333,12 @@ def report_command(
             f"record file '{record}' is not a defcon composition record "
             f"({where + ': ' if where else ''}{problem['msg']})"
         ) from None
+    from defcon.records import readable
+
+    try:
+        loaded = readable(loaded, f"record file '{record}'")
+    except ValueError as error:
+        raise DefconError(str(error)) from None
     print_report(loaded, stdout())
 
 
@@ -363,10 +367,9 @@ def warn_about_seeds(seeds: int, max_seeds: int) -> None:
     """One warning line (not an error) when a run asks for many seeds: each one costs minutes."""
     most = max(seeds, max_seeds)
     if most > SEEDS_WARNING:
-        print(
+        say(
             f"warning: {most} seeds: every seed trains and measures every arm again (about a "
-            "minute per seed and combination on the quick profile); this will take long",
-            file=sys.stderr,
+            "minute per seed and combination on the quick profile); this will take long"
         )
 
 
@@ -381,13 +384,24 @@ def writable_file(path: Path, option: str) -> Path:
     return path
 
 
+def made_here(out: Path, *folders: str) -> None:
+    """The folders defcon makes inside the user's --out, each a real folder (a link planted
+    there is replaced, with a warning), so no write below --out goes through a link."""
+    from defcon.storage import safe_folder
+
+    for folder in folders:
+        safe_folder(out / folder, out)
+
+
 def writable_folder(path: Path, option: str) -> Path:
     """Create `path` if needed and make sure we can write there, before any work is done."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".defcon-write-test"
-        probe.write_text("")
-        probe.unlink()
+        import tempfile
+
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".defcon-write-test.")  # O_EXCL: no link
+        os.close(fd)
+        os.unlink(probe)
     except OSError as error:
         raise DefconError(
             f"{option} '{path}' is not a writable folder ({error.strerror or error})"
@@ -567,7 +581,7 @@ def compose_command(
     warn_about_seeds(seeds, max_seeds)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
-    err = Console(stderr=True, highlight=False)
+    err = safe_console(stderr=True)
     composer = run_composer(
         source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
     )
@@ -576,6 +590,7 @@ def compose_command(
         tolerances=tolerances,
     )  # fmt: skip
     stem = record_stem(record)
+    made_here(out, "records", "plots")
     record_path = save_record(record, out / "records" / f"{stem}.json")
     plot = bar_chart(record, out / "plots" / f"{stem}.png")
     present(record, json_path, print_report)
@@ -630,12 +645,13 @@ def audit_command(
     warn_about_seeds(seeds, seeds)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
 
-    err = Console(stderr=True, highlight=False)
+    err = safe_console(stderr=True)
     composer = run_composer(
         source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
     )
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
+    made_here(out, "audits", "plots")
     record_path = save_audit(record, out / "audits" / f"{stem}.json")
     plot = heatmap(record, out / "plots" / f"{stem}.png")
     present(record, json_path, print_audit)
@@ -731,7 +747,7 @@ def bench_command(
     writable_folder(out, "--out")
     if cache is not None:
         writable_folder(cache, "--cache")
-    err = Console(stderr=True, highlight=False)
+    err = safe_console(stderr=True)
     from defcon.effectiveness import seed_plan
 
     max_seeds = seed_plan(seeds, max_seeds, seed_start)

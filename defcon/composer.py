@@ -129,6 +129,31 @@ class Composer:
 
     # The runner's settings, read-only here: the façade and the runner cannot disagree.
 
+    def _code(self, names: Sequence[str]) -> str:
+        """The record's code hash (it names the record file): the core's, plus, where the run
+        used a user's code, the implementation of each defense from a user's catalog and the
+        model factory's package, so another implementation under the same name is another
+        record. Built-in defenses with defcon's models keep the core hash alone."""
+        import hashlib
+        import json
+
+        from defcon.fingerprint import code_of
+        from defcon.models import factory_code
+        from defcon.registry import defense_class
+
+        builtin = builtin_catalog()
+        used: dict[str, Any] = {
+            name: [self.catalog[name].implementation, code_of(defense_class(self.catalog[name]))]
+            for name in names
+            if name not in builtin or self.catalog[name] != builtin[name]
+        }
+        if self.model_factory is not None:
+            used["model"] = factory_code(self.model_factory)
+        if not used:
+            return core_code()
+        text = json.dumps(used, sort_keys=True)
+        return f"{core_code()}+{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
     @property
     def source(self) -> str | UserData:
         return self.runner.source
@@ -365,7 +390,7 @@ class Composer:
             device=str(self.device),
             model=self.model_factory,
             dataset_sha256=self.source.digest if isinstance(self.source, UserData) else None,
-            code=core_code(),
+            code=self._code(order),
             versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2),
             cache=self.cache.stats(),

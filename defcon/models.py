@@ -11,6 +11,7 @@ dict.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Literal
 
@@ -155,11 +156,18 @@ def load_factory(path: str) -> ModelFactory:
 
 
 def factory_code(path: str) -> str:
-    """Hash of the source file defining the factory: a changed architecture is a new model."""
+    """Hash of the source behind the factory: for a user's module, its whole package (every
+    module it uses from its own folder, `fingerprint.plugin_code`), so a changed architecture or
+    helper is a new model; otherwise the defining file."""
     import hashlib
     from pathlib import Path
 
+    from defcon.fingerprint import plugin_code, user_folder
+
     factory = load_factory(path)
+    module = getattr(factory, "__module__", None) or ""
+    if module in sys.modules and user_folder(module.partition(".")[0]) is not None:
+        return plugin_code(module)
     try:
         data = Path(inspect.getfile(factory)).read_bytes()
     except (TypeError, OSError):

@@ -13,6 +13,8 @@ from defcon.vocabulary import Stage
 
 Prediction = Literal["effective", "ineffective"]
 
+SCHEMA_VERSION = 1  # raise it when a change to the record's fields changes what they mean
+
 _VERSIONED = (
     "defcon",
     "torch",
@@ -51,6 +53,9 @@ class CompositionRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    schema_version: int = Field(
+        default=1, ge=1, description="the record format; absent (records before it): 1"
+    )
     defenses: tuple[str, ...]
     order: tuple[str, ...]
     dataset: str
@@ -98,6 +103,17 @@ class CompositionRecord(BaseModel):
             if result.defense == defense:
                 return result
         raise KeyError(defense)
+
+
+def readable(record: CompositionRecord, where: str) -> CompositionRecord:
+    """`record`, or a ValueError when it was written by a newer defcon (a schema version this
+    code does not know, whose fields may mean something else)."""
+    if record.schema_version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{where}: record schema version {record.schema_version} is newer than this defcon "
+            f"reads ({SCHEMA_VERSION}); update defcon"
+        )
+    return record
 
 
 def versions() -> dict[str, str]:

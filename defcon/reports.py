@@ -16,6 +16,7 @@ from defcon.effectiveness import Summary
 from defcon.records import CompositionRecord
 from defcon.scoring import signed
 from defcon.storage import atomic_write_bytes, atomic_write_text
+from defcon.terminal import console as safe_console
 from defcon.vocabulary import Direction
 
 _ARROW = {Direction.HIGHER: "↑", Direction.LOWER: "↓"}
@@ -117,7 +118,7 @@ def _drop(verdict) -> str:  # MetricVerdict
 
 
 def print_report(record: CompositionRecord, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or safe_console()
     console.print(composition_table(record))
     colour = _LABEL_COLOUR[record.label]
     predicted = ", ".join(f"{name}: {label}" for name, label in record.predicted.items())
@@ -184,4 +185,7 @@ def save_record(record: CompositionRecord, path: Path | str) -> Path:
 
 
 def load_record(path: Path | str) -> CompositionRecord:
-    return CompositionRecord.model_validate_json(Path(path).read_text())
+    """The record at `path`; a ValueError when it does not parse or has a newer schema."""
+    from defcon.records import readable
+
+    return readable(CompositionRecord.model_validate_json(Path(path).read_text()), str(path))

@@ -1,10 +1,14 @@
-"""Atomic file writes, so that an interrupted run never leaves a half-written result behind.
+"""Every file defcon writes goes through here: atomic, and never through a link.
 
-A write never replaces what a path points at: a symbolic link is written through (its target
-is replaced atomically, the link stays), and a path that exists but is not a regular file (a
-directory, a device node such as /dev/full, a FIFO) is refused with a `DefconError`. New files
-get the mode the umask allows (0o666 & ~umask), as `open()` would; a replaced file keeps its mode.
-Any OS error while writing (a full disk, no permission) becomes one `DefconError` naming the path.
+A write goes to a temporary file in the same folder (created with O_EXCL, so never through a
+link) and an atomic rename onto the path. A path that is a symbolic link is not followed: the
+link itself is replaced by a regular file, with a warning naming it, and its target is left
+untouched (in a folder shared between users, or under root, writing through a planted link would
+overwrite any file). Folders defcon creates below a user's folder are made the same way
+(`safe_folder`). A path that exists but is not a regular file or a link (a directory, a device
+node such as /dev/full, a FIFO) is refused with a `DefconError`. New files get the mode the umask
+allows (0o666 & ~umask), as `open()` would; a replaced regular file keeps its mode. Any OS error
+while writing (a full disk, no permission) becomes one `DefconError` naming the path.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,36 +50,73 @@ def _kind(mode: int) -> str:
 
 
 def writable_target(path: Path | str) -> Path:
-    """The regular file a write to `path` should replace: symlinks resolved, nothing special.
-
-    Raises `DefconError` when `path` (or what it links to) exists and is not a regular file.
-    """
+    """`path` itself, checked before anything runs: a write replaces it (a link included, never
+    its target). Raises `DefconError` when `path` exists and is neither a regular file nor a
+    link."""
     path = Path(path)
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        mode = target.stat().st_mode
+        mode = path.lstat().st_mode
     except FileNotFoundError:
-        return target
+        return path
     except OSError as error:
         raise DefconError(f"cannot write '{path}': {error.strerror or error}") from None
-    if not stat.S_ISREG(mode):
-        shown = f"'{path}'" if target == path else f"'{path}' (a link to '{target}')"
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         raise DefconError(
-            f"cannot write {shown}: it is {_kind(mode)}, not a regular file; give a file path"
+            f"cannot write '{path}': it is {_kind(mode)}, not a regular file; give a file path"
         )
-    return target
+    return path
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
-    shown = Path(path)
-    target = writable_target(shown)
+def _say_replaced(path: Path, warn: Callable[[str], None] | None) -> None:
+    from defcon.terminal import warn as warn_stderr
+
+    (warn or warn_stderr)(
+        f"'{path}' is a symbolic link; replacing the link with a regular file (its target "
+        "is not written)"
+    )
+
+
+def safe_folder(
+    folder: Path | str, root: Path | str, warn: Callable[[str], None] | None = None
+) -> Path:
+    """Create `folder` and the folders between `root` (the user's folder, itself taken as given)
+    and it, replacing any of those in-between folders that is a symbolic link by a real folder
+    (with a warning), so nothing defcon writes below `root` lands through a link."""
+    folder, root = Path(folder), Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        parts = folder.relative_to(root).parts
+    except ValueError:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            _say_replaced(current, warn)
+            current.unlink()
+        current.mkdir(exist_ok=True)
+    return folder
+
+
+def atomic_write_bytes(
+    path: Path | str, data: bytes, warn: Callable[[str], None] | None = None
+) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename; a
+    link at `path` is replaced (said through `warn`, default a stderr warning), never followed."""
+    target = writable_target(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            mode = stat.S_IMODE(target.stat().st_mode)  # a replaced file keeps its mode
+            info = target.lstat()
         except FileNotFoundError:
             mode = 0o666 & ~current_umask()
+        else:
+            if stat.S_ISLNK(info.st_mode):
+                _say_replaced(target, warn)
+                mode = 0o666 & ~current_umask()
+            else:
+                mode = stat.S_IMODE(info.st_mode)  # a replaced file keeps its mode
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -82,20 +124,42 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, mode)
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # renaming onto a link replaces the link, not its target
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as error:
-        raise DefconError(f"cannot write '{shown}': {error.strerror or error}") from None
+        raise DefconError(f"cannot write '{target}': {error.strerror or error}") from None
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def read_regular_bytes(path: Path | str) -> bytes:
+    """The bytes of `path`, refusing (OSError) to follow a link: what defcon reads back from its
+    own folders (cache entries) is never another file a link points at."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def remove_link(path: Path | str, warn: Callable[[str], None] | None = None) -> Path:
+    """`path`, with a symbolic link there removed first (said): for files another library opens
+    by name with O_TRUNC/O_CREAT (lock files), which would otherwise follow it."""
+    path = Path(path)
+    if path.is_symlink():
+        _say_replaced(path, warn)
+        path.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(
+    path: Path | str, text: str, warn: Callable[[str], None] | None = None
+) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), warn)
+
+
+def atomic_write_json(
+    path: Path | str, obj: Any, warn: Callable[[str], None] | None = None
+) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", warn)
 
 
 def read_text(path: Path | str, what: str, expected: str = "a file") -> str:

@@ -35,6 +35,7 @@ from defcon.models import (
     build_model,
     fold_input_layer,
 )
+from defcon.terminal import printable
 from defcon.vocabulary import Slot
 
 CONVERGED_GAIN = 0.01  # a last epoch that still adds more validation accuracy is not converged
@@ -145,7 +146,8 @@ def train(
     noise_steps = _users(defenses, Slot.PARAMETER_NOISE)
     loss = torch.zeros(())
     val_accuracy: list[float] = []
-    bar = tqdm(range(run.epochs), desc=description, disable=not _show_progress(), leave=False)
+    bar = tqdm(range(run.epochs), desc=printable(description), disable=not _show_progress(),
+               leave=False)  # fmt: skip
     for epoch in bar:
         run.epoch = epoch
         run.model.train()
