@@ -34,6 +34,7 @@ from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record, save_record
 from defcon.storage import atomic_write_text, read_text, safe_folder
+from defcon.user_code import UserCodeError
 
 Executor = Literal["local", "ray"]
 
@@ -230,6 +231,8 @@ def run_task(task: Task) -> str | None:
             seed_start=task.seed_start,
             force=True,
         )
+    except UserCodeError as error:  # a defense or model that raised is a crash, not a finding
+        return f"crashed: {error}"
     except DefconError as error:
         return str(error)
     except Exception as error:  # a bug in one combination must not lose the others' hours

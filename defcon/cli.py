@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -25,7 +26,7 @@ from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
 from defcon.storage import writable_target
 from defcon.terminal import console as safe_console
-from defcon.terminal import say
+from defcon.terminal import say, warn
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -47,8 +48,19 @@ def run_script(main: Callable[[], int]) -> NoReturn:
     try:
         code = main()
     except DefconError as error:
+        show_cause(error)
         fail(str(error))
     raise SystemExit(code)
+
+
+def show_cause(error: DefconError) -> None:
+    """Under `defcon --debug`, the traceback of what user code raised (before the error line)."""
+    from defcon.user_code import debugging
+
+    if debugging() and error.__cause__ is not None:
+        import traceback
+
+        traceback.print_exception(error.__cause__, file=sys.stderr)
 
 
 class DefconGroup(TyperGroup):
@@ -60,6 +72,7 @@ class DefconGroup(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except DefconError as error:
+            show_cause(error)
             fail(str(error), getattr(error, "exit_code", USAGE_ERROR))  # a signal: 128 + it
         except NoArgsIsHelpError as error:  # bare `defcon`: the help (rich prints it itself)
             if error.format_message().strip():
@@ -102,8 +115,20 @@ def _main(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="When your model or defense code fails, print its traceback before the error.",
+        ),
+    ] = False,
 ) -> None:
-    pass
+    if debug:
+        import os
+
+        from defcon.user_code import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"  # bench workers inherit it
 
 
 CatalogOption = Annotated[
@@ -520,7 +545,10 @@ def dataset_source(
     if kind is not None and kind not in {k.value for k in DataKind}:
         raise DefconError(f"--kind '{kind}' is not accepted; expected image or tabular")
     if is_data_file(name):
-        return open_data_file(name, target=target, sensitive=sensitive, kind=kind)
+        data = open_data_file(name, target=target, sensitive=sensitive, kind=kind)
+        for note in data.notes:  # what reading changed in the data is never silent
+            warn(note)
+        return data
     if target is not None or sensitive is not None or kind is not None:
         raise DefconError(
             f"--target, --sensitive and --kind apply to your own .csv/.npz files, not to the "

@@ -358,7 +358,8 @@ class Composer:
         predicted = {
             name: check(specs, technique=name, catalog=self.catalog).label for name in TECHNIQUES
         }
-        notes = degenerate_models(
+        notes = self.source.notes if isinstance(self.source, UserData) else ()
+        notes += degenerate_models(
             self.dataset(seed_start),
             {COMBINED: arms.clean[COMBINED], **{f"{n} alone": arms.clean[n] for n in order}},
         )

@@ -10,15 +10,30 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
+from defcon.data_checks import (
+    check_array,
+    check_groups,
+    check_header,
+    check_split_classes,
+    check_table,
+    drop_missing,
+)
 from defcon.errors import DefconError, unknown
 from defcon.vocabulary import DataKind
 
@@ -104,14 +119,41 @@ class Split:
         return self.x, self.y, s
 
     def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-        """A loader of (x, y, s) batches; shuffling is driven by `seed` for reproducibility."""
+        """A loader of (x, y, s) batches; shuffling is driven by `seed` for reproducibility.
+
+        It never yields a last batch of one row (a split one row over a multiple of the batch
+        size): BatchNorm cannot normalise a single row in training, so that row joins the batch
+        before it. Every other split is batched exactly as a plain DataLoader batches it (same
+        order, same batches), and Opacus' Poisson sampling reads its rate from len(loader).
+        """
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            TensorDataset(*self.tensors()),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+        dataset = TensorDataset(*self.tensors())
+        if len(self) % batch_size != 1 or len(self) == 1:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+        order = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         )
+        return DataLoader(
+            dataset, batch_sampler=_MergedLastBatch(order, batch_size), generator=generator
+        )
+
+
+class _MergedLastBatch(Sampler[list[int]]):
+    """`BatchSampler(order, batch_size)` with a last batch of one row merged into the one before."""
+
+    def __init__(self, order: Sampler[int], batch_size: int) -> None:
+        self.order = order
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(BatchSampler(self.order, self.batch_size, drop_last=False))
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
+        yield from batches
+
+    def __len__(self) -> int:
+        return max(1, len(self.order) // self.batch_size)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -448,6 +490,7 @@ class UserData:
     sensitive_attribute: str | None = None
     feature_groups: tuple[FeatureGroup, ...] = ()
     split_by_seed: bool = False  # one table: train/val/test are all drawn per seed
+    notes: tuple[str, ...] = ()  # what reading changed in the user's data (rows dropped)
 
     def dataset(self, seed: int) -> Dataset:
         def part(key: str, index: np.ndarray | None = None) -> Split:
@@ -464,6 +507,13 @@ class UserData:
             order = np.random.default_rng(seed).permutation(len(self.y["train"]))
             n_val = max(2, int(round(VAL_FRACTION * len(order))))
             splits = part("train", order[n_val:]), part("train", order[:n_val]), part("test")
+        check_split_classes(
+            {
+                key: split.y.numpy()
+                for key, split in zip(("train", "val", "test"), splits, strict=True)
+            },
+            f"dataset '{self.name}' on seed {seed}",
+        )
         return Dataset(
             self.name, self.kind, self.num_classes, *splits,
             sensitive_attribute=self.sensitive_attribute, feature_groups=self.feature_groups,
@@ -542,7 +592,8 @@ def from_arrays(
     Kind: inputs of one dimension per row are tabular, two or three dimensions images (or say
     `kind`). Images are scaled to [0, 1] (bytes / 255, other ranges by the training minimum and
     maximum); tabular features per column by the training minimum and maximum, clipped, since
-    attacks assume inputs in [0, 1].
+    attacks assume inputs in [0, 1]. Every array is checked first (`defcon.data_checks`): real,
+    finite, at least one dimension, class labels, no class missing from the training labels.
     """
     what = f"dataset '{name}'"
     xs = {"train": _array(x_train, "x_train"), "test": _array(x_test, "x_test")}
@@ -559,6 +610,9 @@ def from_arrays(
         ss = {k: _array(given_s[k], f"s_{k}") for k in xs if given_s[k] is not None}
         if "val" in xs and "val" not in ss:
             raise DefconError(f"{what}: x_val is given, so s_val is needed too")
+    for role, parts in (("x", xs), ("y", ys), ("s", ss or {})):
+        for key, array in parts.items():
+            check_array(array, f"{role}_{key}", what)
     for key in xs:
         if len(xs[key]) != len(ys[key]) or (ss is not None and len(ss[key]) != len(ys[key])):
             raise DefconError(
@@ -584,8 +638,10 @@ def from_arrays(
     raw = _digest(kind, *(a for k in sorted(xs) for a in (xs[k], ys[k])),
                   *([ss[k] for k in sorted(ss)] if ss else []))  # fmt: skip
     floats = {k: x.astype(np.float32) for k, x in xs.items()}
-    if not all(np.isfinite(x).all() for x in floats.values()):
-        raise DefconError(f"{what}: the inputs contain NaN or infinite values")
+    for key, x in floats.items():
+        if not np.isfinite(x).all():
+            raise DefconError(f"{what}: x_{key} has values beyond the float32 range "
+                              f"(±{np.finfo(np.float32).max:.2e}); rescale them")  # fmt: skip
     groups: tuple[FeatureGroup, ...] = ()
     if kind is DataKind.IMAGE:
         floats = {k: _images(x, what) for k, x in floats.items()}
@@ -600,12 +656,17 @@ def from_arrays(
         if (low < 0).any() or (high > 1).any():
             span = np.where(high > low, high - low, 1.0)
             floats = {k: np.clip((x - low) / span, 0, 1) for k, x in floats.items()}
+        if not all(np.isfinite(x).all() for x in floats.values()):
+            raise DefconError(f"{what}: x_train spans more than a float32 can hold per column; "
+                              "rescale its features")  # fmt: skip
         groups = tuple(
             FeatureGroup(f"x{i}", (i,), categorical=False) for i in range(floats["train"].shape[1])
         )
     labels, num_classes = _labels(ys, what)
+    check_split_classes(ys, what)
     groups_s = None
     if ss is not None:
+        check_groups(ss["train"], f"{what}: s_train")
         values = np.unique(np.concatenate(list(ss.values())))
         groups_s = {k: np.searchsorted(values, v).astype(np.int64) for k, v in ss.items()}
     return UserData(
@@ -651,8 +712,10 @@ def read_csv(
     kind: DataKind | str | None = None,
 ) -> UserData:
     """A table: `target` is the label column; other non-numeric columns are one-hot encoded and
-    numeric ones scaled to [0, 1] (as for Adult); rows with missing values are dropped. The
-    `sensitive` column (kept among the features, as Adult keeps sex) gives the groups.
+    numeric ones scaled to [0, 1] (as for Adult). Rows with a missing cell are dropped (defcon
+    does not impute) and counted in `notes`; everything else a model could not learn from is
+    refused by `defcon.data_checks` before it is encoded. The `sensitive` column (kept among the
+    features, as Adult keeps sex) gives the groups.
     Train, validation and test are drawn from the table per seed (65/15/20 %)."""
     import pandas as pd
 
@@ -660,12 +723,14 @@ def read_csv(
     if kind is not None and DataKind(kind) is not DataKind.TABULAR:
         raise DefconError(f"dataset file '{path}': a CSV table is tabular data")
     try:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
         frame = pd.read_csv(path)
     except FileNotFoundError:
         raise DefconError(f"dataset file '{path}' does not exist") from None
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DefconError(f"dataset file '{path}' is not a readable CSV table ({first})") from None
+    check_header([str(c) for c in header.iloc[0]] if len(header) else [], path)
     columns = [str(c) for c in frame.columns]
     for option, column in (("--target", target), ("--sensitive", sensitive)):
         if column is not None and column not in columns:
@@ -673,12 +738,13 @@ def read_csv(
                               f"{', '.join(columns)}")  # fmt: skip
     if sensitive == target:
         raise DefconError("--sensitive names the --target column; pick another column")
-    frame = frame.dropna()
+    frame, notes = drop_missing(frame, path)
     if len(frame) < 10:
         raise DefconError(f"dataset file '{path}' has {len(frame)} complete rows; at least 10 needed")
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DefconError(f"dataset file '{path}' has no feature column besides '{target}'")
+    check_table(frame, path, target, sensitive)
     numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])
                and not pd.api.types.is_bool_dtype(features[c])]  # fmt: skip
     categorical = [c for c in features.columns if c not in numeric]
@@ -694,7 +760,7 @@ def read_csv(
         name=path.name, kind=DataKind.TABULAR, num_classes=len(classes),
         x={"train": x}, y={"train": y.astype(np.int64)},
         s=None if s is None else {"train": s.astype(np.int64)}, digest=digest,
-        sensitive_attribute=sensitive, feature_groups=groups, split_by_seed=True,
+        sensitive_attribute=sensitive, feature_groups=groups, split_by_seed=True, notes=notes,
     )  # fmt: skip
 
 

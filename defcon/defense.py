@@ -123,6 +123,8 @@ class Defense(ABC):
     """
 
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig
+    # The metric names `measure` returns; when given, checked against the spec at load time.
+    metric_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -210,9 +212,9 @@ def contract_problems(cls: type, spec: DefenseSpec) -> list[str]:
             f"'{spec.name}' is a {spec.stage}-training defense, so its implementation "
             f"{getattr(cls, '__name__', cls)!s} must subclass defcon.defense.{base.__name__}"
         ]
+    problems = metric_problems(cls, spec)
     if spec.stage is not Stage.IN:
-        return []
-    problems = []
+        return problems
     for slot, hooks in SLOT_HOOKS.items():
         overridden = [h for h in hooks if getattr(cls, h) is not getattr(InTrainingDefense, h)]
         if slot in spec.slots and not overridden:
@@ -226,6 +228,44 @@ def contract_problems(cls: type, spec: DefenseSpec) -> list[str]:
                 f"declare slot {slot}, so the training loop would never call it"
             )
     return problems
+
+
+def returned_metric_names(cls: type) -> list[set[str]]:
+    """The key sets of the dict literals `cls.measure` returns (`return {"name": ...}`), read
+    from its source without running it; returns built any other way are not read."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.measure)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    found = []
+    for node in ast.walk(tree):
+        value = node.value if isinstance(node, ast.Return) else None
+        if (
+            isinstance(value, ast.Dict)
+            and value.keys
+            and all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in value.keys)
+        ):
+            found.append({k.value for k in value.keys})  # type: ignore[union-attr]
+    return found
+
+
+def metric_problems(cls: type[Defense], spec: DefenseSpec) -> list[str]:
+    """Metric names a class returns (its `metric_names`, or the keys of the dict literals its
+    `measure` returns) that differ from its spec's: caught when the plug-in is loaded, not
+    after training."""
+    declared = {m.name for m in spec.metrics}
+    claimed = [set(cls.metric_names)] if cls.metric_names else returned_metric_names(cls)
+    for names in claimed:
+        if names != declared:
+            return [
+                f"{cls.__name__}.measure returns metrics {sorted(names)} but the spec of "
+                f"'{spec.name}' declares {sorted(declared)}; make them agree"
+            ]
+    return []
 
 
 class PreTrainingDefense(Defense):

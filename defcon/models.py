@@ -22,6 +22,7 @@ from torch import nn
 
 from defcon.data import Dataset
 from defcon.errors import DefconError
+from defcon.user_code import boundary, call
 from defcon.vocabulary import DataKind
 
 Norm = Literal["batch", "group"]
@@ -178,13 +179,11 @@ def factory_code(path: str) -> str:
 def _custom_model(config: ArchConfig) -> nn.Module:
     assert config.factory is not None
     factory = load_factory(config.factory)
-    try:
-        model = factory(tuple(config.input_shape), config.num_classes)
-    except Exception as error:
-        raise DefconError(
-            f"--model '{config.factory}' failed for input shape {tuple(config.input_shape)} and "
-            f"{config.num_classes} classes: {type(error).__name__}: {error}"
-        ) from None
+    model = call(
+        f"--model '{config.factory}'",
+        f"the call for input shape {tuple(config.input_shape)} and {config.num_classes} classes",
+        factory, tuple(config.input_shape), config.num_classes,
+    )  # fmt: skip
     if not isinstance(model, nn.Module):
         raise DefconError(
             f"--model '{config.factory}' returned {type(model).__name__}, expected a torch nn.Module"
@@ -227,14 +226,14 @@ def check_model(config: ArchConfig) -> None:
     data fails here with one line, before any training."""
     model = build_model(config, seed=0)
     model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, *config.input_shape))
-    except Exception as error:
-        raise DefconError(
-            f"the model ({config.factory or config.family}) fails on inputs of shape "
-            f"{tuple(config.input_shape)}: {type(error).__name__}: {error}"
-        ) from None
+    with (
+        boundary(
+            f"the model ({config.factory or config.family})",
+            f"its forward pass on inputs of shape {tuple(config.input_shape)}",
+        ),
+        torch.no_grad(),
+    ):
+        out = model(torch.zeros(2, *config.input_shape))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, config.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise DefconError(
@@ -254,6 +253,22 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     model.eval()
     return torch.cat([model(chunk).softmax(1) for chunk in x.split(batch_size)])
+
+
+def model_label(config: ArchConfig) -> str:
+    """How a model is named in messages: the user's factory, or defcon's family."""
+    return f"--model '{config.factory}'" if config.factory else f"defcon's {config.family.upper()}"
+
+
+def nonfinite_logits(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model answers NaN or ±inf logits on some of the inputs `x` (eval mode): its
+    argmax would be a meaningless class 0, so no measurement on it may pass as a result."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        model.eval()
+        return any(
+            not bool(torch.isfinite(model(chunk.to(device))).all()) for chunk in x.split(1024)
+        )
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

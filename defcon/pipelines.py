@@ -34,12 +34,22 @@ from defcon.defense import (
     PreTrainingDefense,
 )
 from defcon.devices import place
+from defcon.errors import DefconError
 from defcon.fingerprint import code_of, core_code, probes_code
-from defcon.models import ArchConfig, InputLayer, accuracy, arch_for, build_model
+from defcon.models import (
+    ArchConfig,
+    InputLayer,
+    accuracy,
+    arch_for,
+    build_model,
+    model_label,
+    nonfinite_logits,
+)
 from defcon.probes import probe_factors
 from defcon.profiles import Profile
 from defcon.registry import make_defense
 from defcon.training import TrainedModel, train, train_reference
+from defcon.user_code import UserCodeError, defense_call, describe
 from defcon.vocabulary import Stage
 
 CLEAN_ACCURACY = "clean_accuracy"
@@ -145,8 +155,16 @@ class PipelineRunner:
         """Why `defense` cannot handle the model this runner trains (before any training)."""
         arch = self.arch(dataset)
         if isinstance(defense, InTrainingDefense):
-            arch = defense.adapt_arch(arch)
-        return defense.model_problem(place(build_model(arch, seed=0), self.device), dataset)
+            arch = defense_call(defense, "adapt_arch", arch, returns=ArchConfig)
+        model = place(build_model(arch, seed=0), self.device)
+        return defense_call(
+            defense,
+            "model_problem",
+            model,
+            dataset,
+            returns=(str, type(None)),
+            expected="str or None",
+        )
 
     def pipeline(self, names: Sequence[str], seed: int, poisoned: bool) -> Pipeline:
         """The recipe applying `names` (in this order within each stage) on `seed`."""
@@ -258,9 +276,12 @@ class PipelineRunner:
             train_split, _ = poisoner.poison(train_split, pipeline.seed)
         front: InputLayer | None = None  # the pre-training defenses' transform of every input
         for defense in pipeline.pre:
-            train_split = defense.apply(train_split, env)
+            train_split = defense_call(defense, "apply", train_split, env, returns=Split)
             seen = train_split if front is None else _through(front, train_split)
-            layer = defense.input_layer(seen, env)
+            layer = defense_call(
+                defense, "input_layer", seen, env, returns=(InputLayer, type(None)),
+                expected="an InputLayer or None",
+            )  # fmt: skip
             if layer is not None:
                 front = layer if front is None else front.then(layer)
         env.train_data = train_split
@@ -286,7 +307,8 @@ class PipelineRunner:
             model = place(trained.model, self.device)
             for defense in pipeline.post:
                 model = self.cache.timed(
-                    f"applying {defense.name}", lambda d=defense, m=model: d.apply(m, env)
+                    f"applying {defense.name}",
+                    lambda d=defense, m=model: defense_call(d, "apply", m, env, returns=nn.Module),
                 )
             return model
 
@@ -302,14 +324,33 @@ class PipelineRunner:
             model = result.model  # builds (and fills env.record) on first use
             if defense is None:
                 test = result.env.dataset.test
+                if nonfinite_logits(model, test.x):
+                    post = ", ".join(str(k["name"]) for k in result.post_keys)
+                    arch = result.env.arch
+                    raise DefconError(
+                        f"the model ({model_label(arch) if arch else 'trained'})"
+                        + (f" after {post}" if post else "")
+                        + " gives non-finite logits (NaN or inf) on the test rows, so its "
+                        "accuracy would mean nothing"
+                    )
                 return {CLEAN_ACCURACY: accuracy(model, test.x, test.y)}
-            metrics = defense.measure(model, result.env)
+            metrics = defense_call(
+                defense, "measure", model, result.env, returns=dict, expected="a dict of floats"
+            )
             declared = {m.name for m in defense.spec.metrics}
             if set(metrics) != declared:
-                raise RuntimeError(
-                    f"{defense.name}.measure returned {sorted(metrics)}, spec declares {sorted(declared)}"
+                raise UserCodeError(
+                    f"defense '{defense.name}': measure returned metrics {sorted(metrics)} but its "
+                    f"spec declares {sorted(declared)}; make them agree (or declare metric_names "
+                    "on the class, checked when it is loaded)"
                 )
-            return metrics
+            try:
+                return {name: float(value) for name, value in metrics.items()}
+            except (TypeError, ValueError) as error:
+                raise UserCodeError(
+                    f"defense '{defense.name}': measure returned a value that is not a number "
+                    f"({describe(error)})"
+                ) from error
 
         label = f"measuring {defense.name}" if defense is not None else "clean accuracy"
         return self.measurement(result, {"measure": what}, compute, label)

@@ -19,6 +19,7 @@ from typing import Any
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.defense import Defense, contract_problems
 from defcon.errors import DefconError
+from defcon.user_code import boundary, call, describe
 from defcon.vocabulary import DefenseSpec
 
 
@@ -89,12 +90,13 @@ def load_object(path: str, what: str) -> Any:
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
         raise DefconError(f"{what} '{path}' is not of the form 'module:name'")
-    try:
-        value: Any = import_plugin(module_name)
-        for part in attribute.split("."):
-            value = getattr(value, part)
-    except (ImportError, AttributeError) as error:
-        raise DefconError(f"{what} '{path}' cannot be loaded ({type(error).__name__}: {error})") from None
+    with boundary(f"{what} '{path}'", f"importing '{module_name}'"):
+        try:
+            value: Any = import_plugin(module_name)
+            for part in attribute.split("."):
+                value = getattr(value, part)
+        except (ImportError, AttributeError) as error:
+            raise DefconError(f"{what} '{path}' cannot be loaded ({describe(error)})") from error
     return value
 
 
@@ -122,10 +124,15 @@ def make_defense(
     its spec, with the given settings (defaults when None)."""
     spec = name if isinstance(name, DefenseSpec) else (catalog or builtin_catalog())[name]
     cls = defense_class(spec)
-    try:
-        return cls(dict(config) if config is not None else None, spec=spec)
-    except DefconError:
-        raise
-    except ValueError as error:  # pydantic's ValidationError: bad settings for this defense
-        first = str(error).splitlines()
-        raise DefconError(f"defense '{spec.name}': invalid settings ({' '.join(first[:3])})") from None
+    with boundary(f"defense '{spec.name}'", f"{cls.__name__}.Config"):
+        try:
+            cls.Config.model_validate(dict(config) if config is not None else {})
+        except ValueError as error:  # pydantic's ValidationError: bad settings for this defense
+            first = str(error).splitlines()
+            raise DefconError(
+                f"defense '{spec.name}': invalid settings ({' '.join(first[:3])})"
+            ) from None
+    return call(
+        f"defense '{spec.name}'", f"{cls.__name__}(...)", cls,
+        dict(config) if config is not None else None, spec=spec, returns=Defense,
+    )  # fmt: skip

@@ -16,9 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from defcon.data import UserData, from_arrays
 from defcon.errors import DefconError
+from defcon.user_code import boundary
 from defcon.vocabulary import DataKind
 
-ACCEPTED = "a map-style torch Dataset whose items are (x, y) or (x, y, s) with tensor or number parts"
+ACCEPTED = (
+    "a map-style torch Dataset whose items are (x, y) or (x, y, s) with tensor or number parts"
+)
 
 
 def _read(dataset: Dataset, what: str) -> list[np.ndarray]:
@@ -29,22 +32,23 @@ def _read(dataset: Dataset, what: str) -> list[np.ndarray]:
         raise DefconError(f"{what}: the dataset is empty")
     parts: list[list[np.ndarray]] | None = None
     loader = DataLoader(dataset, batch_size=1024, shuffle=False)  # default collate stacks items
-    try:
-        for batch in loader:
-            items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-            if len(items) not in (2, 3):
-                raise DefconError(
-                    f"{what}: items have {len(items)} parts; expected {ACCEPTED}"
-                )
-            arrays = [torch.as_tensor(item).detach().cpu().numpy() for item in items]
-            parts = [[] for _ in arrays] if parts is None else parts
-            if len(arrays) != len(parts):
-                raise DefconError(f"{what}: items do not all have the same number of parts")
-            for store, array in zip(parts, arrays, strict=True):
-                store.append(array)
-    except (TypeError, RuntimeError, ValueError) as error:  # collate: ragged or odd items
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DefconError(f"{what}: could not read its items ({first}); expected {ACCEPTED}") from None
+    with boundary(what, "reading its items"):  # a __getitem__ that raises anything else
+        try:
+            for batch in loader:
+                items = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+                if len(items) not in (2, 3):
+                    raise DefconError(f"{what}: items have {len(items)} parts; expected {ACCEPTED}")
+                arrays = [torch.as_tensor(item).detach().cpu().numpy() for item in items]
+                parts = [[] for _ in arrays] if parts is None else parts
+                if len(arrays) != len(parts):
+                    raise DefconError(f"{what}: items do not all have the same number of parts")
+                for store, array in zip(parts, arrays, strict=True):
+                    store.append(array)
+        except (TypeError, RuntimeError, ValueError) as error:  # collate: ragged or odd items
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DefconError(
+                f"{what}: could not read its items ({first}); expected {ACCEPTED}"
+            ) from None
     assert parts is not None
     return [np.concatenate(store) for store in parts]
 

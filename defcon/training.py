@@ -34,8 +34,11 @@ from defcon.models import (
     arch_for,
     build_model,
     fold_input_layer,
+    model_label,
+    nonfinite_logits,
 )
 from defcon.terminal import printable
+from defcon.user_code import UserCodeError, defense_call
 from defcon.vocabulary import Slot
 
 CONVERGED_GAIN = 0.01  # a last epoch that still adds more validation accuracy is not converged
@@ -122,7 +125,7 @@ def train(
     profile = env.profile
     arch = arch or env.arch or arch_for(env.dataset, width=profile.width)
     for defense in defenses:
-        arch = defense.adapt_arch(arch)
+        arch = defense_call(defense, "adapt_arch", arch, returns=ArchConfig)
     torch.manual_seed(env.seed)
     model = build_model(arch, env.seed)
     if input_layer is not None:
@@ -140,7 +143,7 @@ def train(
         batch_size=profile.batch_size,
     )
     for defense in _users(defenses, Slot.PRIVACY_WRAPPER):
-        defense.wrap(run)
+        defense_call(defense, "wrap", run)
     transforms = _users(defenses, Slot.BATCH_TRANSFORM)
     loss_terms = _users(defenses, Slot.LOSS_TERM)
     noise_steps = _users(defenses, Slot.PARAMETER_NOISE)
@@ -156,27 +159,36 @@ def train(
                 continue
             for defense in transforms:
                 with run.hooks_disabled():
-                    x, y, s = defense.transform_batch(run, x, y, s)
+                    x, y, s = _batch(defense, run, x, y, s)
             run.optimizer.zero_grad(set_to_none=True)
             logits = run.model(x)
             loss = F.cross_entropy(logits, y)
             for defense in loss_terms:
-                loss = loss + defense.loss_term(run, x, y, s, logits)
+                loss = loss + defense_call(
+                    defense, "loss_term", run, x, y, s, logits, returns=torch.Tensor
+                )
             loss.backward()
             for defense in noise_steps:
-                defense.noisy_step(run)
+                defense_call(defense, "noisy_step", run)
             run.optimizer.step()
         bar.set_postfix(loss=float(loss.detach()))
         if epoch >= run.epochs - 2:  # convergence check: the last epoch's validation gain
             val_accuracy.append(_val_accuracy(run))
     for defense in _users(defenses, Slot.PRIVACY_WRAPPER):
-        defense.unwrap(run)
+        defense_call(defense, "unwrap", run)
     run.model = run.plain_model
     for defense in _users(defenses, Slot.FINETUNE_PHASE):
-        defense.finetune(run)
+        defense_call(defense, "finetune", run)
     run.model.eval()
     if isinstance(run.model, WithInputLayer):
         run.model = place(fold_input_layer(run.model, train_split.x[:256]), env.device)
+    if nonfinite_logits(run.model, train_split.x[:1024]):
+        with_defenses = f" with {', '.join(d.name for d in defenses)}" if defenses else ""
+        raise DefconError(
+            f"the model ({model_label(arch)}) trained{with_defenses} gives non-finite logits (NaN "
+            "or inf) on its training rows, so it predicts nothing; check the model's forward "
+            "pass (and the learning rate) and that the data is finite"
+        )
     record = dict(run.record)
     if val_accuracy:
         record["training.val_accuracy"] = val_accuracy[-1]
@@ -184,6 +196,25 @@ def train(
             val_accuracy[-1] - val_accuracy[0] if len(val_accuracy) > 1 else 0.0
         )
     return TrainedModel(model=run.model, arch=arch, record=record)
+
+
+def _batch(
+    defense: InTrainingDefense, run: TrainingRun, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch_transform hook's result, checked: three tensors with one row each per input."""
+    batch = defense_call(defense, "transform_batch", run, x, y, s)
+    if (
+        not isinstance(batch, tuple)
+        or len(batch) != 3
+        or not all(isinstance(part, torch.Tensor) for part in batch)
+        or len({len(part) for part in batch}) != 1
+    ):
+        got = type(batch).__name__ if not isinstance(batch, tuple) else f"a {len(batch)}-tuple"
+        raise UserCodeError(
+            f"defense '{defense.name}': transform_batch returned {got}, expected a tuple of three "
+            "tensors (x, y, s) with the same number of rows"
+        )
+    return batch
 
 
 def _val_accuracy(run: TrainingRun) -> float:

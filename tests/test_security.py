@@ -169,7 +169,9 @@ def test_a_plug_in_s_code_hash_covers_every_module_of_its_folder_it_uses(tmp_pat
 # --------------------------------------------------------------------------- 5: record names
 
 
-def test_a_bench_record_name_carries_everything_the_task_depends_on(tmp_path: Path) -> None:
+def test_a_bench_record_name_carries_everything_the_task_depends_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from defcon.bench import task_identity
 
     builtin = builtin_catalog()
@@ -187,8 +189,14 @@ def test_a_bench_record_name_carries_everything_the_task_depends_on(tmp_path: Pa
     # two implementations under one user defense name never share a record
     spec = builtin["poison_filter"].model_dump(mode="json")
     ids = set()
+    # a second mechanism with the same metrics (the conformance check refuses any other)
+    (tmp_path / "other_filter.py").write_text(
+        "from pipeline_stages.pre_training.poison_filter import PoisonFilter\n\n\n"
+        "class OtherFilter(PoisonFilter):\n    pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
     for implementation in ("pipeline_stages.pre_training.poison_filter:PoisonFilter",
-                           "pipeline_stages.pre_training.correlation_remover:CorrelationRemover"):
+                           "other_filter:OtherFilter"):
         if load_object(implementation, "x") is None:  # pragma: no cover
             continue
         user = parse_specs({"defense": [{**spec, "name": "mine", "implementation": implementation}]}, "t")
