@@ -278,6 +278,37 @@ def check_command(
     stdout().print(verdict_view(verdict))
 
 
+@app.command("plan")
+def plan_command(
+    risks: Annotated[
+        str, typer.Option("--risks", help="Comma-separated risks every plan must cover.")
+    ],
+    technique: Annotated[
+        str,
+        typer.Option(
+            "--technique", "-t", help=f"Which technique predicts: {', '.join(TECHNIQUES)}."
+        ),
+    ] = "defcon",
+    top: Annotated[int, typer.Option("--top", min=1, help="How many plans to print.")] = 5,
+    catalog: CatalogOption = None,
+) -> None:
+    """Rank conflict-free defense combinations that cover every named risk (trains nothing)."""
+    from defcon.planner import parse_risks, plan
+
+    wanted = parse_risks(risks)
+    found = plan(wanted, catalog_from(catalog), technique)
+    kept = [c for c in found if c.excluded is None]
+    out = stdout()
+    if not found:
+        raise DefconError(f"no defense in the catalog covers {', '.join(sorted(wanted))}")
+    out.print(f"{len(kept)} plan(s) cover {', '.join(sorted(wanted))} ({technique}):", markup=False)
+    for rank, cand in enumerate(kept[:top], 1):
+        out.print(f"  {rank}. {' → '.join(cand.order)}", markup=False)
+    for cand in found:
+        if cand.excluded is not None:
+            out.print(f"  excluded {' + '.join(cand.defenses)}: {cand.excluded}", markup=False)
+
+
 def pilot_technique(
     dataset: str | None, cache: Path | None, data_dir: Path | None, device: str, specs: Any
 ) -> Any:
@@ -535,9 +566,7 @@ def run_composer(
     )  # fmt: skip
 
 
-def dataset_source(
-    name: str, target: str | None, sensitive: str | None, kind: str | None
-) -> Any:
+def dataset_source(name: str, target: str | None, sensitive: str | None, kind: str | None) -> Any:
     """A built-in dataset name, or a user's .npz/.csv file read into `UserData`."""
     from defcon.data import is_data_file, open_data_file
     from defcon.vocabulary import DataKind
