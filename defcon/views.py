@@ -122,9 +122,10 @@ def verdict_view(verdict: Verdict) -> RenderableType:
     order.add_column()
     for stage, names in verdict.stages.items():
         order.add_row("", _STAGE_NAMES[Stage(stage)], " → ".join(names))
-    word, note = verdict.label.upper(), f"technique: {verdict.technique}"
+    word = "NO CONFLICT" if verdict.effective else "CONFLICT"
+    note = f"technique: {verdict.technique}"
     if not verdict.composable:  # the label is a prediction were they composable: never the headline
-        word, style = "CANNOT COMPOSE", "bold red"
+        word, style = "CANNOT SHARE A TRAINING LOOP", "bold red"
         note += f"; were they composable: {verdict.label}"
     headline = Text.assemble(
         (word, style), f"  {' + '.join(verdict.defenses)}  ", (f"({note})", "dim")

@@ -48,7 +48,7 @@ def test_check_explains_the_watermark_pruning_conflict():
     result = run("check", "model_watermark", "backdoor_pruning")
     assert result.exit_code == 0, result.stderr
     out = flat(result.stdout)
-    assert "INEFFECTIVE" in out
+    assert "CONFLICT" in out
     assert "model_watermark (pre) uses poisoning — the watermark is a backdoor" in out
     assert "which backdoor_pruning (post) mitigates" in out
     assert "pre-training model_watermark" in out
@@ -89,7 +89,7 @@ def test_user_specs_from_a_catalog_file(tmp_path):
     assert verdict["label"] == "effective"
     assert verdict["stages"]["post"] == ["backdoor_pruning", "api_trigger_mark"]
     both_use = run("check", "model_watermark", "api_trigger_mark", "--catalog", path)
-    assert flat(both_use.stdout).startswith("EFFECTIVE")  # both use poisoning; none mitigates it
+    assert flat(both_use.stdout).startswith("NO CONFLICT")  # both use poisoning; none mitigates it
 
 
 def test_yaml_catalog_and_structural_clash(tmp_path):
@@ -106,7 +106,9 @@ defense:
     result = run("check", "dp_sgd", "other_dp", "--catalog", path)
     out = flat(result.stdout)
     assert result.exit_code == 0
-    assert out.startswith("CANNOT COMPOSE")  # never EFFECTIVE for a pair that cannot train together
+    assert out.startswith(
+        "CANNOT SHARE A TRAINING LOOP"
+    )  # never EFFECTIVE for a pair that cannot train together
     assert "were they composable: effective" in out
     assert "structural clashes" in out
     assert "dp_sgd and other_dp both need the exclusive training-loop slot 'privacy_wrapper'" in out
@@ -116,7 +118,7 @@ def test_an_incompatibility_that_is_not_a_slot_clash_is_never_called_effective()
     result = run("check", "certified_watermark", "dp_sgd")
     out = flat(result.stdout)
     assert result.exit_code == 0
-    assert out.startswith("CANNOT COMPOSE")
+    assert out.startswith("CANNOT SHARE A TRAINING LOOP")
     assert "certified_watermark cannot train beside dp_sgd" in out
 
 
@@ -272,9 +274,18 @@ def test_json_convention_is_one_path_everywhere(tmp_path: Path) -> None:
     target = tmp_path / "verdict.json"
     result = run("check", "model_watermark", "backdoor_pruning", "--json", str(target))
     assert result.exit_code == 0
-    assert "INEFFECTIVE" in result.stdout
+    assert "CONFLICT" in result.stdout
     assert json.loads(target.read_text())["label"] == "ineffective"
     spec_file = tmp_path / "spec.json"
     assert run("show", "dp_sgd", "--json", str(spec_file)).exit_code == 0
     assert json.loads(spec_file.read_text())["name"] == "dp_sgd"
     assert json.loads(run("show", "dp_sgd", "--json", "-").stdout)["name"] == "dp_sgd"
+
+
+def test_a_conflict_comes_with_conflict_free_alternatives_for_the_same_risks():
+    result = run("check", "model_watermark", "backdoor_pruning")
+    assert result.exit_code == 0
+    out = result.stdout
+    assert "conflict-free alternatives for model_theft, poisoning:" in out
+    tail = out.split("conflict-free alternatives", 1)[1]
+    assert "backdoor_pruning → model_watermark" not in tail and "→" in tail

@@ -74,7 +74,7 @@ def test_adversarial_training_with_dp_sgd_is_a_conflict_through_the_boundary_dis
 def test_cli_names_the_factor_and_the_chain() -> None:
     result = run_cli("check", "adversarial_training", "dp_sgd", "--technique", "factors")
     assert result.exit_code == 0
-    assert "INEFFECTIVE" in result.output
+    assert "CONFLICT" in result.output
     assert "dp_sgd moves O3↓" in result.output
     assert "adversarial_training's effectiveness rises with O3" in result.output
 
