@@ -386,7 +386,7 @@ def report_command(
     record: Annotated[
         Path,
         typer.Argument(
-            help="A composition record written by compose (OUT/records/*.json or --json).",
+            help="A composition or audit record written by compose or audit (OUT/records/*.json).",
             show_default=False,
         ),
     ],
@@ -402,10 +402,17 @@ def report_command(
     try:
         loaded = CompositionRecord.model_validate_json(text)
     except ValidationError as error:
+        from defcon.audit import AuditRecord, print_audit
+
+        try:  # an audit record is a record too: print it the way `defcon audit` does
+            print_audit(AuditRecord.model_validate_json(text), stdout())
+            return
+        except ValidationError:
+            pass
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
         raise DefconError(
-            f"record file '{record}' is not a defcon composition record "
+            f"record file '{record}' is not a defcon composition or audit record "
             f"({where + ': ' if where else ''}{problem['msg']})"
         ) from None
     from defcon.records import readable
