@@ -48,11 +48,17 @@ class Row(BaseModel):
 
 
 def passes(verdict: MetricVerdict) -> bool:
-    """Mean gain ≥ MARGIN × tolerance and the gain's lower confidence bound above the tolerance."""
+    """Mean gain ≥ MARGIN × tolerance and the gain's lower confidence bound above the tolerance.
+
+    On top of the verdict rule's gate; a guarantee gained entirely (ε from ∞) has no finite mean.
+    """
     mean, lower = verdict.gain.mean, verdict.gain.lower
     tolerance = verdict.declared_tolerance
     return bool(
-        mean is not None and lower is not None and mean >= MARGIN * tolerance and lower > tolerance
+        verdict.effective_alone
+        and lower is not None
+        and lower > tolerance
+        and (mean is None or mean >= MARGIN * tolerance)
     )
 
 

@@ -45,3 +45,10 @@ def test_not_applicable_rows_appear_in_the_table() -> None:
     bench = _bench()
     row = bench.Row(dataset="adult", defense="dataset_inference", not_applicable="no overfit")
     assert "not applicable: no overfit" in bench.markdown([row], "")
+
+
+def test_a_guarantee_gained_entirely_passes() -> None:
+    epsilon = Metric(name="epsilon", direction=Direction.LOWER, tolerance=1.0, description="ε")
+    inf = float("inf")
+    verdict = judge("d", epsilon, [1.3, 1.3, 1.3], [1.3, 1.3, 1.3], [inf, inf, inf])
+    assert _bench().passes(verdict)
