@@ -257,6 +257,12 @@ def check_command(
     """Predict whether a combination conflicts, and in which order to apply it."""
     catalog_specs = catalog_from(catalog)
     specs = catalog_specs.resolve(names or [])  # before a pilot loads any data
+    for spec in specs:  # declared before anything trains: the pilot would measure nothing
+        for declared in spec.not_applicable:
+            typer.echo(
+                f"note: '{spec.name}' is not applicable to {declared.kind} data: {declared.reason}",
+                err=True,
+            )
     if technique == "pilot":
         chosen: Any = pilot_technique(dataset, cache, data_dir, device, catalog_specs)
     elif dataset is not None or cache is not None:

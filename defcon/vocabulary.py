@@ -285,6 +285,13 @@ class SlotExclusion(_Frozen):
     reason: str = Field(min_length=1)
 
 
+class NotApplicable(_Frozen):
+    """A data kind the mechanism runs on but cannot be effective on alone, and why (cited)."""
+
+    kind: DataKind
+    reason: str = Field(min_length=1)
+
+
 class DefenseSpec(_Frozen):
     """The declaration of one defense: what Def\\Con and the composer know about it."""
 
@@ -307,6 +314,11 @@ class DefenseSpec(_Frozen):
         default=(), description="factors the defense's own effectiveness goes with"
     )
     data_kinds: frozenset[DataKind] = frozenset({DataKind.IMAGE, DataKind.TABULAR})
+    not_applicable: tuple[NotApplicable, ...] = Field(
+        default=(),
+        description="data kinds the mechanism runs on but is not effective on, with the reason "
+        "(with a citation): check and compose refuse it there before anything trains",
+    )
     needs_sensitive_attribute: bool = False
     threats: frozenset[Threat] = frozenset()
     reference: str = ""

@@ -85,3 +85,14 @@ def test_the_scenario_is_the_union_of_the_defenses_threats() -> None:
     specs = [builtin_catalog()[n] for n in ("dp_sgd", "model_watermark")]
     scenario = Scenario.of(specs)
     assert set(scenario.names()) == {t.value for s in specs for t in s.threats}
+
+
+def test_declared_not_applicable_kinds_refuse_before_training() -> None:
+    catalog = builtin_catalog()
+    problem = applicability_problem(catalog["dataset_inference"], ADULT) or ""
+    assert "not applicable to tabular data (adult)" in problem and "overfit" in problem
+    assert applicability_problem(catalog["dataset_inference"], DIGITS) is None
+    problem = applicability_problem(catalog["correlation_remover"], ADULT) or ""
+    assert "not applicable to tabular data" in problem and "linear" in problem
+    with pytest.raises(DefconError, match="cannot compose on adult: 'dataset_inference' is not"):
+        plan_combination(["dataset_inference", "group_fairness"], catalog, ADULT)

@@ -123,12 +123,12 @@ def test_metric_is_group_fairness_metric():
     assert ThresholdOptimizer().measure(model, env) == GroupFairness().measure(model, env)
 
 
-def test_composes_with_the_correlation_remover_on_synthetic_data(tmp_path: Path):
+def test_compose_refuses_the_correlation_remover_on_tabular_data(tmp_path: Path):
+    """Declared not applicable to tabular data (a linear remover in front of an MLP)."""
     data = unfair_table(tmp_path)
     composer = Composer(data, profile="tiny", cache_dir=tmp_path / "cache")
-    record = composer.compose(["threshold_optimizer", "correlation_remover"], seeds=1)
-    assert record.order == ("correlation_remover", "threshold_optimizer")
-    assert {r.defense for r in record.results} == {"correlation_remover", "threshold_optimizer"}
+    with pytest.raises(DefconError, match="'correlation_remover' is not applicable to tabular"):
+        composer.compose(["threshold_optimizer", "correlation_remover"], seeds=1)
 
 
 def test_refusals(make_env):

@@ -1,0 +1,177 @@
+"""Is every catalog defense effective alone, by a margin? (issue 21: gain ≥ 2 × tolerance)
+
+For each defense × dataset: the defense alone vs no defense over seeds (`measure_standalone`, the
+composer's arms and cache), each judged metric's paired gain from `defcon.effectiveness.judge`
+(the verdict rule's own gate, not a re-implementation). A metric passes when the mean gain is at
+least twice its declared tolerance and the lower bound of the gain's confidence interval is above
+the tolerance; a defense passes when one of its judged metrics does. Defenses the spec declares
+not applicable to the data kind are listed as such and never trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from defcon.catalog import builtin_catalog
+from defcon.composer import Composer, applicability_problem
+from defcon.effectiveness import MetricVerdict, judge
+from defcon.standalone import StandaloneResult, measure_standalone
+from defcon.storage import atomic_write_text
+
+ROOT = Path(__file__).resolve().parent
+MARGIN = 2.0  # the mean gain must be at least this many tolerances
+
+
+class Row(BaseModel):
+    """One judged metric of one defense on one dataset (or why it was not measured)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dataset: str
+    defense: str
+    metric: str | None = None
+    no_defense: str = ""
+    alone: str = ""
+    gain: float | None = None
+    gain_lower: float | None = None
+    gain_upper: float | None = None
+    tolerance: float | None = None
+    ratio: float | None = None
+    passed: bool | None = None
+    not_applicable: str | None = None
+
+
+def passes(verdict: MetricVerdict) -> bool:
+    """Mean gain ≥ MARGIN × tolerance and the gain's lower confidence bound above the tolerance.
+
+    On top of the verdict rule's gate; a guarantee gained entirely (ε from ∞) has no finite mean.
+    """
+    mean, lower = verdict.gain.mean, verdict.gain.lower
+    tolerance = verdict.declared_tolerance
+    return bool(
+        verdict.effective_alone
+        and lower is not None
+        and lower > tolerance
+        and (mean is None or mean >= MARGIN * tolerance)
+    )
+
+
+def rows_of(result: StandaloneResult, catalog_metrics: dict[str, object]) -> list[Row]:
+    """The judged metrics of one standalone measurement, as table rows."""
+    rows = []
+    for name, (without, defended) in result.metrics.items():
+        metric = catalog_metrics[name]
+        if not metric.judged:  # type: ignore[attr-defined]
+            continue
+        alone, none = defended.raw(), without.raw()
+        verdict = judge(result.defense, metric, alone, alone, none)  # type: ignore[arg-type]
+        gain, tolerance = verdict.gain.mean, verdict.declared_tolerance
+        rows.append(
+            Row(
+                dataset=result.dataset,
+                defense=result.defense,
+                metric=name,
+                no_defense=str(without),
+                alone=str(defended),
+                gain=gain,
+                gain_lower=verdict.gain.lower,
+                gain_upper=verdict.gain.upper,
+                tolerance=tolerance,
+                ratio=None if gain is None or tolerance == 0 else gain / tolerance,
+                passed=passes(verdict),
+            )
+        )
+    return rows
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def markdown(rows: list[Row], footer: str) -> str:
+    """The defense × dataset table."""
+    lines = [
+        "# Every defense effective alone, by a margin",
+        "",
+        f"Pass: mean gain ≥ {MARGIN:g} × tolerance and the gain's lower 90 % bound > tolerance.",
+        "",
+        "| dataset | defense | metric | no defense | alone | gain | tolerance | ratio "
+        "| gain CI (90 %) | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.not_applicable is not None:
+            lines.append(
+                f"| {r.dataset} | {r.defense} | | | | | | | | not applicable: {r.not_applicable} |"
+            )
+            continue
+        ci = f"[{_number(r.gain_lower)}, {_number(r.gain_upper)}]"
+        lines.append(
+            f"| {r.dataset} | {r.defense} | {r.metric} | {r.no_defense} | {r.alone} | "
+            f"{_number(r.gain)} | {_number(r.tolerance)} | {_number(r.ratio)} | {ci} | "
+            f"{'yes' if r.passed else 'no'} |"
+        )
+    return "\n".join(lines) + "\n\n" + footer + "\n"
+
+
+def main() -> None:
+    catalog = builtin_catalog()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="adult,fmnist")
+    parser.add_argument("--defenses", default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "effective_alone"))
+    args = parser.parse_args()
+    defenses = list(catalog)
+    if args.defenses:
+        unknown = sorted(set(args.defenses.split(",")) - set(defenses))
+        if unknown:
+            parser.error(f"--defenses: {', '.join(unknown)} not among {', '.join(defenses)}")
+        defenses = [name for name in defenses if name in args.defenses.split(",")]
+    if args.seeds < 2:
+        parser.error("--seeds: need at least 2 seeds for a confidence interval")
+    os.environ.setdefault("DEFCON_PROGRESS", "0")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    out = Path(args.out)
+    command = (
+        f"python benchmarks/effective_alone.py --datasets {args.datasets} --seeds {args.seeds} "
+        f"--profile {args.profile}" + (f" --defenses {args.defenses}" if args.defenses else "")
+    )
+    for dataset in args.datasets.split(","):
+        composer = Composer(dataset, profile=args.profile, cache_dir=args.cache)
+        for name in defenses:
+            spec = catalog[name]
+            problem = applicability_problem(spec, composer.dataset(0))
+            if problem:
+                rows.append(Row(dataset=dataset, defense=name, not_applicable=problem))
+            else:
+                result = measure_standalone(composer, name, args.seeds)
+                rows += rows_of(result, {m.name: m for m in spec.metrics})
+            for row in rows[-len(spec.metrics) :]:
+                if row.defense == name and row.dataset == dataset:
+                    print(row.model_dump_json(), flush=True)
+            footer = (
+                f"Profile `{args.profile}`, seeds 0–{args.seeds - 1}; values mean ± std over "
+                f"seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
+                f"Produced by `{command}`."
+            )
+            out.mkdir(parents=True, exist_ok=True)  # rewritten after each defense: a cut-off
+            atomic_write_text(out / "table.md", markdown(rows, footer))  # keeps what ran
+            atomic_write_text(
+                out / "table.json",
+                json.dumps([r.model_dump(mode="json") for r in rows], indent=1) + "\n",
+            )
+    print(markdown(rows, ""))
+
+
+if __name__ == "__main__":
+    main()

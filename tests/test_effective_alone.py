@@ -1,0 +1,54 @@
+"""The effective-alone table's pass rule: margin and lower bound, judged by the verdict rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from defcon.effectiveness import judge
+from defcon.vocabulary import Direction, Metric
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():  # benchmarks/ is not a package
+    spec = importlib.util.spec_from_file_location(
+        "effective_alone", ROOT / "benchmarks" / "effective_alone.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["effective_alone"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+METRIC = Metric(name="gap", direction=Direction.LOWER, tolerance=0.05, description="a gap")
+
+
+def _passes(none: list[float], alone: list[float]) -> bool:
+    return _bench().passes(judge("d", METRIC, alone, alone, none))
+
+
+def test_a_gain_of_twice_the_tolerance_with_a_tight_interval_passes() -> None:
+    assert _passes([0.30, 0.31, 0.29], [0.10, 0.11, 0.10])
+
+
+def test_a_gain_equal_to_the_tolerance_fails() -> None:
+    assert not _passes([0.15, 0.15, 0.16], [0.10, 0.10, 0.11])
+
+
+def test_a_large_mean_gain_with_a_loose_interval_fails() -> None:
+    assert not _passes([0.30, 0.10, 0.50], [0.10, 0.12, 0.08])
+
+
+def test_not_applicable_rows_appear_in_the_table() -> None:
+    bench = _bench()
+    row = bench.Row(dataset="adult", defense="dataset_inference", not_applicable="no overfit")
+    assert "not applicable: no overfit" in bench.markdown([row], "")
+
+
+def test_a_guarantee_gained_entirely_passes() -> None:
+    epsilon = Metric(name="epsilon", direction=Direction.LOWER, tolerance=1.0, description="ε")
+    inf = float("inf")
+    verdict = judge("d", epsilon, [1.3, 1.3, 1.3], [1.3, 1.3, 1.3], [inf, inf, inf])
+    assert _bench().passes(verdict)
