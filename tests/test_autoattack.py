@@ -1,0 +1,38 @@
+"""AutoAttack (APGD-CE + APGD-T) is never weaker than PGD-10 on the same model and samples."""
+
+import torch
+import torchattacks
+from torch import nn
+
+from defcon.attacks import autoattack_correct, autoattack_version
+
+
+def _trained_mlp(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_autoattack_not_weaker_than_pgd10() -> None:
+    gen = torch.Generator().manual_seed(1)
+    centers = torch.rand(4, 8, generator=gen)
+    y = torch.arange(4).repeat(30)
+    x = (centers[y] + 0.08 * torch.randn(len(y), 8, generator=gen)).clamp(0, 1)
+    model = _trained_mlp(x, y)
+    eps = 0.06
+    torch.manual_seed(2)
+    pgd = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True)
+    x_pgd = pgd(x, y)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+        pgd_acc = (model(x_pgd).argmax(1) == y).float().mean().item()
+    aa_acc = autoattack_correct(model, x, y, eps, 4, seed=0, steps=20).float().mean().item()
+    assert clean > 0.9  # the model is accurate, so the attacks have something to flip
+    assert aa_acc <= pgd_acc
+    assert aa_acc < clean  # the attack does something
+    assert "torchattacks" in autoattack_version()
