@@ -10,22 +10,17 @@ neither the target nor any reference saw (`env.calibration_data`), never on test
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import Environment
-from defcon.errors import DefconError
-from defcon.rmia import rmia_attack
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
+from defcon.rmia import rmia_attack
 from defcon.vocabulary import Direction, Risk
 
 
