@@ -45,14 +45,22 @@ def rmia_from_probs(
     a: float = OFFLINE_A,
     gamma: float = GAMMA,
 ) -> np.ndarray:
-    """RMIA scores of candidates from probabilities: refs_* are (references, rows)."""
+    """RMIA scores of candidates from probabilities (refs_* are (references, rows)).
+
+    The share of z with LR(x, z) ≥ γ is a non-decreasing function of ratio_x, and it saturates
+    at 1 for the strongest candidates (small population sets), which would put every low-FPR
+    threshold on a tie. The share is therefore returned with log ratio_x as a tie-breaker
+    scaled below the share's resolution: the ordering is the paper's, with its ties broken.
+    """
     prior_x = 0.5 * ((1 + a) * refs_x.mean(0) + (1 - a))
     prior_z = 0.5 * ((1 + a) * refs_z.mean(0) + (1 - a))
     ratio_x = target_x / np.maximum(prior_x, 1e-30)
     ratio_z = target_z / np.maximum(prior_z, 1e-30)
-    # share of z with ratio_x / ratio_z ≥ γ, i.e. ratio_z ≤ ratio_x / γ (sorted search)
     ordered = np.sort(ratio_z)
-    return np.searchsorted(ordered, ratio_x / gamma, side="right") / max(len(ordered), 1)
+    share = np.searchsorted(ordered, ratio_x / gamma, side="right") / max(len(ordered), 1)
+    log_ratio = np.log(np.maximum(ratio_x, 1e-300))
+    squashed = 0.5 + np.arctan(log_ratio) / np.pi  # in (0, 1), increasing in ratio_x
+    return share + squashed / (2 * max(len(ordered), 1))
 
 
 class MembershipReading(BaseModel):
