@@ -59,6 +59,7 @@ class Environment:
     arch: ArchConfig | None = None
     deployed: frozenset[str] = frozenset()
     reference_model: Callable[[], nn.Module] | None = None
+    population_model: Callable[[int], nn.Module] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -106,6 +107,17 @@ class Environment:
             model = train_reference(self).model
             self.reference_model = lambda: model
         return self.reference_model()
+
+    def population_models(self) -> list[nn.Module]:
+        """The profile's RMIA reference models, each trained by the plain recipe on a seeded half
+        of `attacker_data` (never on the owner's data nor on `calibration_data`); the composer
+        supplies cached ones, shared by every combination of a seed."""
+        if self.population_model is None:
+            from defcon.training import train_reference
+
+            models = [train_reference(self, i).model for i in range(self.profile.mia_references)]
+            self.population_model = lambda i: models[i]
+        return [self.population_model(i) for i in range(self.profile.mia_references)]
 
 
 class DefenseConfig(BaseModel):
@@ -181,7 +193,9 @@ def spec_of(cls: type[Defense]) -> DefenseSpec:
     path = implementation_of(cls)
     found = [s for s in builtin_catalog().values() if s.implementation == path]
     if len(found) != 1:
-        which = "no spec" if not found else f"{len(found)} specs ({', '.join(s.name for s in found)})"
+        which = (
+            "no spec" if not found else f"{len(found)} specs ({', '.join(s.name for s in found)})"
+        )
         raise DefconError(
             f"{cls.__name__}: {which} of the installed catalog name '{path}' as implementation; "
             "pass the spec explicitly (Class(config, spec=...)) or use make_defense(name, catalog=...)"

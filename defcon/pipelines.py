@@ -222,6 +222,18 @@ class PipelineRunner:
 
         return place(self.cache.model(key, train_it, label="reference model").model, self.device)
 
+    def population_model(self, env: Environment, index: int) -> nn.Module:
+        """RMIA's `index`-th reference model of `env`'s seed, trained once and cached."""
+        key = {**self.base_key(env.seed), "population_model": index,
+               "reference": "plain recipe on a seeded half of attacker_data"}  # fmt: skip
+
+        def train_it() -> TrainedModel:
+            self.log(f"seed {env.seed}: training RMIA reference model {index}")
+            return train_reference(env, index)
+
+        return place(self.cache.model(key, train_it, label="RMIA reference models").model,
+                     self.device)  # fmt: skip
+
     def shadow_model(
         self, seed: int, dataset: Dataset, split: Split, tag: str, epochs: int
     ) -> nn.Module:
@@ -271,6 +283,7 @@ class PipelineRunner:
             arch=arch, deployed=pipeline.names, device=self.device,
         )  # fmt: skip
         env.reference_model = lambda: self.reference_model(env)
+        env.population_model = lambda index: self.population_model(env, index)
         train_split = dataset.train
         if poisoner is not None:
             train_split, _ = poisoner.poison(train_split, pipeline.seed)

@@ -26,6 +26,9 @@ class Profile(BaseModel):
     attack_steps: int = 7
     eval_attack_steps: int = 10
     finetune_epochs: int = 3
+    mia_references: int = Field(
+        default=4, ge=1, description="RMIA reference models, each on half the attacker's data"
+    )
 
     def train_cap(self, dataset: str) -> int | None:
         """The cap for a dataset, or the profile's "default" (a user's own dataset)."""
@@ -50,6 +53,7 @@ PROFILES: dict[str, Profile] = {
         attack_steps=3,
         eval_attack_steps=5,
         finetune_epochs=3,
+        mia_references=2,
     ),
     "quick": Profile(
         # Sized so the undefended models are not underfit (fmnist ≈ 0.88, adult ≈ 0.85 clean

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -225,15 +226,21 @@ def _val_accuracy(run: TrainingRun) -> float:
     return value
 
 
-def train_reference(env: Environment) -> TrainedModel:
+def train_reference(env: Environment, index: int | None = None) -> TrainedModel:
     """An independent model: the threat model's fixed architecture (the dataset's default, with
     BatchNorm, whatever the victim uses) trained by the plain recipe on `env.attacker_data`.
 
     It takes as many optimizer steps as the victim's plain training would (at most 40 epochs),
-    so its per-example losses calibrate what a model of this recipe finds hard.
+    so its per-example losses calibrate what a model of this recipe finds hard. With `index`,
+    RMIA's i-th population model: the same recipe on a seeded half of `attacker_data`.
     """
     profile = env.profile
     data = env.attacker_data
+    salt = "reference-model"
+    if index is not None:
+        salt = f"population-model:{index}"
+        order = np.random.default_rng(derived_seed(env.seed, salt)).permutation(len(data))
+        data = data.subset(np.sort(order[: max(1, len(data) // 2)]))
     arch = arch_for(env.dataset, width=profile.width)
     victim_steps = profile.epochs_for(env.dataset.name) * -(
         -len(env.dataset.train) // profile.batch_size
@@ -241,7 +248,7 @@ def train_reference(env: Environment) -> TrainedModel:
     per_epoch = max(1, -(-len(data) // profile.batch_size))
     epochs = max(1, min(40, -(-victim_steps // per_epoch)))
     reference_env = Environment(
-        dataset=env.dataset, seed=derived_seed(env.seed, "reference-model"), profile=profile,
+        dataset=env.dataset, seed=derived_seed(env.seed, salt), profile=profile,
         arch=arch, device=env.device,
     )  # fmt: skip
     return train(reference_env, data, arch=arch, epochs=epochs, description="reference")

@@ -65,9 +65,9 @@ def test_three_defense_composition_and_cache_sharing(tmp_path: Path) -> None:
     assert {r.defense for r in record.results} == {"model_watermark", "dp_sgd", "explanations"}
     dp = record.result("dp_sgd")
     assert {m.metric for m in dp.metrics} >= {"mia_auc", "mia_tpr_at_1_fpr", "epsilon"}
-    # no defense, combination (pre+in), watermark alone, dp alone, the independent reference
-    # model of the membership attack; explanations reuses no defense
-    assert first.cache.trained == 5
+    # no defense, combination (pre+in), watermark alone, dp alone, and the tiny profile's two
+    # RMIA reference models of the membership attack; explanations reuses no defense
+    assert first.cache.trained == 6
     assert first.cache.reused >= 1
 
     second = composer(tmp_path)  # a new invocation on the same cache

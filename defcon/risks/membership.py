@@ -1,79 +1,32 @@
-"""Membership inference (SoK P1): a difficulty-calibrated loss attack, AUC and TPR at 1 % FPR.
+"""Membership inference (SoK P1): offline RMIA, AUC and TPR at 0.1 % and 1 % FPR.
 
-Watson et al., "On the Importance of Difficulty Calibration in Membership Inference Attacks",
-ICLR 2022; the offline LiRA of Carlini et al., "Membership Inference Attacks From First
-Principles", IEEE S&P 2022. score(x) = ℓ_ref(x) − ℓ_target(x): how much better the target fits x
-than an independent model of the same recipe that never saw it (`env.independent_model()`,
-trained on the attacker's data), so easy examples do not pass for members. The same attack as
-`dp_sgd`'s metric, which calls `calibrated_score` from here. Members are the clean original training records once each (`env.members`),
-non-members the test split, equally many of each; the 1 %-FPR threshold is set on validation
-records neither model saw (`env.calibration_data`), never on test data.
+Zarifzadeh, Liu, Shokri, "Low-Cost High-Power Membership Inference Attacks", ICML 2024, via
+`defcon.rmia` (the same implementation as `dp_sgd`'s metric), with the profile's reference
+models trained on halves of the attacker's population data (`env.population_models()`, cached
+per seed). Members are the clean original training records once each (`env.members`),
+non-members the test split, equally many of each; thresholds are set on validation records
+neither the target nor any reference saw (`env.calibration_data`), never on test data.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import Environment
-from defcon.errors import DefconError
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
+from defcon.rmia import rmia_attack
 from defcon.vocabulary import Direction, Risk
 
 
 class MembershipConfig(AttackConfig):
     samples: int = Field(default=2000, ge=10, description="cap per side (members, non-members)")
     fpr: float = Field(default=0.01, gt=0, lt=1, description="FPR of the calibrated threshold")
-
-
-def calibrated_score(
-    target: nn.Module, reference: nn.Module, kind: str = "loss"
-) -> Callable[[Split], torch.Tensor]:
-    """score(split) per row: how much more the target fits x than the reference does.
-
-    kind "logit": φ_target − φ_ref with φ = log(p_y/(1 − p_y)); kind "loss": ℓ_ref − ℓ_target.
-    Both models are evaluated in eval mode (their modes are restored).
-    """
-    if kind not in {"logit", "loss"}:
-        raise DefconError(f"unknown membership score {kind!r}; accepted: logit, loss")
-
-    def per_row(model: nn.Module, split: Split) -> torch.Tensor:
-        logit = true_class_logit(model, split)
-        if kind == "logit":
-            return logit
-        return -torch.nn.functional.logsigmoid(logit)  # = cross-entropy −log p_y
-
-    def score(split: Split) -> torch.Tensor:
-        target_value, reference_value = per_row(target, split), per_row(reference, split)
-        if kind == "logit":
-            return target_value - reference_value
-        return reference_value - target_value
-
-    return score
-
-
-@torch.no_grad()
-def true_class_logit(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
-    """φ = log(p_y / (1 − p_y)) = z_y − logsumexp_{j≠y} z_j, computed stably."""
-    was_training = model.training
-    model.eval()
-    parts = []
-    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
-        logits = model(x).double()
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        others = logits.scatter(1, y[:, None], -math.inf).logsumexp(1)
-        parts.append(true - others)
-    model.train(was_training)
-    return torch.cat(parts).float() if parts else torch.zeros(0)
 
 
 def balanced(inside: Split, outside: Split, cap: int, seed: int) -> tuple[Split, Split]:
@@ -89,7 +42,7 @@ def balanced(inside: Split, outside: Split, cap: int, seed: int) -> tuple[Split,
 class MembershipInference(RiskAttack):
     risk: ClassVar[Risk] = Risk.MEMBERSHIP_INFERENCE
     reference: ClassVar[str] = (
-        "Watson et al., On the Importance of Difficulty Calibration in Membership Inference Attacks, ICLR 2022; Carlini et al., Membership Inference Attacks From First Principles, IEEE S&P 2022"
+        "Zarifzadeh, Liu, Shokri, Low-Cost High-Power Membership Inference Attacks, ICML 2024"
     )
     metrics: ClassVar[tuple[RiskMetric, ...]] = (
         RiskMetric(
@@ -100,6 +53,10 @@ class MembershipInference(RiskAttack):
             name="mia_tpr_at_1_fpr", riskier=Direction.HIGHER, primary=False, min_effect=0.02,
             description="share of members above the threshold set to 1% FPR on validation data",
         ),
+        RiskMetric(
+            name="mia_tpr_at_0_1_fpr", riskier=Direction.HIGHER, primary=False, min_effect=0.02,
+            description="share of members above the threshold set to 0.1% FPR on validation data",
+        ),
     )  # fmt: skip
     Config = MembershipConfig
     config: MembershipConfig
@@ -108,11 +65,12 @@ class MembershipInference(RiskAttack):
         members, others = balanced(
             env.members, env.dataset.test, self.config.samples, derived_seed(env.seed, "risk:mia")
         )
-        score = calibrated_score(model, env.independent_model(), "loss")
-        inside, outside = score(members), score(others)
-        threshold = float(np.quantile(score(env.calibration_data).numpy(), 1 - self.config.fpr))
-        labels = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+        reading = rmia_attack(
+            model, env.population_models(), members, others, env.attacker_data,
+            env.calibration_data,
+        )  # fmt: skip
         return {
-            "mia_auc": float(roc_auc_score(labels, torch.cat([inside, outside]).numpy())),
-            "mia_tpr_at_1_fpr": float((inside > threshold).float().mean()),
+            "mia_auc": reading.auc,
+            "mia_tpr_at_1_fpr": reading.tpr_at_1_fpr,
+            "mia_tpr_at_0_1_fpr": reading.tpr_at_0_1_fpr,
         }

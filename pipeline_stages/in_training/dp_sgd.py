@@ -26,25 +26,15 @@ the target is the *per-row* ε at δ (Opacus derives σ from it); the recorded p
 larger when k > 1. Records: ``dp_sgd.epsilon`` (per person), ``dp_sgd.row_epsilon``,
 ``dp_sgd.delta``, ``dp_sgd.group_size``, ``dp_sgd.people``, ``dp_sgd.noise_multiplier``.
 
-Effectiveness: ``epsilon`` (``inf`` for a model not trained with DP-SGD) and a *calibrated*
-membership-inference attack. A global loss threshold (Yeom et al., CSF 2018) found nothing on
-undefended models (advantage ≈ 0 on Adult): it cannot tell "member" from "easy example". The
-attack here calibrates each example's difficulty by an independent model (Watson et al., "On the
-Importance of Difficulty Calibration in Membership Inference Attacks", ICLR 2022; the offline
-LiRA of Carlini et al., "Membership Inference Attacks From First Principles", IEEE S&P 2022):
-score(x) = ℓ_ref(x) − ℓ_target(x), ℓ the cross-entropy loss, the reference being
-``env.independent_model()`` (it never saw x). The loss rather than LiRA's logit-scaled confidence
-φ = log(p_y/(1 − p_y)): with a single reference trained on far less data than the target, φ
-(unbounded on easy examples) amplifies the gap between the two models where both are confident,
-while the loss (≈ 0 there) keeps the score on the hard examples that memorisation moves; the
-loss was the stronger score on Fashion-MNIST (tiny profile AUC 0.566 vs 0.538; 10,000 images,
-20 epochs 0.592 vs 0.560) and on Adult (0.542 vs 0.537). Members are
-``env.members`` (clean original records once each: no poisoned, watermarked or appended rows);
-non-members the test split; equally many of each (seeded, at most ``mia_samples``).
-``mia_auc`` is the ROC AUC of the score; ``mia_tpr_at_1_fpr`` the share of members above the
-99th percentile of the score on ``env.calibration_data`` (validation records neither model saw),
-and ``mia_calibration_fpr`` (a diagnostic, not judged) the FPR that threshold realises on the
-test non-members.
+Effectiveness is judged empirically: ``mia_auc`` and ``mia_tpr_at_1_fpr`` of offline RMIA
+(Zarifzadeh, Liu, Shokri, ICML 2024; ``defcon.rmia``, the same attack as the audit's membership
+risk) with the profile's reference models trained on halves of the attacker's population data.
+``epsilon`` (``inf`` without DP-SGD) stays in the record as the guarantee but is not judged: it
+is a function of the configuration. Members are ``env.members`` (clean original records once
+each); non-members the test split, equally many of each (seeded, at most ``mia_samples``). The
+0.1 % and 1 % FPR thresholds come from ``env.calibration_data``, which neither the target nor
+any reference saw; ``mia_calibration_fpr`` (a diagnostic) is the FPR the 1 % threshold realises
+on the test non-members.
 """
 
 from __future__ import annotations
@@ -59,7 +49,6 @@ import torch
 from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 from pydantic import Field, model_validator
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defcon.attacks import derived_seed
@@ -67,7 +56,7 @@ from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import device_of
 from defcon.errors import DefconError
-from defcon.risks.membership import calibrated_score
+from defcon.rmia import rmia_attack
 
 if TYPE_CHECKING:
     from defcon.models import ArchConfig
@@ -75,10 +64,8 @@ if TYPE_CHECKING:
 
 EPSILON_KEY = "dp_sgd.epsilon"
 DELTA_FACTOR = 10  # δ = 1 / (DELTA_FACTOR · people)
-CALIBRATION_FPR = 0.01  # the attack's threshold: this share of unseen validation records above it
 GRID_POINTS = 60  # per-row δ' tried by the group-privacy conversion
 SMALLEST_DELTA = 1e-15
-SCORE = "loss"  # the membership score: "loss" (Watson et al.) or "logit" (LiRA's φ); see above
 
 # Opacus' hooks on the first layer fire although the inputs need no gradient; harmless.
 warnings.filterwarnings(
@@ -261,23 +248,21 @@ class DPSGD(InTrainingDefense):
         return {**self.membership_attack(model, env), "epsilon": float(epsilon)}
 
     def membership_attack(self, model: nn.Module, env: Environment) -> dict[str, float]:
-        """AUC and TPR at 1 % FPR of the difficulty-calibrated attack (module docstring)."""
+        """AUC and TPR at 0.1 % / 1 % FPR of offline RMIA (`defcon.rmia`, the audit's attack)."""
         members = env.members
         if len(members) < 4:
             raise DefconError("dp_sgd: too few clean training records to measure membership")
         generator = torch.Generator().manual_seed(derived_seed(env.seed, f"{self.name}:mia"))
         inside, outside = _balanced(members, env.dataset.test, self.config.mia_samples, generator)
-        reference = env.independent_model()
-        score = calibrated_score(model, reference, SCORE)
-        member_scores, other_scores = score(inside), score(outside)
-        calibration = score(env.calibration_data)
-        threshold = float(np.quantile(calibration.numpy(), 1 - CALIBRATION_FPR))
-        labels = np.r_[np.ones(len(member_scores)), np.zeros(len(other_scores))]
-        values = torch.cat([member_scores, other_scores]).numpy()
+        reading = rmia_attack(
+            model, env.population_models(), inside, outside, env.attacker_data,
+            env.calibration_data,
+        )  # fmt: skip
         return {
-            "mia_auc": float(roc_auc_score(labels, values)),
-            "mia_tpr_at_1_fpr": float((member_scores > threshold).float().mean()),
-            "mia_calibration_fpr": float((other_scores > threshold).float().mean()),
+            "mia_auc": reading.auc,
+            "mia_tpr_at_1_fpr": reading.tpr_at_1_fpr,
+            "mia_tpr_at_0_1_fpr": reading.tpr_at_0_1_fpr,
+            "mia_calibration_fpr": reading.calibration_fpr,
         }
 
 
