@@ -181,7 +181,9 @@ def spec_of(cls: type[Defense]) -> DefenseSpec:
     path = implementation_of(cls)
     found = [s for s in builtin_catalog().values() if s.implementation == path]
     if len(found) != 1:
-        which = "no spec" if not found else f"{len(found)} specs ({', '.join(s.name for s in found)})"
+        which = (
+            "no spec" if not found else f"{len(found)} specs ({', '.join(s.name for s in found)})"
+        )
         raise DefconError(
             f"{cls.__name__}: {which} of the installed catalog name '{path}' as implementation; "
             "pass the spec explicitly (Class(config, spec=...)) or use make_defense(name, catalog=...)"
