@@ -558,15 +558,19 @@ def run_composer(
     model_name: str | None,
     device: Any,
     err: Console,
+    fitting: tuple[int | None, int],
 ) -> Any:
-    """The Composer compose and audit run on, its progress lines dimmed on stderr."""
+    """The Composer compose and audit run on, its progress lines dimmed on stderr; `fitting`
+    is (--epochs, first seed): a user's data without --epochs gets early stopping."""
     from defcon.composer import Composer
 
-    return Composer(
+    composer = Composer(
         source, profile=profile, cache_dir=cache_dir, data_dir=data_dir,
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
         model=model_name, device=device,
     )  # fmt: skip
+    fit_to_user_data(composer, source, *fitting)
+    return composer
 
 
 def fit_to_user_data(composer: Any, source: Any, epochs: int | None, seed: int) -> None:
@@ -655,16 +659,9 @@ def compose_command(
 
     err = safe_console(stderr=True)
     composer = run_composer(
-        source,
-        trained_with,
-        cache or out / "cache",
-        data_dir,
-        specs,
-        model_name,
-        chosen_device,
-        err,
-    )
-    fit_to_user_data(composer, source, epochs, seed_start)
+        source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
+        err, (epochs, seed_start),
+    )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
         tolerances=tolerances,
@@ -731,16 +728,9 @@ def audit_command(
 
     err = safe_console(stderr=True)
     composer = run_composer(
-        source,
-        trained_with,
-        cache or out / "cache",
-        data_dir,
-        specs,
-        model_name,
-        chosen_device,
-        err,
-    )
-    fit_to_user_data(composer, source, epochs, seed_start)
+        source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
+        err, (epochs, seed_start),
+    )  # fmt: skip
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
     made_here(out, "audits", "plots")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from cli_helpers import assert_one_line_error, run
+from test_bring_your_own import write_loans
 
 from defcon.errors import DefconError
 from defcon.profiles import get_profile
 from defcon.reliability import underfit_reasons
 from defcon.settings import RunSettings
-from cli_helpers import assert_one_line_error, run
-from test_bring_your_own import write_loans
 
 
 def test_settings_override_the_profile_and_change_its_cache_identity():
