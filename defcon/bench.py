@@ -29,10 +29,12 @@ from defcon.composer import Composer, applicability_problem
 from defcon.data import is_data_file, load_dataset, open_data_file
 from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
+from defcon.fitting import fit_epochs
 from defcon.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record, save_record
+from defcon.settings import RunSettings
 from defcon.storage import atomic_write_text, read_text, safe_folder
 from defcon.user_code import UserCodeError
 
@@ -60,6 +62,7 @@ class Task(BaseModel):
     target: str | None = None  # CSV datasets: label and sensitive columns
     sensitive: str | None = None
     kind: str | None = None
+    training: RunSettings = RunSettings()  # --epochs/--lr/--batch-size over the profile
 
 
 class Skipped(BaseModel):
@@ -221,9 +224,12 @@ def run_task(task: Task) -> str | None:
             else task.dataset
         )  # fmt: skip
         composer = Composer(
-            source, profile=task.profile, cache_dir=task.cache_dir, data_dir=task.data_dir,
-            catalog=load_catalog(task.catalog), model=task.model, device=task.device,
+            source, profile=task.training.applied_to(task.profile), cache_dir=task.cache_dir,
+            data_dir=task.data_dir, catalog=load_catalog(task.catalog), model=task.model,
+            device=task.device,
         )  # fmt: skip
+        if task.training.epochs is None and not isinstance(source, str):
+            fit_epochs(composer, task.seed_start)  # a user's data: early stopping
         record = composer.compose(
             task.defenses,
             seeds=task.seeds,
@@ -367,6 +373,7 @@ def run_bench(
     target: str | None = None,
     sensitive: str | None = None,
     kind: str | None = None,
+    training: RunSettings | None = None,
 ) -> BenchResult:
     """Measure every applicable combination on each dataset; resume from records already saved.
 
@@ -388,11 +395,15 @@ def run_bench(
     model = factory_name(model) if model is not None else None
     data_options = {"target": target, "sensitive": sensitive, "kind": kind}
     # a user's settings go into record file names, so runs that differ never share records
+    training = training or RunSettings()
     variant = "".join(
         f"-{label}{value}"
-        for label, value in (("on-", resolved), ("model-", model))
+        for label, value in (
+            ("on-", resolved), ("model-", model), ("epochs", training.epochs),
+            ("lr", training.lr), ("batch", training.batch_size),
+        )
         if value not in (None, "cpu")
-    ).replace(":", "_")
+    ).replace(":", "_")  # fmt: skip
     if workers < 1:
         raise DefconError(f"--workers must be at least 1, got {workers}")
     if executor not in ("local", "ray"):
@@ -431,6 +442,7 @@ def run_bench(
                     catalog=catalog_file,
                     model=model,
                     device=resolved,
+                    training=training,
                     **data_options,
                 )  # fmt: skip
             )

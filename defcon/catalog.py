@@ -190,7 +190,9 @@ def specs_from(entry_point: metadata.EntryPoint) -> list[DefenseSpec]:
 
 def spec_files(folder: Path | str) -> list[DefenseSpec]:
     """Every `*.toml` spec file below `folder` (sorted): how a plugin package ships its specs."""
-    return [spec for path in sorted(Path(folder).rglob("*.toml")) for spec in load_catalog_file(path)]
+    return [
+        spec for path in sorted(Path(folder).rglob("*.toml")) for spec in load_catalog_file(path)
+    ]
 
 
 @lru_cache(maxsize=1)

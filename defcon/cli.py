@@ -253,6 +253,9 @@ def check_command(
     ] = None,
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
     catalog_specs = catalog_from(catalog)
@@ -264,11 +267,14 @@ def check_command(
                 err=True,
             )
     if technique == "pilot":
-        chosen: Any = pilot_technique(dataset, cache, data_dir, device, catalog_specs)
-    elif dataset is not None or cache is not None:
+        from defcon.pilot import PILOT_PROFILE
+
+        trained_with = training_profile(PILOT_PROFILE, epochs, lr, batch_size)
+        chosen: Any = pilot_technique(dataset, cache, data_dir, device, catalog_specs, trained_with)
+    elif dataset is not None or cache is not None or (epochs, lr, batch_size) != (None,) * 3:
         raise DefconError(
-            f"--dataset and --cache are read by --technique pilot only; '{technique}' reads "
-            "declarations and trains nothing"
+            f"--dataset, --cache, --epochs, --lr and --batch-size are read by --technique pilot "
+            f"only; '{technique}' reads declarations and trains nothing"
         )
     else:
         chosen = get_technique(technique)
@@ -335,7 +341,12 @@ def plan_command(
 
 
 def pilot_technique(
-    dataset: str | None, cache: Path | None, data_dir: Path | None, device: str, specs: Any
+    dataset: str | None,
+    cache: Path | None,
+    data_dir: Path | None,
+    device: str,
+    specs: Any,
+    profile: Any = None,
 ) -> Any:
     """The pilot technique on `dataset`, its options checked before anything trains."""
     if dataset is None:
@@ -350,7 +361,7 @@ def pilot_technique(
 
     return PilotTechnique(
         dataset_source(dataset, None, None, None), cache_dir=cache, data_dir=data_dir,
-        catalog=specs, device=chosen_device,
+        catalog=specs, device=chosen_device, **({"profile": profile} if profile else {}),
     )  # fmt: skip
 
 
@@ -527,6 +538,29 @@ DataDirOption = Annotated[
         "--data-dir", help="Folder with the four Fashion-MNIST IDX files.", show_default=False
     ),
 ]
+EpochsOption = Annotated[
+    int | None,
+    typer.Option("--epochs", help="Training epochs (default: the profile's).", show_default=False),
+]
+LrOption = Annotated[
+    float | None,
+    typer.Option("--lr", help="Learning rate (default: the profile's).", show_default=False),
+]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option("--batch-size", help="Batch size (default: the profile's).", show_default=False),
+]
+
+
+def training_profile(
+    profile: str, epochs: int | None, lr: float | None, batch_size: int | None
+) -> Any:
+    """The profile with --epochs/--lr/--batch-size applied (checked before any work)."""
+    from defcon.settings import RunSettings
+
+    return RunSettings.checked(epochs, lr, batch_size).applied_to(profile)
+
+
 # The run options a command that trains models shares (compose, bench; audit can reuse them).
 DeviceOption = Annotated[
     str,
@@ -580,22 +614,34 @@ def run_settings(device: str, model: str | None) -> tuple[Any, str | None]:
 
 def run_composer(
     source: Any,
-    profile: str,
+    profile: Any,
     cache_dir: Path,
     data_dir: Path | None,
     specs: Any,
     model_name: str | None,
     device: Any,
     err: Console,
+    fitting: tuple[int | None, int],
 ) -> Any:
-    """The Composer compose and audit run on, its progress lines dimmed on stderr."""
+    """The Composer compose and audit run on, its progress lines dimmed on stderr; `fitting`
+    is (--epochs, first seed): a user's data without --epochs gets early stopping."""
     from defcon.composer import Composer
 
-    return Composer(
+    composer = Composer(
         source, profile=profile, cache_dir=cache_dir, data_dir=data_dir,
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
         model=model_name, device=device,
     )  # fmt: skip
+    fit_to_user_data(composer, source, *fitting)
+    return composer
+
+
+def fit_to_user_data(composer: Any, source: Any, epochs: int | None, seed: int) -> None:
+    """A user's own data without --epochs trains with early stopping (defcon.fitting)."""
+    if epochs is None and not isinstance(source, str):
+        from defcon.fitting import fit_epochs
+
+        fit_epochs(composer, seed)
 
 
 def dataset_source(name: str, target: str | None, sensitive: str | None, kind: str | None) -> Any:
@@ -657,12 +703,16 @@ def compose_command(
     target: TargetOption = None,
     sensitive: SensitiveOption = None,
     kind: KindOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
     from defcon.effectiveness import seed_plan
 
     specs = catalog_from(catalog)
     chosen_device, model_name = run_settings(device, model)
+    trained_with = training_profile(profile, epochs, lr, batch_size)
     source = dataset_source(dataset, target, sensitive, kind)
     tolerances = parse_tolerances(tolerance)
     max_seeds = seed_plan(seeds, max_seeds, seed_start)
@@ -672,8 +722,9 @@ def compose_command(
 
     err = safe_console(stderr=True)
     composer = run_composer(
-        source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
-    )
+        source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
+        err, (epochs, seed_start),
+    )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
         tolerances=tolerances,
@@ -722,12 +773,16 @@ def audit_command(
     target: TargetOption = None,
     sensitive: SensitiveOption = None,
     kind: KindOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
 ) -> None:
     """Measure every risk on no defense, each defense alone and combined; predict each change."""
     from defcon.effectiveness import seed_plan
 
     specs = catalog_from(catalog)
     chosen_device, model_name = run_settings(device, model)
+    trained_with = training_profile(profile, epochs, lr, batch_size)
     source = dataset_source(dataset, target, sensitive, kind)
     seed_plan(seeds, None, seed_start)
     check_outputs(out, json_path, cache)
@@ -736,8 +791,9 @@ def audit_command(
 
     err = safe_console(stderr=True)
     composer = run_composer(
-        source, profile, cache or out / "cache", data_dir, specs, model_name, chosen_device, err
-    )
+        source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
+        err, (epochs, seed_start),
+    )  # fmt: skip
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
     made_here(out, "audits", "plots")
@@ -816,6 +872,9 @@ def bench_command(
     target: TargetOption = None,
     sensitive: SensitiveOption = None,
     kind: KindOption = None,
+    epochs: EpochsOption = None,
+    lr: LrOption = None,
+    batch_size: BatchSizeOption = None,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, pairs_among, parse_pairs, run_bench
@@ -824,6 +883,10 @@ def bench_command(
 
     specs = catalog_from(catalog)
     run_settings(device, model)
+    from defcon.settings import RunSettings
+
+    training = RunSettings.checked(epochs, lr, batch_size)
+    training.applied_to(profile)  # an unknown profile: one error line before anything runs
     chosen_pairs = parse_pairs(pairs, specs)
     if defenses is not None:
         if chosen_pairs is not None:
@@ -847,7 +910,7 @@ def bench_command(
         data_dir=str(data_dir) if data_dir else None, ray_address=ray_address,
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
         measure=not report_only, catalog_file=str(catalog) if catalog else None, model=model,
-        device=device, target=target, sensitive=sensitive, kind=kind,
+        device=device, target=target, sensitive=sensitive, kind=kind, training=training,
     )  # fmt: skip
     if (
         stability_start is not None

@@ -57,7 +57,8 @@ from defcon.planning import (
 )
 from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
-from defcon.training import CONVERGED_GAIN
+from defcon.reliability import underfit_reasons
+from defcon.settings import training_used
 from defcon.vocabulary import DefenseSpec
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
     "PipelineResult",
     "applicability_problem",
     "degenerate_models",
-    "unconverged",
     "validate_tolerances",
 ]
 
@@ -115,6 +115,7 @@ class Composer:
             dataset = open_data_file(dataset)
         resolved_profile = get_profile(profile) if isinstance(profile, str) else profile
         self.log = log or (lambda message: None)
+        self.fitted: dict[str, float] = {}  # early stopping's facts (defcon.fitting)
         resolved_device = resolve_device(device)
         model_factory = factory_name(model) if model is not None else None
         cache = ModelCache(cache_dir, log=self.log)
@@ -363,7 +364,12 @@ class Composer:
             self.dataset(seed_start),
             {COMBINED: arms.clean[COMBINED], **{f"{n} alone": arms.clean[n] for n in order}},
         )
-        notes += unconverged(arms.series(NO_DEFENSE, FACTS))
+        first = self.dataset(seed_start)
+        test_counts = first.test.y.bincount()
+        unreliable = underfit_reasons(
+            arms.series(NO_DEFENSE, FACTS), arms.clean[NO_DEFENSE],
+            float(test_counts.max()) / float(test_counts.sum()), len(first.val),
+        )  # fmt: skip
         spent = {
             label: round(value - before.get(label, 0.0), 2)
             for label, value in self.cache.seconds.items()
@@ -397,6 +403,8 @@ class Composer:
             cache=self.cache.stats(),
             seconds=spent,
             warnings=notes,
+            unreliable=unreliable,
+            training={**training_used(self.profile, self.dataset_name), **self.fitted},
         )
 
 
@@ -411,17 +419,3 @@ def probe_summaries(arms: ArmComparison, labels: Sequence[str]) -> dict[str, dic
                 for probe in sorted(set.intersection(*(set(r) for r in readings)))
             }
     return summaries
-
-
-def unconverged(facts: Sequence[Mapping[str, float]]) -> tuple[str, ...]:
-    """Warnings for undefended models whose last epoch still improved validation accuracy."""
-    gains = [
-        f["training.last_epoch_val_gain"] for f in facts if "training.last_epoch_val_gain" in f
-    ]
-    if gains and max(gains) > CONVERGED_GAIN:
-        return (
-            f"the undefended model is not converged: its last epoch still added "
-            f"{max(gains):.3f} validation accuracy on some seed (> {CONVERGED_GAIN}); "
-            "the profile may be too short",
-        )
-    return ()

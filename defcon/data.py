@@ -604,7 +604,9 @@ def from_arrays(
         xs["val"], ys["val"] = _array(x_val, "x_val"), _array(y_val, "y_val")
     given_s = {"train": s_train, "test": s_test, "val": s_val}
     if (s_train is None) != (s_test is None) or (s_val is not None and s_train is None):
-        raise DefconError(f"{what}: give the sensitive attribute for train and test (s_train, s_test)")
+        raise DefconError(
+            f"{what}: give the sensitive attribute for train and test (s_train, s_test)"
+        )
     ss = None
     if s_train is not None:
         ss = {k: _array(given_s[k], f"s_{k}") for k in xs if given_s[k] is not None}
@@ -691,7 +693,9 @@ def read_npz(path: Path | str, kind: DataKind | str | None = None) -> UserData:
     except FileNotFoundError:
         raise DefconError(f"dataset file '{path}' does not exist") from None
     except (OSError, ValueError, EOFError) as error:
-        raise DefconError(f"dataset file '{path}' is not a readable .npz archive ({error})") from None
+        raise DefconError(
+            f"dataset file '{path}' is not a readable .npz archive ({error})"
+        ) from None
     missing = [key for key in NPZ_KEYS if key not in arrays]
     if missing:
         raise DefconError(
@@ -740,7 +744,9 @@ def read_csv(
         raise DefconError("--sensitive names the --target column; pick another column")
     frame, notes = drop_missing(frame, path)
     if len(frame) < 10:
-        raise DefconError(f"dataset file '{path}' has {len(frame)} complete rows; at least 10 needed")
+        raise DefconError(
+            f"dataset file '{path}' has {len(frame)} complete rows; at least 10 needed"
+        )
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DefconError(f"dataset file '{path}' has no feature column besides '{target}'")

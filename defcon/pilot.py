@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from defcon.data import UserData
+    from defcon.profiles import Profile
 
 PILOT_PROFILE = "tiny"
 PILOT_SEEDS = 3
@@ -66,7 +67,7 @@ class PilotTechnique:
         catalog: Catalog | None = None,
         data_dir: Path | str | None = None,
         fallback: str = "factors",
-        profile: str = PILOT_PROFILE,
+        profile: str | Profile = PILOT_PROFILE,
         seeds: int = PILOT_SEEDS,
         seed_start: int = PILOT_SEED_START,
         device: str | torch.device = "auto",

@@ -93,10 +93,19 @@ class CompositionRecord(BaseModel):
         default_factory=dict, description="compute time of this run's cache misses, by what"
     )
     warnings: tuple[str, ...] = ()
+    unreliable: tuple[str, ...] = Field(
+        default=(),
+        description="why the undefended model is underfit (defcon.reliability); non-empty: the "
+        "verdict is unreliable and never scored",
+    )
+    training: dict[str, float] = Field(
+        default_factory=dict,
+        description="epochs, lr and batch_size the models trained with (profile + RunSettings)",
+    )
 
     @property
     def conclusive(self) -> bool:
-        return self.label in CONCLUSIVE
+        return self.label in CONCLUSIVE and not self.unreliable
 
     def result(self, defense: str) -> DefenseResult:
         for result in self.results:

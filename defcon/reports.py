@@ -119,6 +119,12 @@ def _drop(verdict) -> str:  # MetricVerdict
 
 def print_report(record: CompositionRecord, console: Console | None = None) -> None:
     console = console or safe_console()
+    if record.unreliable:  # before the table: its numbers come from an underfit model
+        console.print(
+            f"[bold red]Verdict: unreliable[/] (measured label {record.label} not trusted)"
+        )
+        for reason in record.unreliable:
+            console.print(f"[red]unreliable:[/] {reason}")
     console.print(composition_table(record))
     colour = _LABEL_COLOUR[record.label]
     predicted = ", ".join(f"{name}: {label}" for name, label in record.predicted.items())

@@ -9,6 +9,7 @@ runs. Two defenses that need the same exclusive slot cannot share the loop (stru
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -112,14 +113,19 @@ def train(
     epochs: int | None = None,
     description: str = "training",
     input_layer: InputLayer | None = None,
+    patience: int | None = None,
 ) -> TrainedModel:
     """Train a fresh model on `train_split` with the given in-training defenses plugged in.
 
     With an `input_layer` (pre-training defenses' transform of every input), the model trains
     behind it, so every hook sees the model a user is served; the returned model has the layer
     folded into its first Linear (`defcon.models.fold_input_layer`): same function, same
-    architecture.
+    architecture. With `patience` (plain training only), it stops once validation accuracy has
+    not improved for that many epochs and keeps the best epoch's weights
+    (`training.best_epoch` in the record): how `defcon.settings` fits epochs to a user's data.
     """
+    if patience is not None and defenses:
+        raise DefconError("early stopping applies to the undefended model only")
     clashes = structural_clashes([defense.spec for defense in defenses])
     if clashes:
         raise DefconError(f"structural clash: {clashes[0].sentence()}")
@@ -150,6 +156,7 @@ def train(
     noise_steps = _users(defenses, Slot.PARAMETER_NOISE)
     loss = torch.zeros(())
     val_accuracy: list[float] = []
+    best = ((-1.0, 0.0), 0, None)  # early stopping: ((val accuracy, -val loss), epoch, weights)
     bar = tqdm(range(run.epochs), desc=printable(description), disable=not _show_progress(),
                leave=False)  # fmt: skip
     for epoch in bar:
@@ -173,8 +180,19 @@ def train(
                 defense_call(defense, "noisy_step", run)
             run.optimizer.step()
         bar.set_postfix(loss=float(loss.detach()))
-        if epoch >= run.epochs - 2:  # convergence check: the last epoch's validation gain
+        if patience is not None:
+            current = _val_scores(run)  # accuracy first; the loss breaks a small set's ties
+            if current > best[0]:
+                best = (current, epoch + 1, copy.deepcopy(run.model.state_dict()))
+            elif epoch + 1 - best[1] >= patience:
+                break
+        elif epoch >= run.epochs - 2:  # convergence check: the last epoch's validation gain
             val_accuracy.append(_val_accuracy(run))
+    if best[2] is not None:
+        run.model.load_state_dict(best[2])
+        run.record["training.best_epoch"] = float(best[1])
+        run.record["training.epochs_run"] = float(run.epoch + 1)
+        run.record["training.best_val_accuracy"] = best[0][0]
     for defense in _users(defenses, Slot.PRIVACY_WRAPPER):
         defense_call(defense, "unwrap", run)
     run.model = run.plain_model
@@ -216,6 +234,17 @@ def _batch(
             "tensors (x, y, s) with the same number of rows"
         )
     return batch
+
+
+def _val_scores(run: TrainingRun) -> tuple[float, float]:
+    """(validation accuracy, minus validation loss) of the model being trained: higher is
+    better on both, compared in this order (hooks off, mode restored)."""
+    with run.hooks_disabled() as model, torch.no_grad():
+        val = run.env.dataset.val
+        value = accuracy(model, val.x, val.y)
+        model.eval()
+        loss = F.cross_entropy(model(val.x.to(run.env.device)), val.y.to(run.env.device))
+    return value, -float(loss)
 
 
 def _val_accuracy(run: TrainingRun) -> float:

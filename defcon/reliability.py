@@ -1,0 +1,42 @@
+"""Whether a verdict can be trusted at all: an underfit undefended model makes it unreliable.
+
+Every metric of a composition is read against the undefended model; one that has not converged,
+or that barely beats always predicting the majority class, makes any drop or hold meaningless.
+Such a verdict is labelled `unreliable` before its table, carries the reasons in its record, and
+is never scored by the benchmark (`CompositionRecord.conclusive` is False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from defcon.training import CONVERGED_GAIN
+
+CLEAR_MARGIN = 0.02  # clean accuracy within this of the majority-class rate: not clearly better
+
+
+def underfit_reasons(
+    facts: Sequence[Mapping[str, float]],
+    clean: Sequence[float],
+    majority: float,
+    val_rows: int | None = None,
+) -> tuple[str, ...]:
+    """Why the undefended model is underfit (empty: it is not), from its training facts per
+    seed and its clean test accuracy per seed against the majority-class rate. On a small
+    validation split (`val_rows`) a gain of one row is noise, not a model still learning."""
+    reasons: list[str] = []
+    threshold = max(CONVERGED_GAIN, 1.5 / val_rows) if val_rows else CONVERGED_GAIN
+    gains = [
+        f["training.last_epoch_val_gain"] for f in facts if "training.last_epoch_val_gain" in f
+    ]
+    if gains and max(gains) > threshold:
+        reasons.append(
+            f"the undefended model is not converged (its last epoch still added {max(gains):.3f} "
+            f"validation accuracy on some seed, > {threshold:.3f}); train longer (--epochs)"
+        )
+    if clean and min(clean) <= majority + CLEAR_MARGIN:
+        reasons.append(
+            f"the undefended model is not clearly better than predicting the majority class "
+            f"(clean accuracy {min(clean):.3f} on some seed vs {majority:.3f} + {CLEAR_MARGIN})"
+        )
+    return tuple(reasons)
