@@ -29,6 +29,9 @@ class Profile(BaseModel):
     mia_references: int = Field(
         default=4, ge=1, description="RMIA reference models, each on half the attacker's data"
     )
+    autoattack_steps: int = Field(
+        default=100, ge=1, description="APGD-CE and APGD-T iterations (AutoAttack's standard: 100)"
+    )
 
     def train_cap(self, dataset: str) -> int | None:
         """The cap for a dataset, or the profile's "default" (a user's own dataset)."""
@@ -54,6 +57,7 @@ PROFILES: dict[str, Profile] = {
         eval_attack_steps=5,
         finetune_epochs=3,
         mia_references=2,
+        autoattack_steps=10,
     ),
     "quick": Profile(
         # Sized so the undefended models are not underfit (fmnist ≈ 0.88, adult ≈ 0.85 clean
@@ -69,6 +73,7 @@ PROFILES: dict[str, Profile] = {
         attack_steps=2,
         eval_attack_steps=10,
         finetune_epochs=3,
+        autoattack_steps=25,
     ),
     "paper": Profile(
         name="paper",

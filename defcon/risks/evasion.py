@@ -17,15 +17,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-import torchattacks
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
+from defcon.attacks import derived_seed, robust_correct
 from defcon.data import Dataset, class_balanced_mean
 from defcon.defense import Environment
-from defcon.devices import run_attack
 from defcon.invariance import (
     INVARIANCE_ERROR,
     LABEL_CHANGING,
@@ -97,16 +94,13 @@ class Evasion(RiskAttack):
             self.config.samples, derived_seed(env.seed, "risk:evasion")
         )
         steps = self.config.steps or env.profile.eval_attack_steps
-        correct = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(env.seed, "risk:evasion:start"))
-            pgd = torchattacks.PGD(
-                model, eps=eps, alpha=self.config.alpha_factor * eps / steps, steps=steps,
-                random_start=True,
-            )  # fmt: skip
-            for xb, yb in zip(test.x.split(500), test.y.split(500), strict=True):
-                adversarial = run_attack(pgd, model, xb, yb)  # on the model's device
-                with torch.no_grad():
-                    correct.append(model(adversarial).argmax(1) == yb)
+        correct = robust_correct(
+            model, test.x, test.y, eps,
+            num_classes=env.dataset.num_classes,
+            seed=derived_seed(env.seed, "risk:evasion:start"),
+            pgd_steps=steps,
+            pgd_alpha=self.config.alpha_factor * eps / steps,
+            autoattack_steps=env.profile.autoattack_steps,
+        )  # fmt: skip
         model.eval()
-        return {"robust_accuracy": class_balanced_mean(torch.cat(correct), test.y)}
+        return {"robust_accuracy": class_balanced_mean(correct, test.y)}

@@ -37,7 +37,7 @@ import torchattacks
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
+from defcon.attacks import derived_seed, robust_correct
 from defcon.data import class_balanced_mean
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import run_attack
@@ -135,28 +135,23 @@ class AdversarialTraining(InTrainingDefense):
     # ------------------------------------------------------------------ effectiveness
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
-        """Robust accuracy under L∞ PGD (random start) on a seeded subset of the test split."""
+        """Robust accuracy under PGD and AutoAttack (worst case per input) on a seeded subset."""
         return {"robust_accuracy": self.robust_accuracy(model, env)}
 
     def robust_accuracy(self, model: nn.Module, env: Environment) -> float:
         test = env.dataset.test.seeded_sample(
             self.config.eval_samples, derived_seed(env.seed, self.name)
         )
+        if len(test.y) == 0:
+            return float("nan")
         eps = self.eps_for(env)
         steps = self.config.eval_steps or env.profile.eval_attack_steps
-        was_training = model.training
-        model.eval()
-        hits = []
-        with torch.random.fork_rng(devices=[]):  # seeded random start, global RNG untouched
-            torch.manual_seed(derived_seed(env.seed, f"{self.name}:eval"))
-            attack = torchattacks.PGD(
-                model, eps=eps, alpha=self._alpha(eps, steps), steps=steps, random_start=True
-            )
-            for xb, yb in zip(test.x.split(500), test.y.split(500), strict=True):
-                x_adv = run_attack(attack, model, xb, yb)
-                with torch.no_grad():
-                    hits.append(model(x_adv).argmax(1) == yb)
-        model.train(was_training)
-        if not hits:
-            return float("nan")
-        return class_balanced_mean(torch.cat(hits), test.y)
+        correct = robust_correct(
+            model, test.x, test.y, eps,
+            num_classes=env.dataset.num_classes,
+            seed=derived_seed(env.seed, f"{self.name}:eval"),
+            pgd_steps=steps,
+            pgd_alpha=self._alpha(eps, steps),
+            autoattack_steps=env.profile.autoattack_steps,
+        )  # fmt: skip
+        return class_balanced_mean(correct, test.y)
