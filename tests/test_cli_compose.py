@@ -21,7 +21,7 @@ def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     text = " ".join(result.stdout.split())
     assert "model_watermark → explanations on digits" in text
-    assert "watermark_accuracy" in text and "explanation_error" in text
+    assert "watermark_accuracy" in text and "explanation_faithfulness" in text
     assert "Measured: inconclusive" in text  # one seed cannot tell held from dropped
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["order"] == ["model_watermark", "explanations"]
@@ -65,7 +65,7 @@ def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
         (["model_watermark", "explanations", "--seeds", "0"], ["--seeds must be at least 1"]),
         (
             ["model_watermark", "explanations", "--tolerance", "robust_accuracy=0.1"],
-            ["robust_accuracy", "accepted: ", "explanation_error, watermark_accuracy"],
+            ["robust_accuracy", "accepted: ", "explanation_faithfulness, watermark_accuracy"],
         ),
         (
             ["model_watermark", "explanations", "--tolerance", "watermark_accuracy"],

@@ -19,19 +19,21 @@ many more steps than a plain one for the same error; a fixed step count would re
 integration artefact as an interaction.
 
 `measure` scores what the explanations defense serves: it finds the `ExplainedModel` in the
-served pipeline (wherever later wrappers such as an output-watermark API put it) and reports,
-on `n_inputs` seeded test inputs,
+served pipeline (wherever later wrappers such as an output-watermark API put it) and reports the
+faithfulness of its attributions by insertion and deletion (Petsiuk, Das, Saenko, RISE, BMVC
+2018; Samek et al., Evaluating the visualization of what a deep neural network has learned, IEEE
+TNNLS 2017), on `n_inputs` seeded test inputs:
 
-    explanation_error = mean_i |δ_i| / mean_i |f_t(x_i) − f_t(x')|
+    explanation_faithfulness = mean_i [AUC_insertion(x_i) − AUC_deletion(x_i)]
 
-where δ_i is the convergence delta of the served attributions of input i (sum of attributions −
-output difference), f the explainer's own model and t the class it explains (its prediction);
-i.e. the share of the explained logit difference that the attributions fail to account for
-(0 = complete explanations). Normalising by the explained logit difference makes the number
-comparable across models whose logits have different scales (adversarial training or DP-SGD
-shrink logits; a 0.05 absolute tolerance then means "5% more of the explained difference is
-unaccounted for"). The baseline x' is the all-zero input (a black image; every tabular feature at
-its minimum, features being min-max scaled).
+Features are ranked by their attribution to the explained class t (most positive first); deletion
+replaces the top k features by the baseline (0) and insertion starts from the baseline and puts
+back the top k, for k on a grid of `curve_points` + 1 equal fractions of the features; each curve
+is the explainer's model's softmax probability of t, and its area is the trapezoid rule over the
+fraction axis. An attribution that finds the evidence for t makes the probability rise fast on
+insertion and fall fast on deletion (up to +1); a ranking unrelated to the model reads near 0;
+a misleading one is negative. Unlike completeness (which IG satisfies by construction), this can
+fail: a model whose IG attributions do not single out what drives it reads as low as a random one.
 
 The diagnostic `explained_class_agreement` (reported, not judged) is the share of those inputs
 whose explained class equals the class the whole served pipeline answers: a wrapper in front of
@@ -39,10 +41,10 @@ the explainer that changes some answers (DAWN's keyed wrong answers) lowers it b
 answers it changes, while the explanations themselves are unchanged.
 
 Undefended reading. When the pipeline serves no explanations (no `ExplainedModel`: the defense is
-not deployed, e.g. the no-defense model), nothing of f_t(x) − f_t(x') is accounted for:
-`explanation_error` is 1.0 and `explained_class_agreement` is 0.0 (no answer comes with an
-explanation of its class; 1.0 would credit a pipeline that explains nothing with perfect
-consistency).
+not deployed, e.g. the no-defense model), the auditor can still rank features trivially: the same
+insertion − deletion score of a seeded random ranking, on the pipeline's own weights and inputs,
+which is what the defense's attributions must beat (not a constant). `explained_class_agreement`
+is 0.0 (no answer comes with an explanation of its class).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from defcon.defense import (
     PostTrainingDefense,
     ServingWrapper,
     find_served,
+    weights_of,
 )
 from defcon.models import predict
 
@@ -72,15 +75,19 @@ Method = Literal[
     "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"
 ]
 
-UNDEFENDED = {"explanation_error": 1.0, "explained_class_agreement": 0.0}
-
 
 class ExplanationsConfig(DefenseConfig):
     """Settings of the Integrated-Gradients explanations and of their evaluation."""
 
     n_steps: int = Field(default=50, ge=2, description="integration points tried first")
     method: Method = Field(default="gausslegendre", description="captum's integration rule")
-    n_inputs: int = Field(default=100, ge=1, description="test inputs the error is averaged over")
+    n_inputs: int = Field(default=100, ge=1, description="test inputs it is averaged over")
+    curve_points: int = Field(
+        default=20,
+        ge=2,
+        description="insertion/deletion: steps of the feature-fraction grid (capped at the "
+        "number of features)",
+    )
     target_error: float = Field(
         default=0.01,
         gt=0,
@@ -132,6 +139,43 @@ def completeness_error(
     target = predict(model, x)
     _, delta = integrated_gradients(model, x, target, n_steps, method)
     return relative_error(model, x, delta, target)
+
+
+def insertion_deletion(
+    model: nn.Module, x: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, points: int
+) -> torch.Tensor:
+    """Per input, area under the insertion curve minus area under the deletion curve.
+
+    Features ranked by `scores` (highest first) are put into the all-zero baseline (insertion)
+    or replaced by it (deletion) on a grid of `points` + 1 equal fractions; each curve is the
+    softmax probability of `target`, integrated over the fraction axis by the trapezoid rule.
+    """
+    n, d = len(x), x[0].numel()
+    flat = x.reshape(n, d)
+    order = scores.reshape(n, d).argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(d).expand(n, d).contiguous())
+    steps = min(points, d)
+    counts = [round(k * d / steps) for k in range(steps + 1)]
+    rows = torch.arange(n)
+    inserted, deleted = [], []
+    model.eval()
+    with torch.no_grad():
+        for count in counts:
+            top = (rank < count).to(flat.dtype)
+            for curve, kept in ((inserted, flat * top), (deleted, flat * (1 - top))):
+                probs = torch.softmax(model(kept.reshape(x.shape)), dim=1)
+                curve.append(probs[rows, target])
+    trapezoid = torch.ones(steps + 1)
+    trapezoid[0] = trapezoid[-1] = 0.5
+    difference = torch.stack(inserted, 1) - torch.stack(deleted, 1)
+    return (difference * trapezoid).sum(1) / steps
+
+
+def random_scores(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """The trivial explainer: a seeded random ranking of the features of each input."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, "explanations:random"))
+    return torch.rand(x.shape, generator=generator)
 
 
 def seeded_inputs(split: Split, count: int, seed: int, salt: str) -> torch.Tensor:
@@ -212,14 +256,27 @@ class Explanations(PostTrainingDefense):
         return ExplainedModel(model, self.config, steps)
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
-        """The served explanations' relative completeness error, and whether they explain the
-        class the pipeline answers (see the module docstring)."""
+        """The served explanations' insertion − deletion faithfulness (a seeded random ranking
+        when none are served), and whether they explain the class the pipeline answers."""
+        cfg = self.config
+        x = seeded_inputs(env.dataset.test, cfg.n_inputs, env.seed, "inputs")
         explained = find_served(model, ExplainedModel)
         if explained is None:
-            return dict(UNDEFENDED)
-        x = seeded_inputs(env.dataset.test, self.config.n_inputs, env.seed, "inputs")
+            weights = weights_of(model)
+            target = predict(weights, x)
+            scores = random_scores(x, env.seed)
+            faithfulness = insertion_deletion(weights, x, scores, target, cfg.curve_points)
+            return {
+                "explanation_faithfulness": float(faithfulness.mean()),
+                "explained_class_agreement": 0.0,
+            }
         target = explained.explained_class(x)
-        _, delta = explained.explain_with_delta(x, target)
-        error = relative_error(explained.model, x, delta, target)
+        attributions = explained.explain(x, target)
+        faithfulness = insertion_deletion(
+            explained.model, x, attributions, target, cfg.curve_points
+        )
         agreement = float((target == predict(model, x)).float().mean())
-        return {"explanation_error": error, "explained_class_agreement": agreement}
+        return {
+            "explanation_faithfulness": float(faithfulness.mean()),
+            "explained_class_agreement": agreement,
+        }
