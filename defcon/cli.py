@@ -710,14 +710,14 @@ def compose_command(
     """Apply defenses in the checker's order and measure each one alone vs combined."""
     from defcon.effectiveness import seed_plan
 
+    max_seeds = seed_plan(seeds, max_seeds, seed_start)
+    warn_about_seeds(seeds, max_seeds)  # a warning, so it comes before any refusal
     specs = catalog_from(catalog)
     chosen_device, model_name = run_settings(device, model)
     trained_with = training_profile(profile, epochs, lr, batch_size)
     source = dataset_source(dataset, target, sensitive, kind)
     tolerances = parse_tolerances(tolerance)
-    max_seeds = seed_plan(seeds, max_seeds, seed_start)
     check_outputs(out, json_path, cache)
-    warn_about_seeds(seeds, max_seeds)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
     err = safe_console(stderr=True)
@@ -780,13 +780,13 @@ def audit_command(
     """Measure every risk on no defense, each defense alone and combined; predict each change."""
     from defcon.effectiveness import seed_plan
 
+    seed_plan(seeds, None, seed_start)
+    warn_about_seeds(seeds, seeds)  # a warning, so it comes before any refusal
     specs = catalog_from(catalog)
     chosen_device, model_name = run_settings(device, model)
     trained_with = training_profile(profile, epochs, lr, batch_size)
     source = dataset_source(dataset, target, sensitive, kind)
-    seed_plan(seeds, None, seed_start)
     check_outputs(out, json_path, cache)
-    warn_about_seeds(seeds, seeds)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
 
     err = safe_console(stderr=True)
@@ -879,8 +879,11 @@ def bench_command(
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, pairs_among, parse_pairs, run_bench
     from defcon.bench_report import scores_by_dataset, write_results
+    from defcon.effectiveness import seed_plan
     from defcon.scoring import score_text
 
+    max_seeds = seed_plan(seeds, max_seeds, seed_start)
+    warn_about_seeds(seeds, max_seeds)  # a warning, so it comes before any refusal
     specs = catalog_from(catalog)
     run_settings(device, model)
     from defcon.settings import RunSettings
@@ -900,10 +903,6 @@ def bench_command(
     if cache is not None:
         writable_folder(cache, "--cache")
     err = safe_console(stderr=True)
-    from defcon.effectiveness import seed_plan
-
-    max_seeds = seed_plan(seeds, max_seeds, seed_start)
-    warn_about_seeds(seeds, max_seeds)
     common = dict(
         pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, max_seeds=max_seeds,
         profile=profile, executor=executor, workers=workers, cache_dir=cache,

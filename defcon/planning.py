@@ -52,14 +52,14 @@ def applicability_problem(spec: DefenseSpec, data: DataFacts | Dataset) -> str |
     if facts.kind not in spec.data_kinds:
         kinds = ", ".join(sorted(spec.data_kinds))
         return f"'{spec.name}' applies to {kinds} data only, and {facts.name} is {facts.kind} data"
-    for declared in spec.not_applicable:
+    if spec.needs_sensitive_attribute and facts.sensitive_attribute is None:
+        return f"'{spec.name}' needs a sensitive attribute, and {facts.name} has none"
+    for declared in spec.not_applicable:  # hard requirements first, then declared limits
         if declared.kind == facts.kind:
             return (
                 f"'{spec.name}' is not applicable to {facts.kind} data ({facts.name}): "
                 f"{declared.reason}"
             )
-    if spec.needs_sensitive_attribute and facts.sensitive_attribute is None:
-        return f"'{spec.name}' needs a sensitive attribute, and {facts.name} has none"
     return None
 
 

@@ -100,9 +100,9 @@ def test_interrupted_compose_resumes_without_retraining(tmp_path: Path, monkeypa
     resumed = composer(tmp_path)
     resumed.compose(["model_watermark", "dp_sgd"], seeds=1)
     assert resumed.cache.reused >= 2  # the two models finished before the interruption
-    # four pipeline models and the membership attack's independent reference model, less the
-    # two finished before the interruption
-    assert resumed.cache.trained == 5 - 2
+    # four pipeline models and the membership attack's RMIA reference models (as many as the
+    # profile asks for), less the two finished before the interruption
+    assert resumed.cache.trained == 4 + resumed.profile.mia_references - 2
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # no half-written files
 
 
