@@ -179,7 +179,10 @@ class Auditor:
         seed_start: int = 0,
         risks: Sequence[str] | None = None,
     ) -> AuditRecord:
-        with quiet_libraries():
+        # A membership risk trains every arm in the profile's membership regime (Composer).
+        chosen = select_attacks(self.composer.dataset(0), risks)[0]
+        measures = any(a.risk is Risk.MEMBERSHIP_INFERENCE for a in chosen)
+        with quiet_libraries(), self.composer.membership_regime(measures):
             return self._audit(names, seeds=seeds, seed_start=seed_start, risks=risks)
 
     def _attack(self, attack: RiskAttack) -> Reading:

@@ -17,7 +17,8 @@ with the standalone benchmarks and the audit).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from defcon.planning import (
 from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
 from defcon.reliability import underfit_reasons
+from defcon.rmia import MEMBERSHIP_METRICS
 from defcon.settings import training_used
 from defcon.vocabulary import DefenseSpec
 
@@ -272,7 +274,7 @@ class Composer:
         Starts with `seeds` seeds (seed_start, seed_start + 1, …) and adds one at a time, up to
         `max_seeds` (default: `seeds`, i.e. no extra seeds), while a verdict is inconclusive.
         """
-        with quiet_libraries():
+        with quiet_libraries(), self.membership_regime(self.measures_membership(names)):
             return self._compose(
                 names,
                 seeds=seeds,
@@ -281,6 +283,28 @@ class Composer:
                 force=force,
                 tolerances=tolerances,
             )
+
+    def measures_membership(self, names: Sequence[str]) -> bool:
+        """Whether a defense of `names` declares a membership metric (dp_sgd does)."""
+        return any(
+            metric.name in MEMBERSHIP_METRICS
+            for name in names
+            if name in self.catalog
+            for metric in self.catalog[name].metrics
+        )
+
+    @contextmanager
+    def membership_regime(self, active: bool = True) -> Iterator[None]:
+        """Every arm (no defense included) trains in the profile's membership regime for the
+        dataset while inside, so the undefended model leaks and arms stay comparable; the
+        regime's profile enters every cache key, so no other run's models are reused."""
+        saved = self.runner.profile
+        if active:
+            self.runner.profile = saved.membership_regime(self.dataset_name)
+        try:
+            yield
+        finally:
+            self.runner.profile = saved
 
     def _judge(
         self, specs: Sequence[DefenseSpec], arms: ArmComparison, tolerances: Mapping[str, float]

@@ -125,23 +125,25 @@ class PipelineRunner:
         self.log = log
         self._load = datasets
         self.key_extra = dict(key_extra or {})
-        self._datasets: dict[int, Dataset] = {}
+        self._datasets: dict[tuple[int, int | None, int | None], Dataset] = {}
 
     def dataset(self, seed: int) -> Dataset:
         """The dataset with `seed`'s splits, loaded once (capped by the profile)."""
-        if seed not in self._datasets:
-            self._datasets[seed] = (
+        caps = (self.profile.train_cap(self.dataset_name), self.profile.eval_cap(self.dataset_name))
+        key = (seed, *caps)  # the profile may change (a membership regime, early stopping)
+        if key not in self._datasets:
+            self._datasets[key] = (
                 self._load(seed)
                 if self._load is not None
                 else load_dataset(
                     self.source,
                     seed=seed,
-                    max_train=self.profile.train_cap(self.dataset_name),
-                    max_eval=self.profile.eval_cap(self.dataset_name),
+                    max_train=caps[0],
+                    max_eval=caps[1],
                     data_dir=self.data_dir,
-                )
+                )  # fmt: skip
             )
-        return self._datasets[seed]
+        return self._datasets[key]
 
     def defense(self, name: str) -> Defense:
         """A fresh instance of `name` with this runner's settings for it."""

@@ -11,6 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from defcon.errors import unknown
 
 
+class MembershipRegime(BaseModel):
+    """Training set size and epochs of a dataset's models whenever membership is measured."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_train: int = Field(ge=10, description="training records (fewer records leak more)")
+    epochs: int = Field(ge=1, description="epochs (trained longer, as in the MIA literature)")
+
+
 class Profile(BaseModel):
     """Sizes and budgets of one run; part of every cache key."""
 
@@ -32,6 +41,11 @@ class Profile(BaseModel):
     autoattack_steps: int = Field(
         default=100, ge=1, description="APGD-CE and APGD-T iterations (AutoAttack's standard: 100)"
     )
+    membership: dict[str, MembershipRegime] = Field(
+        default_factory=dict,
+        description="per dataset: the regime of every arm of a run that measures membership "
+        "(a defense with a membership metric, the audit's membership risk)",
+    )
 
     def train_cap(self, dataset: str) -> int | None:
         """The cap for a dataset, or the profile's "default" (a user's own dataset)."""
@@ -42,6 +56,20 @@ class Profile(BaseModel):
 
     def epochs_for(self, dataset: str) -> int:
         return self.epochs.get(dataset, self.epochs.get("default", 5))
+
+    def membership_regime(self, dataset: str) -> Profile:
+        """This profile with `dataset`'s membership regime applied (itself when none is
+        declared): an undefended model must leak measurably for a membership defense to have
+        anything to remove, and the literature's leaky regime is fewer records trained longer."""
+        regime = self.membership.get(dataset)
+        if regime is None:
+            return self
+        return self.model_copy(
+            update={
+                "max_train": {**self.max_train, dataset: regime.max_train},
+                "epochs": {**self.epochs, dataset: regime.epochs},
+            }
+        )
 
 
 PROFILES: dict[str, Profile] = {
@@ -74,6 +102,10 @@ PROFILES: dict[str, Profile] = {
         eval_attack_steps=10,
         finetune_epochs=3,
         autoattack_steps=25,
+        membership={
+            "fmnist": MembershipRegime(max_train=2000, epochs=30),
+            "adult": MembershipRegime(max_train=1000, epochs=60),
+        },
     ),
     "paper": Profile(
         name="paper",

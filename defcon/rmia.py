@@ -22,6 +22,8 @@ from defcon.data import Split
 
 OFFLINE_A = 0.3  # the paper's offline interpolation constant (its Appendix tuning range)
 GAMMA = 1.0  # the paper's pairwise likelihood-ratio threshold
+# A run measuring any of these trains every arm in the profile's membership regime.
+MEMBERSHIP_METRICS = frozenset({"mia_auc", "mia_tpr_at_1_fpr", "mia_tpr_at_0_1_fpr"})
 
 
 @torch.no_grad()

@@ -102,14 +102,15 @@ def measure_standalone(composer: Composer, name: str, seeds: int) -> StandaloneR
     readings = [Reading(INVARIANCE_ERROR, invariance)] if evasion and note is None else []
     arms = ArmComparison(composer, [name], poisoned=Scenario.of([spec]).poisoned, readings=readings)
     label_changing: list[int] = []
-    for seed in range(seeds):
-        arms.add_seed(seed)
-        if readings:
-            (count,) = {  # the same perturbations for both models of a seed
-                int(arms.series(arm, INVARIANCE_ERROR)[-1][LABEL_CHANGING])
-                for arm in (NO_DEFENSE, name)
-            }
-            label_changing.append(count)
+    with composer.membership_regime(composer.measures_membership([name])):
+        for seed in range(seeds):
+            arms.add_seed(seed)
+            if readings:
+                (count,) = {  # the same perturbations for both models of a seed
+                    int(arms.series(arm, INVARIANCE_ERROR)[-1][LABEL_CHANGING])
+                    for arm in (NO_DEFENSE, name)
+                }
+                label_changing.append(count)
 
     def both(values: Callable[[str], list[float]]) -> tuple[Summary, Summary]:
         return Summary.of(values(NO_DEFENSE)), Summary.of(values(name))
