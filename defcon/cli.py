@@ -277,7 +277,7 @@ def check_command(
         from defcon.pilot import PILOT_PROFILE
 
         trained_with = training_profile(PILOT_PROFILE, epochs, lr, batch_size)
-        configs = defense_configs(set_values, settings_file, catalog_specs)
+        configs = defense_configs(set_values, settings_file, catalog_specs, echo=True)
         chosen: Any = pilot_technique(
             dataset, cache, data_dir, device, catalog_specs, trained_with, configs
         )
@@ -592,11 +592,17 @@ SettingsOption = Annotated[
 ]
 
 
-def defense_configs(assignments: list[str] | None, file: Path | None, specs: Any) -> Any:
-    """--set and --settings checked by each defense's config (before any work)."""
-    from defcon.defense_settings import defense_settings
+def defense_configs(
+    assignments: list[str] | None, file: Path | None, specs: Any, echo: bool = False
+) -> Any:
+    """--set and --settings checked by each defense's config (before any work); `echo` says
+    them on stderr for commands whose output has no place for them (pilot, bench)."""
+    from defcon.defense_settings import defense_settings, settings_text
 
-    return defense_settings(assignments, file, specs)
+    configs = defense_settings(assignments, file, specs)
+    if echo and configs:
+        typer.echo(f"settings: {settings_text(configs)}", err=True)
+    return configs
 
 
 def training_profile(
@@ -943,7 +949,7 @@ def bench_command(
 
     training = RunSettings.checked(epochs, lr, batch_size)
     training.applied_to(profile)  # an unknown profile: one error line before anything runs
-    configs = defense_configs(set_values, settings_file, specs)
+    configs = defense_configs(set_values, settings_file, specs, echo=True)
     chosen_pairs = parse_pairs(pairs, specs)
     if defenses is not None:
         if chosen_pairs is not None:
