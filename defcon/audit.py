@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -28,6 +28,7 @@ from torch import nn
 from defcon.arms import Arm, ArmComparison, Reading, quiet_libraries
 from defcon.composer import Composer
 from defcon.data import Dataset, Split
+from defcon.defense_settings import settings_text
 from defcon.effectiveness import Interval, Summary, interval
 from defcon.errors import DefconError, unknown
 from defcon.fingerprint import core_code, risks_code
@@ -84,6 +85,7 @@ class AuditRecord(BaseModel):
     wall_time_s: float
     cache: dict[str, int]
     seconds: dict[str, float]
+    configs: dict[str, dict] = Field(default_factory=dict)  # a user's defense settings used
 
     def primary(self, risk: Risk) -> MetricAudit:
         return next(m for m in self.metrics if m.risk is risk and m.primary)
@@ -278,6 +280,7 @@ class Auditor:
             checker_label=label, risks=tuple(a.risk for a in attacks),
             references={a.risk.value: a.reference for a in attacks}, not_measured=skipped,
             metrics=tuple(metrics),
+            configs={n: dict(c) for n, c in composer.configs.items() if n in order},
             clean_accuracy={arm: Summary.of(clean[arm]) for arm in arms},
             predictions=predictions, code=f"{core_code()}+{risks_code()}", versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2), cache=composer.cache.stats(),
@@ -338,6 +341,8 @@ def audit_table(record: AuditRecord) -> Table:
 
 
 def print_audit(record: AuditRecord, console: Console) -> None:
+    if record.configs:
+        console.print(f"settings: {settings_text(record.configs)}", markup=False)
     console.print(audit_table(record))
     console.print(
         "measured: ↑ the risk rose, ↓ it fell, – no change (paired interval over seeds "

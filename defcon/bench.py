@@ -15,12 +15,12 @@ import os
 import signal
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -63,6 +63,7 @@ class Task(BaseModel):
     sensitive: str | None = None
     kind: str | None = None
     training: RunSettings = RunSettings()  # --epochs/--lr/--batch-size over the profile
+    configs: dict[str, dict[str, Any]] = {}  # --set/--settings: a user's defense settings
 
 
 class Skipped(BaseModel):
@@ -226,7 +227,7 @@ def run_task(task: Task) -> str | None:
         composer = Composer(
             source, profile=task.training.applied_to(task.profile), cache_dir=task.cache_dir,
             data_dir=task.data_dir, catalog=load_catalog(task.catalog), model=task.model,
-            device=task.device,
+            device=task.device, configs=task.configs,
         )  # fmt: skip
         if task.training.epochs is None and not isinstance(source, str):
             fit_epochs(composer, task.seed_start)  # a user's data: early stopping
@@ -374,6 +375,7 @@ def run_bench(
     sensitive: str | None = None,
     kind: str | None = None,
     training: RunSettings | None = None,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> BenchResult:
     """Measure every applicable combination on each dataset; resume from records already saved.
 
@@ -404,6 +406,10 @@ def run_bench(
         )
         if value not in (None, "cpu")
     ).replace(":", "_")  # fmt: skip
+    configs = {name: dict(values) for name, values in (configs or {}).items() if values}
+    if configs:  # records of other settings never answer for these
+        digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()
+        variant += f"-set{digest[:8]}"
     if workers < 1:
         raise DefconError(f"--workers must be at least 1, got {workers}")
     if executor not in ("local", "ray"):
@@ -443,6 +449,7 @@ def run_bench(
                     model=model,
                     device=resolved,
                     training=training,
+                    configs=configs,
                     **data_options,
                 )  # fmt: skip
             )

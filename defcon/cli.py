@@ -218,6 +218,11 @@ def show_command(
     from defcon.views import spec_view
 
     stdout().print(spec_view(spec))
+    if spec.implementation is not None:
+        from defcon.defense_settings import config_class
+        from defcon.views import settings_table
+
+        stdout().print(settings_table(spec.name, config_class(spec.name, catalog_from(catalog))))
 
 
 @app.command("check")
@@ -256,6 +261,8 @@ def check_command(
     epochs: EpochsOption = None,
     lr: LrOption = None,
     batch_size: BatchSizeOption = None,
+    set_values: SetOption = None,
+    settings_file: SettingsOption = None,
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
     catalog_specs = catalog_from(catalog)
@@ -270,10 +277,20 @@ def check_command(
         from defcon.pilot import PILOT_PROFILE
 
         trained_with = training_profile(PILOT_PROFILE, epochs, lr, batch_size)
-        chosen: Any = pilot_technique(dataset, cache, data_dir, device, catalog_specs, trained_with)
-    elif dataset is not None or cache is not None or (epochs, lr, batch_size) != (None,) * 3:
+        configs = defense_configs(set_values, settings_file, catalog_specs, echo=True)
+        chosen: Any = pilot_technique(
+            dataset, cache, data_dir, device, catalog_specs, trained_with, configs
+        )
+    elif (
+        dataset is not None
+        or cache is not None
+        or (epochs, lr, batch_size) != (None,) * 3
+        or set_values
+        or settings_file is not None
+    ):
         raise DefconError(
-            f"--dataset, --cache, --epochs, --lr and --batch-size are read by --technique pilot "
+            f"--dataset, --cache, --epochs, --lr, --batch-size, --set and --settings are read by "
+            f"--technique pilot "
             f"only; '{technique}' reads declarations and trains nothing"
         )
     else:
@@ -347,6 +364,7 @@ def pilot_technique(
     device: str,
     specs: Any,
     profile: Any = None,
+    configs: Any = None,
 ) -> Any:
     """The pilot technique on `dataset`, its options checked before anything trains."""
     if dataset is None:
@@ -361,7 +379,8 @@ def pilot_technique(
 
     return PilotTechnique(
         dataset_source(dataset, None, None, None), cache_dir=cache, data_dir=data_dir,
-        catalog=specs, device=chosen_device, **({"profile": profile} if profile else {}),
+        catalog=specs, device=chosen_device, configs=configs,
+        **({"profile": profile} if profile else {}),
     )  # fmt: skip
 
 
@@ -552,6 +571,40 @@ BatchSizeOption = Annotated[
 ]
 
 
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="NAME.FIELD=VALUE",
+        help="A defense setting, e.g. dp_sgd.noise_multiplier=1.2 (repeatable; `defcon show NAME` "
+        "lists them).",
+        show_default=False,
+    ),
+]
+SettingsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings",
+        metavar="FILE.toml",
+        help="Defense settings: one \\[NAME] table per defense (--set overrides it).",
+        show_default=False,
+    ),
+]
+
+
+def defense_configs(
+    assignments: list[str] | None, file: Path | None, specs: Any, echo: bool = False
+) -> Any:
+    """--set and --settings checked by each defense's config (before any work); `echo` says
+    them on stderr for commands whose output has no place for them (pilot, bench)."""
+    from defcon.defense_settings import defense_settings, settings_text
+
+    configs = defense_settings(assignments, file, specs)
+    if echo and configs:
+        typer.echo(f"settings: {settings_text(configs)}", err=True)
+    return configs
+
+
 def training_profile(
     profile: str, epochs: int | None, lr: float | None, batch_size: int | None
 ) -> Any:
@@ -622,6 +675,7 @@ def run_composer(
     device: Any,
     err: Console,
     fitting: tuple[int | None, int],
+    configs: Any = None,
 ) -> Any:
     """The Composer compose and audit run on, its progress lines dimmed on stderr; `fitting`
     is (--epochs, first seed): a user's data without --epochs gets early stopping."""
@@ -630,7 +684,7 @@ def run_composer(
     composer = Composer(
         source, profile=profile, cache_dir=cache_dir, data_dir=data_dir,
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
-        model=model_name, device=device,
+        model=model_name, device=device, configs=configs,
     )  # fmt: skip
     fit_to_user_data(composer, source, *fitting)
     return composer
@@ -706,6 +760,8 @@ def compose_command(
     epochs: EpochsOption = None,
     lr: LrOption = None,
     batch_size: BatchSizeOption = None,
+    set_values: SetOption = None,
+    settings_file: SettingsOption = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
     from defcon.effectiveness import seed_plan
@@ -715,6 +771,7 @@ def compose_command(
     specs = catalog_from(catalog)
     chosen_device, model_name = run_settings(device, model)
     trained_with = training_profile(profile, epochs, lr, batch_size)
+    configs = defense_configs(set_values, settings_file, specs)
     source = dataset_source(dataset, target, sensitive, kind)
     tolerances = parse_tolerances(tolerance)
     check_outputs(out, json_path, cache)
@@ -723,7 +780,7 @@ def compose_command(
     err = safe_console(stderr=True)
     composer = run_composer(
         source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
-        err, (epochs, seed_start),
+        err, (epochs, seed_start), configs,
     )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
@@ -776,6 +833,8 @@ def audit_command(
     epochs: EpochsOption = None,
     lr: LrOption = None,
     batch_size: BatchSizeOption = None,
+    set_values: SetOption = None,
+    settings_file: SettingsOption = None,
 ) -> None:
     """Measure every risk on no defense, each defense alone and combined; predict each change."""
     from defcon.effectiveness import seed_plan
@@ -785,6 +844,7 @@ def audit_command(
     specs = catalog_from(catalog)
     chosen_device, model_name = run_settings(device, model)
     trained_with = training_profile(profile, epochs, lr, batch_size)
+    configs = defense_configs(set_values, settings_file, specs)
     source = dataset_source(dataset, target, sensitive, kind)
     check_outputs(out, json_path, cache)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
@@ -792,7 +852,7 @@ def audit_command(
     err = safe_console(stderr=True)
     composer = run_composer(
         source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
-        err, (epochs, seed_start),
+        err, (epochs, seed_start), configs,
     )  # fmt: skip
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
@@ -875,6 +935,8 @@ def bench_command(
     epochs: EpochsOption = None,
     lr: LrOption = None,
     batch_size: BatchSizeOption = None,
+    set_values: SetOption = None,
+    settings_file: SettingsOption = None,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, pairs_among, parse_pairs, run_bench
@@ -890,6 +952,7 @@ def bench_command(
 
     training = RunSettings.checked(epochs, lr, batch_size)
     training.applied_to(profile)  # an unknown profile: one error line before anything runs
+    configs = defense_configs(set_values, settings_file, specs, echo=True)
     chosen_pairs = parse_pairs(pairs, specs)
     if defenses is not None:
         if chosen_pairs is not None:
@@ -910,6 +973,7 @@ def bench_command(
         log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
         measure=not report_only, catalog_file=str(catalog) if catalog else None, model=model,
         device=device, target=target, sensitive=sensitive, kind=kind, training=training,
+        configs=configs,
     )  # fmt: skip
     if (
         stability_start is not None

@@ -15,9 +15,9 @@ The settings (profile, seeds, fallback) were fixed before the pilot was first sc
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -71,6 +71,7 @@ class PilotTechnique:
         seeds: int = PILOT_SEEDS,
         seed_start: int = PILOT_SEED_START,
         device: str | torch.device = "auto",
+        configs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if fallback == self.name:
             raise DefconError("the pilot's fallback must be a declaration technique, not pilot")
@@ -82,7 +83,7 @@ class PilotTechnique:
 
         self.composer = Composer(
             dataset, profile=profile, cache_dir=cache_dir, data_dir=data_dir,
-            catalog=self.catalog, device=device,
+            catalog=self.catalog, device=device, configs=configs,
         )  # fmt: skip
 
     def check(self, specs: Sequence[DefenseSpec]) -> Verdict:

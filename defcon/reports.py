@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from defcon.defense_settings import settings_text
 from defcon.effectiveness import Summary
 from defcon.records import CompositionRecord
 from defcon.scoring import signed
@@ -125,6 +126,8 @@ def print_report(record: CompositionRecord, console: Console | None = None) -> N
         )
         for reason in record.unreliable:
             console.print(f"[red]unreliable:[/] {reason}")
+    if record.configs:  # the user's defense settings, as measured
+        console.print(f"settings: {settings_text(record.configs)}", markup=False)
     console.print(composition_table(record))
     colour = _LABEL_COLOUR[record.label]
     predicted = ", ".join(f"{name}: {label}" for name, label in record.predicted.items())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pydantic import BaseModel
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -88,6 +89,23 @@ def spec_view(spec: DefenseSpec) -> RenderableType:
         )
     header = Text.assemble((spec.name, "bold"), " — ", spec.title)
     return Group(header, Text(""), facts, Text(""), metrics, Text(""), factor_table(spec))
+
+
+def settings_table(name: str, config: type[BaseModel]) -> RenderableType:
+    """Every setting of a defense, as `--set NAME.FIELD=VALUE` changes it."""
+    from defcon.defense_settings import settings_rows
+
+    table = Table(
+        title=f"settings (--set {name}.FIELD=VALUE or --settings FILE.toml)", title_justify="left"
+    )
+    for column in ("setting", "default", "type", "meaning"):
+        table.add_column(column)
+    rows = settings_rows(config)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    if not rows:
+        table.add_row("—", "", "", "this defense has no settings")
+    return table
 
 
 def factor_table(spec: DefenseSpec) -> RenderableType:
