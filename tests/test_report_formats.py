@@ -155,3 +155,17 @@ def test_the_bar_chart_writes_infinity_on_the_empty_bar(monkeypatch, tmp_path: P
     reports.bar_chart(load_record(RECORD), tmp_path / "plot.png")
     texts = [t.get_text() for ax in captured["fig"].axes for t in ax.texts]
     assert "∞" in texts
+
+
+def test_cyclonedx_validates_against_the_1_6_schema(tmp_path: Path) -> None:
+    validation = pytest.importorskip("cyclonedx.validation.json")
+    from cyclonedx.schema import SchemaVersion
+
+    validator = validation.JsonStrictValidator(SchemaVersion.V1_6)
+    bom = _report(str(RECORD), str(_audit(tmp_path)), "-f", "cyclonedx")
+    assert validator.validate_str(bom) is None
+    broken = json.loads(bom)
+    broken["components"][0]["modelCard"]["quantitativeAnalysis"]["performanceMetrics"][0][
+        "value"
+    ] = 1
+    assert validator.validate_str(json.dumps(broken)) is not None  # the check can fail
