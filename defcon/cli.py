@@ -419,30 +419,92 @@ def datasets_command(json_path: JsonOption = None) -> None:
 
 @app.command("report")
 def report_command(
-    record: Annotated[
-        Path,
+    records: Annotated[
+        list[Path],
         typer.Argument(
-            help="A composition or audit record written by compose or audit (OUT/records/*.json).",
+            help="Composition or audit records written by compose or audit (OUT/records/*.json).",
             show_default=False,
         ),
     ],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="text (the terminal tables), md (Markdown), model-card (Hugging Face, with "
+            "model-index) or cyclonedx (CycloneDX 1.6 ML-BOM JSON).",
+        ),
+    ] = "text",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to FILE instead of stdout.", show_default=False),
+    ] = None,
 ) -> None:
-    """Print a past composition record (its table and verdict) without rerunning anything."""
-    from pydantic import ValidationError
+    """Report past records without rerunning anything: a summary first, then the evidence and
+    where it sits in the EU AI Act and NIST AI RMF."""
+    from defcon.renderers import FORMATS, RENDERERS
 
+    if format not in FORMATS:
+        raise DefconError(
+            f"--format '{format}' is not accepted; expected one of {', '.join(FORMATS)}"
+        )
+    if output is not None:
+        writable_target(output)
+    loaded = [load_any_record(path) for path in records]
+    if format == "text" and output is None:
+        print_records(loaded, stdout())
+        return
+    if format == "text":
+        import io
+
+        buffer = io.StringIO()
+        print_records(loaded, Console(file=buffer, width=120, highlight=False))
+        text = buffer.getvalue()
+    else:
+        from defcon.report_model import build_report
+
+        text = RENDERERS[format]([build_report(record) for record in loaded])
+    if output is None:  # control characters from a record's names never reach the terminal
+        from defcon.terminal import printable
+
+        sys.stdout.write(printable(text))
+        sys.stdout.flush()
+    else:
+        from defcon.storage import atomic_write_text
+
+        atomic_write_text(output, text)
+        say(f"wrote {escape(str(output))}")
+
+
+def print_records(records: list[Any], console: Console) -> None:
+    """Today's terminal tables of composition and audit records."""
     from defcon.records import CompositionRecord
     from defcon.reports import print_report
+
+    for record in records:
+        if isinstance(record, CompositionRecord):
+            print_report(record, console)
+        else:
+            from defcon.audit import print_audit
+
+            print_audit(record, console)
+
+
+def load_any_record(record: Path) -> Any:
+    """A composition record, else an audit record; one `error:` line when it is neither."""
+    from pydantic import ValidationError
+
+    from defcon.records import CompositionRecord, readable
     from defcon.storage import read_text
 
     text = read_text(record, "record file", "a JSON record written by defcon compose")
     try:
         loaded = CompositionRecord.model_validate_json(text)
     except ValidationError as error:
-        from defcon.audit import AuditRecord, print_audit
+        from defcon.audit import AuditRecord
 
-        try:  # an audit record is a record too: print it the way `defcon audit` does
-            print_audit(AuditRecord.model_validate_json(text), stdout())
-            return
+        try:  # an audit record is a record too
+            return AuditRecord.model_validate_json(text)
         except ValidationError:
             pass
         problem = error.errors()[0]
@@ -451,13 +513,10 @@ def report_command(
             f"record file '{record}' is not a defcon composition or audit record "
             f"({where + ': ' if where else ''}{problem['msg']})"
         ) from None
-    from defcon.records import readable
-
     try:
-        loaded = readable(loaded, f"record file '{record}'")
+        return readable(loaded, f"record file '{record}'")
     except ValueError as error:
         raise DefconError(str(error)) from None
-    print_report(loaded, stdout())
 
 
 def parse_tolerances(items: list[str] | None) -> dict[str, float]:

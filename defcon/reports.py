@@ -161,6 +161,12 @@ def bar_chart(record: CompositionRecord, path: Path | str) -> Path:
             ["none", "alone", "combined"], means, yerr=stds, capsize=4,
             color=["tab:gray", "tab:blue", colour],
         )  # fmt: skip
+        for position, arm in enumerate(arms):  # a bar cannot show ∞ or n/a: write it instead
+            if not math.isfinite(arm.center):
+                ax.annotate(
+                    str(arm), (position, 0), xytext=(0, 4), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=11,
+                )  # fmt: skip
         ax.set_xlabel(verdict.outcome.replace("_", " "), fontsize=8)
         ax.set_title(f"{defense}\n{verdict.metric} {_ARROW[verdict.direction]}", fontsize=9)
         ax.tick_params(labelsize=8)
@@ -171,7 +177,7 @@ def bar_chart(record: CompositionRecord, path: Path | str) -> Path:
 
 
 def _plottable(value: float) -> float:
-    """Bars cannot show ∞ or NaN: draw them as 0 (the table prints the real value)."""
+    """Bars cannot show ∞ or NaN: a zero-height bar, labelled with the value (∞, n/a)."""
     return value if math.isfinite(value) else 0.0
 
 

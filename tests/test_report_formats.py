@@ -1,0 +1,171 @@
+"""`defcon report --format`: every format leads with the summary, carries the metric values, and
+parses as what it claims to be (Markdown, a model card with model-index, a CycloneDX 1.6 BOM)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from defcon.audit import AuditRecord, MetricAudit
+from defcon.cli import app
+from defcon.effectiveness import Interval, Summary
+from defcon.report_model import Estimate, build_report
+from defcon.reports import load_record
+from defcon.vocabulary import Direction, Risk
+
+RECORD = Path(
+    "benchmarks/results/records/adult/adult-quick-seeds0+3to5-adversarial_training+dp_sgd.json"
+)
+
+
+def _audit(tmp_path: Path) -> Path:
+    seeds = (0, 1, 2)
+
+    def summary(*values: float) -> Summary:
+        return Summary.of(values)
+
+    metric = MetricAudit(
+        risk=Risk.MEMBERSHIP_INFERENCE, metric="mia_auc", riskier=Direction.HIGHER, primary=True,
+        values={"none": summary(0.61, 0.63, 0.62), "dp_sgd": summary(0.51, 0.52, 0.50)},
+        change={"none": Interval.of(0.0, 0.0, 0.0, 3), "dp_sgd": Interval.of(-0.11, -0.13, -0.09, 3)},
+        risk_change={"none": "none", "dp_sgd": "down"},
+    )  # fmt: skip
+    record = AuditRecord(
+        defenses=("dp_sgd",), order=("dp_sgd",), dataset="digits", profile="quick", seeds=seeds,
+        arms=("none", "dp_sgd"), checker_label=None, risks=(Risk.MEMBERSHIP_INFERENCE,),
+        references={}, not_measured={"evasion": "not named in this test"}, metrics=(metric,),
+        clean_accuracy={"none": summary(0.95, 0.96, 0.94), "dp_sgd": summary(0.90, 0.91, 0.89)},
+        predictions={}, code="test", versions={"defcon": "0.1.0"}, wall_time_s=0.0,
+        cache=dict.fromkeys(("models_trained", "models_reused", "measurements_computed", "measurements_reused"), 0),
+        seconds={},
+    )  # fmt: skip
+    path = tmp_path / "audit.json"
+    path.write_text(record.model_dump_json())
+    return path
+
+
+def _report(*args: str) -> str:
+    result = CliRunner().invoke(app, ["report", *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_the_summary_names_what_dropped_by_how_much_and_the_utility_cost() -> None:
+    report = build_report(load_record(RECORD))
+    summary = "\n".join(report.summary)
+    assert "Protected: adversarial_training (evasion)" in summary
+    assert "Dropped" in summary and "robust_accuracy by 0.072 [0.056, 0.087]" in summary
+    assert "Utility cost: clean accuracy 0.846" in summary and "change -0.024" in summary
+    assert "Not measured: poisoning" in summary
+    assert report.summary[0].startswith("Protected")
+
+
+@pytest.mark.parametrize("fmt", ["md", "model-card", "cyclonedx"])
+def test_each_format_carries_the_summary_and_the_values(fmt: str) -> None:
+    out = _report(str(RECORD), "--format", fmt)
+    assert "Dropped (worse in the combination than alone)" in out
+    assert "0.700" in out and "0.629" in out  # robust accuracy alone, combined
+    assert "∞" in out  # ε without DP is written, never nan or empty
+    assert not re.search(r"\bnan\b", out, re.IGNORECASE)
+
+
+def test_markdown_puts_the_summary_before_the_evidence_and_the_crosswalk() -> None:
+    out = _report(str(RECORD), "--format", "md")
+    assert out.index("## Summary") < out.index("## Evidence") < out.index("## Regulatory crosswalk")
+    assert "| dp_sgd | epsilon | no defense | ∞ | 5 | held |" in out
+    assert "Art. 15(5): adversarial examples or model evasion" in out
+    assert "MEASURE 2.10 (privacy risk)" in out and "MEASURE 2.11 (fairness and bias)" in out
+
+
+def test_model_card_front_matter_is_yaml_with_model_index() -> None:
+    out = _report(str(RECORD), "--format", "model-card")
+    assert out.startswith("---\n")
+    front = yaml.safe_load(out.split("---\n")[1])
+    results = front["model-index"][0]["results"][0]
+    values = {(m["type"], m["name"]): m["value"] for m in results["metrics"]}
+    assert all(isinstance(v, float) for v in values.values())
+    assert any(t == "robust_accuracy" and abs(v - 0.7000) < 1e-3 for (t, _), v in values.items())
+    assert results["dataset"]["name"] == "adult"
+    assert "# adversarial_training + dp_sgd on adult" in out.split("---\n", 2)[2]
+
+
+def test_cyclonedx_is_a_1_6_bom_with_a_model_card(tmp_path: Path) -> None:
+    target = tmp_path / "bom.json"
+    CliRunner().invoke(app, ["report", str(RECORD), "--format", "cyclonedx", "-o", str(target)])
+    bom = json.loads(target.read_text())
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.6"
+    card = bom["components"][0]["modelCard"]
+    assert bom["components"][0]["type"] == "machine-learning-model"
+    metrics = card["quantitativeAnalysis"]["performanceMetrics"]
+    robust = [m for m in metrics if m["type"] == "robust_accuracy" and "alone" in m["slice"]]
+    assert robust[0]["value"].startswith("0.700")
+    bounds = robust[0]["confidenceInterval"]
+    assert float(bounds["lowerBound"]) < 0.7000 < float(bounds["upperBound"])
+    assert all(isinstance(m["value"], str) for m in metrics)
+    assert any(m["value"] == "∞" for m in metrics)
+
+
+def test_an_audit_record_renders_in_every_format(tmp_path: Path) -> None:
+    path = _audit(tmp_path)
+    md = _report(str(path), "--format", "md")
+    assert "membership_inference: with dp_sgd the risk fell" in md
+    assert "0.620 [" in md and "0.510 [" in md
+    assert "| membership_inference | yes | mia_auc | Art. 15(5): confidentiality attacks |" in md
+    assert "evasion: not named in this test" in md
+    card = yaml.safe_load(_report(str(path), "-f", "model-card").split("---\n")[1])
+    assert card["model-index"][0]["results"][0]["task"]["type"] == "image-classification"
+    bom = json.loads(_report(str(path), "-f", "cyclonedx"))
+    assert bom["components"][0]["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]
+    assert "fell" in bom["components"][0]["description"]
+
+
+def test_two_records_make_one_document(tmp_path: Path) -> None:
+    bom = json.loads(_report(str(RECORD), str(_audit(tmp_path)), "-f", "cyclonedx"))
+    assert len(bom["components"]) == 2
+
+
+def test_text_is_todays_output() -> None:
+    out = _report(str(RECORD))
+    assert "robust_accuracy" in out and "Measured:" in out
+
+
+def test_a_bad_format_is_one_error_line_listing_the_formats() -> None:
+    result = CliRunner().invoke(app, ["report", str(RECORD), "--format", "pdf"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert "text, md, model-card, cyclonedx" in lines[0]
+
+
+def test_infinite_estimates_read_as_infinity() -> None:
+    assert Estimate.of(Summary.of([float("inf")] * 3)).text() == "∞"
+    assert Estimate.of(Summary.of([float("nan"), 1.0])).text() == "n/a"
+
+
+def test_the_bar_chart_writes_infinity_on_the_empty_bar(monkeypatch, tmp_path: Path) -> None:
+    import defcon.reports as reports
+
+    captured = {}
+    monkeypatch.setattr(reports, "save_figure", lambda fig, path: captured.setdefault("fig", fig))
+    reports.bar_chart(load_record(RECORD), tmp_path / "plot.png")
+    texts = [t.get_text() for ax in captured["fig"].axes for t in ax.texts]
+    assert "∞" in texts
+
+
+def test_cyclonedx_validates_against_the_1_6_schema(tmp_path: Path) -> None:
+    validation = pytest.importorskip("cyclonedx.validation.json")
+    from cyclonedx.schema import SchemaVersion
+
+    validator = validation.JsonStrictValidator(SchemaVersion.V1_6)
+    bom = _report(str(RECORD), str(_audit(tmp_path)), "-f", "cyclonedx")
+    assert validator.validate_str(bom) is None
+    broken = json.loads(bom)
+    broken["components"][0]["modelCard"]["quantitativeAnalysis"]["performanceMetrics"][0][
+        "value"
+    ] = 1
+    assert validator.validate_str(json.dumps(broken)) is not None  # the check can fail
