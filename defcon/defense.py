@@ -30,6 +30,7 @@ from defcon.profiles import Profile
 from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 if TYPE_CHECKING:
+    from defcon.canaries import Canaries
     from defcon.models import ArchConfig, InputLayer
     from defcon.training import TrainingRun
 
@@ -60,6 +61,7 @@ class Environment:
     deployed: frozenset[str] = frozenset()
     reference_model: Callable[[], nn.Module] | None = None
     population_model: Callable[[int], nn.Module] | None = None
+    canaries: Canaries | None = None  # the membership auditor's (`defcon.canaries`), if planted
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property

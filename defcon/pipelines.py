@@ -24,6 +24,7 @@ from torch import nn
 
 from defcon.attacks import BadNets, derived_seed
 from defcon.cache import ModelCache
+from defcon.canaries import plant_canaries
 from defcon.catalog import Catalog
 from defcon.data import Dataset, Split, UserData, load_dataset
 from defcon.defense import (
@@ -289,6 +290,10 @@ class PipelineRunner:
         train_split = dataset.train
         if poisoner is not None:
             train_split, _ = poisoner.poison(train_split, pipeline.seed)
+        if self.profile.canaries:  # the membership auditor's, in every arm alike
+            train_split, env.canaries = plant_canaries(
+                train_split, self.profile.canaries, dataset.num_classes, pipeline.seed
+            )
         front: InputLayer | None = None  # the pre-training defenses' transform of every input
         for defense in pipeline.pre:
             train_split = defense_call(defense, "apply", train_split, env, returns=Split)

@@ -18,6 +18,12 @@ class MembershipRegime(BaseModel):
 
     max_train: int = Field(ge=10, description="training records (fewer records leak more)")
     epochs: int = Field(ge=1, description="epochs (trained longer, as in the MIA literature)")
+    canaries: int = Field(
+        default=0,
+        ge=0,
+        description="mislabeled training records planted for the one-run ε audit "
+        "(defcon.canaries; 0: no audit)",
+    )
 
 
 class Profile(BaseModel):
@@ -40,6 +46,9 @@ class Profile(BaseModel):
     )
     autoattack_steps: int = Field(
         default=100, ge=1, description="APGD-CE and APGD-T iterations (AutoAttack's standard: 100)"
+    )
+    canaries: int = Field(
+        default=0, ge=0, description="set by a membership regime: canaries planted in every arm"
     )
     membership: dict[str, MembershipRegime] = Field(
         default_factory=dict,
@@ -68,6 +77,7 @@ class Profile(BaseModel):
             update={
                 "max_train": {**self.max_train, dataset: regime.max_train},
                 "epochs": {**self.epochs, dataset: regime.epochs},
+                "canaries": regime.canaries,
             }
         )
 
@@ -103,8 +113,8 @@ PROFILES: dict[str, Profile] = {
         finetune_epochs=3,
         autoattack_steps=25,
         membership={
-            "fmnist": MembershipRegime(max_train=2000, epochs=30),
-            "adult": MembershipRegime(max_train=1000, epochs=60),
+            "fmnist": MembershipRegime(max_train=2000, epochs=30, canaries=200),
+            "adult": MembershipRegime(max_train=1000, epochs=60, canaries=100),
         },
     ),
     "paper": Profile(

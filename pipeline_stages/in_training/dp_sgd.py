@@ -52,6 +52,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from defcon.attacks import derived_seed
+from defcon.canaries import audited_epsilon
 from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import device_of
@@ -245,7 +246,12 @@ class DPSGD(InTrainingDefense):
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
         """ε spent in training (inf without DP-SGD) and the calibrated membership attack."""
         epsilon = env.record.get(EPSILON_KEY, math.inf)
-        return {**self.membership_attack(model, env), "epsilon": float(epsilon)}
+        audited = audited_epsilon(model, env.canaries, self.delta_for(env.training_split))
+        return {
+            **self.membership_attack(model, env),
+            "epsilon": float(epsilon),
+            "audited_epsilon": audited,
+        }
 
     def membership_attack(self, model: nn.Module, env: Environment) -> dict[str, float]:
         """AUC and TPR at 0.1 % / 1 % FPR of offline RMIA (`defcon.rmia`, the audit's attack)."""

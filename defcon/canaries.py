@@ -1,0 +1,74 @@
+"""The membership auditor's canaries: a one-run audit of ε beside the accountant's claim.
+
+Steinke, Nasr, Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023: m
+canaries are each included in training with probability 1/2, independently; after training the
+auditor scores every canary, guesses "in" for the highest scores and "out" for the lowest, and
+the share of right guesses bounds ε from below (`defcon.dp_audit`). Canaries here are training
+records of the owner's data with a seeded wrong label (mislabeled records are the strongest
+black-box canaries: Jagielski, Ullman, Oprea, NeurIPS 2020); the excluded half is left out of
+training altogether, so an excluded canary is a record the model never saw.
+
+Planted in every arm of a run that measures membership (no defense, alone and combined), the
+same way the BadNets poisoner is: one threat scenario for every arm. A planted canary is not an
+unchanged record, so it is never counted as a member by the membership attack.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from defcon.attacks import derived_seed
+from defcon.data import Split
+from defcon.dp_audit import audit_from_scores
+from defcon.models import predict_proba
+
+MAX_SHARE = 0.2  # at most this share of the training split is taken for canaries
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """Every canary with its planted label, and which ones training included."""
+
+    split: Split
+    included: np.ndarray  # bool, one per canary
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+
+def plant_canaries(train: Split, count: int, num_classes: int, seed: int) -> tuple[Split, Canaries]:
+    """The training split with `count` records relabelled as canaries, each kept with
+    probability 1/2 (the others removed), and the canaries for the audit."""
+    rng = np.random.default_rng(derived_seed(seed, "membership-audit:canaries"))
+    count = min(count, int(len(train) * MAX_SHARE))
+    picked = np.sort(rng.choice(len(train), size=count, replace=False))
+    shift = torch.as_tensor(rng.integers(1, num_classes, size=count), dtype=train.y.dtype)
+    chosen = train.subset(picked)
+    canaries = chosen.with_(y=(chosen.y + shift) % num_classes)
+    included = rng.random(count) < 0.5
+    keep = np.ones(len(train), dtype=bool)
+    keep[picked] = False
+    planted = train.subset(np.flatnonzero(keep)).concat(canaries.subset(np.flatnonzero(included)))
+    return planted, Canaries(canaries, included)
+
+
+def audited_epsilon(
+    model: nn.Module, canaries: Canaries | None, delta: float, beta: float = 0.05
+) -> float:
+    """The one-run audit's lower bound on ε at confidence 1 − β (NaN when no canaries were
+    planted: not audited). Score: the served model's log-probability of the planted label;
+    guesses: the top and bottom quarter of the canaries, a fixed share chosen before any run
+    (taking the best of several shares would need a multiple-testing correction)."""
+    if canaries is None or len(canaries) < 4:
+        return math.nan
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else None
+    x = canaries.split.x if device is None else canaries.split.x.to(device)
+    probs = predict_proba(model, x).cpu()
+    chosen = probs[torch.arange(len(canaries)), canaries.split.y.long()]
+    scores = torch.log(chosen.clamp_min(1e-12)).numpy()
+    return audit_from_scores(scores, canaries.included, guesses=len(canaries) // 2, delta=delta)

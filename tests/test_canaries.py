@@ -1,0 +1,83 @@
+"""The one-run canary audit: planting, the audited bound on a model that memorised its canaries
+and on one that did not, and the audit in a dp_sgd measurement of every arm."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from defcon.canaries import Canaries, audited_epsilon, plant_canaries
+from defcon.composer import Composer
+from defcon.data import Split
+from defcon.profiles import MembershipRegime, get_profile
+from defcon.standalone import measure_standalone
+
+
+def _split(rows: int, classes: int = 3) -> Split:
+    x = torch.arange(rows, dtype=torch.float32).reshape(-1, 1)
+    return Split(x, torch.arange(rows) % classes)
+
+
+def test_planting_relabels_keeps_about_half_and_drops_the_rest() -> None:
+    train = _split(1000)
+    planted, canaries = plant_canaries(train, 100, 3, seed=0)
+    assert len(canaries) == 100 and 30 < canaries.included.sum() < 70
+    assert len(planted) == 1000 - 100 + int(canaries.included.sum())
+    original = train.y[canaries.split.origins]
+    assert bool((canaries.split.y != original).all())  # every canary carries a wrong label
+    kept = set(planted.origins.tolist())
+    for origin, inside in zip(canaries.split.origins.tolist(), canaries.included, strict=True):
+        assert (origin in kept) == bool(inside)  # an excluded canary is never trained on
+    assert len(planted.unchanged_rows(train)) == 900  # canaries are never members
+    again, same = plant_canaries(train, 100, 3, seed=0)
+    assert torch.equal(again.x, planted.x) and np.array_equal(same.included, canaries.included)
+    assert len(plant_canaries(train, 10_000, 3, seed=0)[1]) == 200  # at most a fifth
+
+
+class _Table(nn.Module):
+    """Logits looked up by row index (inputs are one-hot rows): a model whose answers we set."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.logits
+
+
+def _canaries(count: int) -> Canaries:
+    rng = np.random.default_rng(1)
+    return Canaries(
+        Split(torch.eye(count), torch.as_tensor(rng.integers(0, 2, count))),
+        rng.random(count) < 0.5,
+    )
+
+
+def test_the_audit_finds_memorised_canaries_and_nothing_in_a_model_that_ignores_them() -> None:
+    canaries = _canaries(400)
+    labels = canaries.split.y
+    memorised = torch.zeros(400, 2)
+    rows = torch.arange(400)
+    inside = torch.as_tensor(canaries.included)
+    # included canaries: the planted label is confident; excluded: the other label is
+    memorised[rows[inside], labels[inside]] = 5.0
+    memorised[rows[~inside], 1 - labels[~inside]] = 5.0
+    found = audited_epsilon(_Table(memorised), canaries, delta=1e-5)
+    assert found > 2.0
+    ignorant = audited_epsilon(_Table(torch.zeros(400, 2)), canaries, delta=1e-5)
+    assert ignorant == 0.0
+    assert math.isnan(audited_epsilon(_Table(memorised), None, delta=1e-5))  # not audited
+
+
+def test_every_arm_of_a_dp_sgd_measurement_is_audited(tmp_path) -> None:
+    profile = get_profile("tiny").model_copy(
+        update={"membership": {"digits": MembershipRegime(max_train=400, epochs=4, canaries=80)}}
+    )
+    composer = Composer("digits", profile=profile, cache_dir=tmp_path)
+    result = measure_standalone(composer, "dp_sgd", seeds=1)
+    undefended, defended = result.metrics["audited_epsilon"]
+    for summary in (undefended, defended):  # one reading per arm, a finite bound ≥ 0
+        assert len(summary.values) == 1 and summary.mean is not None and summary.mean >= 0
