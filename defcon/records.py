@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,6 +112,33 @@ class CompositionRecord(BaseModel):
             if result.defense == defense:
                 return result
         raise KeyError(defense)
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame, one row per defense metric: each arm's mean and std, the gain
+        and the drop with their intervals, the tolerance applied and the outcome."""
+        import pandas as pd
+
+        rows = []
+        for result in self.results:
+            for verdict in result.metrics:
+                row: dict[str, Any] = {
+                    "defense": result.defense, "stage": result.stage, "metric": verdict.metric,
+                    "direction": verdict.direction, "judged": verdict.judged,
+                }  # fmt: skip
+                for arm in ("no_defense", "alone", "combined"):
+                    summary = getattr(verdict, arm)
+                    row[f"{arm}_mean"], row[f"{arm}_std"] = summary.center, summary.std
+                for change in ("gain", "drop"):
+                    interval = getattr(verdict, change)
+                    row[change], row[f"{change}_lower"], row[f"{change}_upper"] = (
+                        interval.mean, interval.lower, interval.upper,
+                    )  # fmt: skip
+                row["tolerance"], row["outcome"] = verdict.tolerance, verdict.outcome
+                row["defense_outcome"] = result.outcome
+                rows.append(row)
+        frame = pd.DataFrame(rows)
+        frame.attrs = {"dataset": self.dataset, "label": self.label, "seeds": self.seeds}
+        return frame
 
 
 def readable(record: CompositionRecord, where: str) -> CompositionRecord:

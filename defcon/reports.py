@@ -9,7 +9,9 @@ import math
 import re
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from defcon.defense_settings import settings_text
@@ -17,6 +19,7 @@ from defcon.effectiveness import Summary
 from defcon.records import CompositionRecord
 from defcon.scoring import signed
 from defcon.storage import atomic_write_bytes, atomic_write_text
+from defcon.terminal import SafeConsole
 from defcon.terminal import console as safe_console
 from defcon.vocabulary import Direction
 
@@ -47,7 +50,8 @@ def record_stem(record: CompositionRecord) -> str:
 
 
 def _fmt(summary: Summary | None) -> str:
-    return "—" if summary is None else str(summary)
+    """mean±std without spaces, so three arms and the drop fit 100 columns."""
+    return "—" if summary is None else str(summary).replace(" ± ", "±")
 
 
 def composition_table(record: CompositionRecord) -> Table:
@@ -59,36 +63,32 @@ def composition_table(record: CompositionRecord) -> Table:
             f"({record.profile} profile, {seeds} seed{'s' if seeds > 1 else ''}, mean ± std)"
         ),
         title_justify="left",
+        box=box.SIMPLE_HEAD,  # no vertical rules: the columns' room goes to the numbers
+        pad_edge=False,
     )
-    for column in (
-        "defense",
-        "metric",
-        "no defense",
-        "alone",
-        "combined",
-        "drop [interval] (tol.)",
-        "outcome",
-    ):
-        table.add_column(
-            column,
-            justify="left" if column in {"defense", "metric"} else "right",
-            no_wrap=column == "metric",
-        )
+    names = max(len(f"{r.defense} ({r.stage})") for r in record.results)
+    # the defense name heads its rows and never wraps; metric names and intervals wrap instead
+    table.add_column("defense / metric", min_width=max(names, 16), overflow="fold")
+    for column in ("no defense", "alone", "combined"):
+        table.add_column(column, justify="right", no_wrap=True)
+    # the interval and tolerance wrap under the drop; outcomes wrap at their spaces
+    table.add_column(escape("drop [interval] (tol.)"), justify="right", width=16)
+    table.add_column("outcome", justify="left", width=13)
     for result in record.results:
-        for index, verdict in enumerate(result.metrics):
+        table.add_row(f"[bold]{escape(result.defense)}[/] ({result.stage})", "", "", "", "", "")
+        for verdict in result.metrics:
             table.add_row(
-                f"{result.defense} ({result.stage})" if index == 0 else "",
-                f"{verdict.metric} {_ARROW[verdict.direction]}",
+                f"  {verdict.metric} {_ARROW[verdict.direction]}",
                 _fmt(verdict.no_defense),
                 _fmt(verdict.alone),
                 _fmt(verdict.combined),
                 _drop(verdict),
                 _OUTCOME_STYLE[verdict.outcome],
             )
-        table.add_row("", f"[dim]defense outcome: {result.outcome}[/]", "", "", "", "", "")
+        table.add_row(f"  [dim]outcome: {result.outcome}[/]", "", "", "", "", "")
     table.add_section()
     table.add_row(
-        "clean accuracy", "accuracy ↑", _fmt(record.clean_accuracy_no_defense), "",
+        "clean accuracy ↑", _fmt(record.clean_accuracy_no_defense), "",
         _fmt(record.clean_accuracy_combined), "", "",
     )  # fmt: skip
     return table
@@ -118,8 +118,17 @@ def _drop(verdict) -> str:  # MetricVerdict
     )
 
 
-def print_report(record: CompositionRecord, console: Console | None = None) -> None:
-    console = console or safe_console()
+def print_report(
+    record: CompositionRecord, console: Console | None = None, width: int | None = None
+) -> None:
+    """The composition report: headline notes, the table, the verdict line. `width` sets the
+    columns when no console is given (default: the terminal's, at least 100)."""
+    if console is None:
+        console = (
+            safe_console(min_width=100)
+            if width is None
+            else SafeConsole(width=width, highlight=False)
+        )
     if record.unreliable:  # before the table: its numbers come from an underfit model
         console.print(
             f"[bold red]Verdict: unreliable[/] (measured label {record.label} not trusted)"
