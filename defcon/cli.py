@@ -311,19 +311,17 @@ def check_command(
 
 def print_alternatives(specs: Any, catalog_specs: Any, technique: str) -> None:
     """After a conflict: the planner's conflict-free combinations for the same risks."""
-    from defcon.planner import plan
+    from defcon.planner import alternatives
 
     risks = frozenset().union(*(s.mitigates for s in specs))
-    given = frozenset(s.name for s in specs)
-    kept = [c for c in plan(risks, catalog_specs, technique) if c.excluded is None]
-    kept = [c for c in kept if frozenset(c.defenses) != given][:3]
+    kept = alternatives(specs, catalog_specs, technique)
     out = stdout()
     if not kept:
         out.print("no conflict-free combination in the catalog covers the same risks", markup=False)
         return
     out.print(f"conflict-free alternatives for {', '.join(sorted(risks))}:", markup=False)
-    for cand in kept:
-        out.print(f"  {' → '.join(cand.order)}", markup=False)
+    for order in kept:
+        out.print(f"  {' → '.join(order)}", markup=False)
 
 
 @app.command("plan")

@@ -111,3 +111,30 @@ def plan(
             why = measured.sentence()
         found.append(Candidate(names, order, why, weak, measured))
     return sorted(found, key=Candidate.rank)
+
+
+def alternatives(
+    specs: Iterable[DefenseSpec],
+    catalog: Mapping[str, DefenseSpec],
+    technique: str = "defcon",
+    *,
+    data: DataFacts | None = None,
+    limit: int = 3,
+) -> list[tuple[str, ...]]:
+    """After a conflict: up to `limit` conflict-free combinations covering the same risks, each in
+    the order to apply it (the combination itself is never among them)."""
+    specs = list(specs)
+    risks = frozenset().union(*(s.mitigates for s in specs))
+    given = frozenset(s.name for s in specs)
+    kept = (c for c in plan(risks, catalog, technique, data=data) if c.excluded is None)
+    return [tuple(c.order) for c in kept if frozenset(c.defenses) != given][:limit]
+
+
+def advice(
+    specs: Iterable[DefenseSpec], catalog: Mapping[str, DefenseSpec], found: list[tuple[str, ...]]
+) -> str:
+    """One sentence naming the alternatives (or that none exists) for the risks of `specs`."""
+    risks = ", ".join(sorted(frozenset().union(*(s.mitigates for s in specs))))
+    if not found:
+        return f"no conflict-free combination in the catalog covers {risks}"
+    return f"conflict-free alternatives for {risks}: " + "; ".join(" → ".join(o) for o in found)

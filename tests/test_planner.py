@@ -156,3 +156,33 @@ def test_cli_plan_prints_exclusions_and_errors_name_the_uncovered_risk(tmp_path)
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "is not a folder" in done.stderr
+
+
+def test_a_forced_conflict_carries_alternatives_applicable_to_the_data() -> None:
+    """plan_combination (compose's planning) keeps the planner's alternatives for the record."""
+    from defcon.plan_evidence import builtin_facts
+    from defcon.planning import plan_combination
+
+    catalog = builtin_catalog()
+    pair = ["model_watermark", "backdoor_pruning"]
+    planned = plan_combination(pair, catalog, builtin_facts("fmnist"), force=True)
+    assert not planned.verdict.effective and planned.alternatives
+    for order in planned.alternatives:
+        assert set(order) != set(pair)
+        covered = frozenset().union(*(catalog[n].mitigates for n in order))
+        assert covered >= {Risk.MODEL_THEFT, Risk.POISONING}
+    on_adult = plan_combination(pair, catalog, builtin_facts("adult"), force=True).alternatives
+    assert on_adult and all("dataset_inference" not in order for order in on_adult)
+    assert any("dataset_inference" in order for order in planned.alternatives)
+    with pytest.raises(DefconError, match="conflict-free alternatives for model_theft, poisoning"):
+        plan_combination(pair, catalog, builtin_facts("fmnist"))
+    fine = plan_combination(["model_watermark", "explanations"], catalog, builtin_facts("fmnist"))
+    assert fine.alternatives == ()
+
+
+def test_records_without_alternatives_still_load(fake_record) -> None:  # noqa: ANN001
+    from defcon.records import CompositionRecord
+
+    data = fake_record().model_dump(mode="json")
+    data.pop("alternatives")
+    assert CompositionRecord.model_validate(data).alternatives == ()
