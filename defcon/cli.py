@@ -458,8 +458,9 @@ def report_command(
         typer.Option(
             "--format",
             "-f",
-            help="text (the terminal tables), md (Markdown), model-card (Hugging Face, with "
-            "model-index) or cyclonedx (CycloneDX 1.6 ML-BOM JSON).",
+            help="text (the terminal tables), md (Markdown), html (one self-contained page with "
+            "the plots), model-card (Hugging Face, with model-index) or cyclonedx (CycloneDX 1.6 "
+            "ML-BOM JSON).",
         ),
     ] = "text",
     output: Annotated[
@@ -487,6 +488,10 @@ def report_command(
         buffer = io.StringIO()
         print_records(loaded, Console(file=buffer, width=120, highlight=False))
         text = buffer.getvalue()
+    elif format == "html":
+        from defcon.html_report import html_document
+
+        text = html_document(loaded)
     else:
         from defcon.report_model import build_report
 
