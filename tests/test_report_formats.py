@@ -240,3 +240,38 @@ def test_html_of_an_audit_embeds_its_heatmap_and_a_bare_record_says_why_no_plot(
     bare.write_text(fake_record().model_dump_json())
     page = _report(str(bare), "-f", "html")
     assert not _images(page) and "No plot: the record holds no per-defense metrics" in page
+
+
+def _browser() -> str | None:
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((found for name in names if (found := shutil.which(name))), None)
+
+
+def _plot_pixels(page: Path, shot: Path) -> int:
+    """How many pixels of a headless browser's screenshot of `page` have the plot's blue."""
+    import subprocess
+
+    import matplotlib.image
+
+    browser = _browser()
+    assert browser is not None
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1200,1000", page.resolve().as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    blue = abs(pixels - (31 / 255, 119 / 255, 180 / 255)).max(axis=-1) < 0.05  # tab:blue bars
+    return int(blue.sum())
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium installed")
+def test_a_real_browser_renders_the_page_and_its_plot(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    CliRunner().invoke(app, ["report", str(RECORD), "-f", "html", "-o", str(page)])
+    assert _plot_pixels(page, tmp_path / "shot.png") > 2000  # the embedded bars were drawn
+    broken = tmp_path / "broken.html"  # the check can fail: a page whose image does not load
+    broken.write_text(re.sub(r"base64,[^\"]+", "base64,AAAA", page.read_text()))
+    assert _plot_pixels(broken, tmp_path / "broken.png") < 50
