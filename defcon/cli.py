@@ -311,19 +311,17 @@ def check_command(
 
 def print_alternatives(specs: Any, catalog_specs: Any, technique: str) -> None:
     """After a conflict: the planner's conflict-free combinations for the same risks."""
-    from defcon.planner import plan
+    from defcon.planner import alternatives
 
     risks = frozenset().union(*(s.mitigates for s in specs))
-    given = frozenset(s.name for s in specs)
-    kept = [c for c in plan(risks, catalog_specs, technique) if c.excluded is None]
-    kept = [c for c in kept if frozenset(c.defenses) != given][:3]
+    kept = alternatives(specs, catalog_specs, technique)
     out = stdout()
     if not kept:
         out.print("no conflict-free combination in the catalog covers the same risks", markup=False)
         return
     out.print(f"conflict-free alternatives for {', '.join(sorted(risks))}:", markup=False)
-    for cand in kept:
-        out.print(f"  {' → '.join(cand.order)}", markup=False)
+    for order in kept:
+        out.print(f"  {' → '.join(order)}", markup=False)
 
 
 @app.command("plan")
@@ -339,22 +337,51 @@ def plan_command(
     ] = "defcon",
     top: Annotated[int, typer.Option("--top", min=1, help="How many plans to print.")] = 5,
     catalog: CatalogOption = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Leave out defenses that cannot run on this built-in dataset (not loaded).",
+            show_default=False,
+        ),
+    ] = None,
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            "--records",
+            help="A folder of composition records: measured combinations rank by their evidence.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Rank conflict-free defense combinations that cover every named risk (trains nothing)."""
-    from defcon.planner import parse_risks, plan
+    from defcon.plan_evidence import builtin_facts, load_evidence
+    from defcon.planner import inapplicable, parse_risks, plan
 
     wanted = parse_risks(risks)
-    found = plan(wanted, catalog_from(catalog), technique)
+    specs = catalog_from(catalog)
+    facts = builtin_facts(dataset) if dataset is not None else None
+    evidence = load_evidence(records, dataset, say) if records is not None else None
+    found = plan(wanted, specs, technique, data=facts, evidence=evidence)
     kept = [c for c in found if c.excluded is None]
     out = stdout()
+    unusable = inapplicable(wanted, specs, facts) if facts is not None else {}
+    for name, why in unusable.items():
+        out.print(f"not applicable: {name}: {why}", markup=False, soft_wrap=True)
     if not found:
-        raise DefconError(f"no defense in the catalog covers {', '.join(sorted(wanted))}")
+        usable = [s for s in specs.values() if s.name not in unusable]
+        bare = sorted(wanted - frozenset().union(*(s.mitigates for s in usable)))
+        where = f" applicable to {dataset}" if dataset is not None else " in the catalog"
+        raise DefconError(f"no defense{where} covers {', '.join(bare)}")
     out.print(f"{len(kept)} plan(s) cover {', '.join(sorted(wanted))} ({technique}):", markup=False)
     for rank, cand in enumerate(kept[:top], 1):
         out.print(f"  {rank}. {' → '.join(cand.order)}", markup=False)
+        if cand.evidence is not None:
+            out.print(f"     {cand.evidence.sentence()}", markup=False, soft_wrap=True)
     for cand in found:
         if cand.excluded is not None:
-            out.print(f"  excluded {' + '.join(cand.defenses)}: {cand.excluded}", markup=False)
+            line = f"  excluded {' + '.join(cand.defenses)}: {cand.excluded}"
+            out.print(line, markup=False, soft_wrap=True)
 
 
 def pilot_technique(
@@ -431,8 +458,9 @@ def report_command(
         typer.Option(
             "--format",
             "-f",
-            help="text (the terminal tables), md (Markdown), model-card (Hugging Face, with "
-            "model-index) or cyclonedx (CycloneDX 1.6 ML-BOM JSON).",
+            help="text (the terminal tables), md (Markdown), html (one self-contained page with "
+            "the plots), model-card (Hugging Face, with model-index) or cyclonedx (CycloneDX 1.6 "
+            "ML-BOM JSON).",
         ),
     ] = "text",
     output: Annotated[
@@ -460,6 +488,10 @@ def report_command(
         buffer = io.StringIO()
         print_records(loaded, Console(file=buffer, width=120, highlight=False))
         text = buffer.getvalue()
+    elif format == "html":
+        from defcon.html_report import html_document
+
+        text = html_document(loaded)
     else:
         from defcon.report_model import build_report
 

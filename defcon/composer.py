@@ -341,6 +341,10 @@ class Composer:
         specs = list(planned.specs)
         tolerances = validate_tolerances(tolerances, specs)
         order = planned.order
+        if not planned.verdict.effective:  # measured anyway (--force): say what would not conflict
+            from defcon.planner import advice
+
+            self.log(advice(specs, self.catalog, list(planned.alternatives)))
         arms = ArmComparison(
             self, order, poisoned=planned.scenario.poisoned,
             readings=(
@@ -429,6 +433,7 @@ class Composer:
             warnings=notes,
             unreliable=unreliable,
             training={**training_used(self.profile, self.dataset_name), **self.fitted},
+            alternatives=planned.alternatives,
         )
 
 

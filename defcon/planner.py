@@ -13,6 +13,8 @@ from itertools import combinations
 
 from defcon.checker.base import get_technique
 from defcon.errors import DefconError
+from defcon.plan_evidence import Evidence, EvidenceMap, deciding
+from defcon.planning import DataFacts, applicability_problem
 from defcon.vocabulary import DefenseSpec, Risk
 
 
@@ -24,6 +26,15 @@ class Candidate:
     order: tuple[str, ...]
     excluded: str | None  # None: kept
     weak: int  # weak (data/model-factor) chains: fewer ranks higher
+    evidence: Evidence | None = None  # the record deciding its place (defcon.plan_evidence)
+
+    def rank(self) -> tuple:
+        """Kept first; then the prediction's confidence (fewer weak chains), then measured
+        evidence (effective before unmeasured, smaller cost and time first), then size."""
+        held = self.evidence if self.evidence is not None and self.evidence.effective else None
+        cost = held.rank() if held is not None else (0.0, 0.0)
+        size = len(self.defenses)
+        return (self.excluded is not None, self.weak, held is None, size, cost, self.order)
 
 
 def parse_risks(text: str) -> frozenset[Risk]:
@@ -50,25 +61,80 @@ def covering(
                 yield combo
 
 
+def inapplicable(
+    risks: frozenset[Risk], catalog: Mapping[str, DefenseSpec], data: DataFacts
+) -> dict[str, str]:
+    """The defenses for `risks` that cannot run on `data`, each with why."""
+    found = {}
+    for spec in catalog.values():
+        problem = applicability_problem(spec, data) if spec.mitigates & risks else None
+        if problem:
+            found[spec.name] = problem
+    return dict(sorted(found.items()))
+
+
 def plan(
-    risks: frozenset[Risk], catalog: Mapping[str, DefenseSpec], technique: str = "defcon"
+    risks: frozenset[Risk],
+    catalog: Mapping[str, DefenseSpec],
+    technique: str = "defcon",
+    *,
+    data: DataFacts | None = None,
+    evidence: EvidenceMap | None = None,
 ) -> list[Candidate]:
-    """Every minimal covering combination, kept ones first (ranked), then the dropped ones."""
+    """Every minimal covering combination, kept ones first (ranked), then the dropped ones.
+
+    With `data`, defenses that cannot run on it are left out before the search (`inapplicable`
+    says why); with `evidence`, a combination measured `ineffective` is dropped naming its record.
+    """
     checker = get_technique(technique)
+    if data is not None:
+        unusable = inapplicable(risks, catalog, data)
+        catalog = {name: spec for name, spec in catalog.items() if name not in unusable}
     found: list[Candidate] = []
     for combo in covering(risks, catalog):
         names = tuple(s.name for s in combo)
+        measured = deciding((evidence or {}).get(frozenset(names), []))
         if len(combo) == 1:
-            found.append(Candidate(names, names, None, 0))
-            continue
-        verdict = checker.check(list(combo))
-        if verdict.clashes:
-            why = "cannot share a training loop: " + "; ".join(
-                f"{' + '.join(c.defenses)}: {c.reason}" for c in verdict.clashes
-            )
-        elif not verdict.effective:
-            why = "conflict predicted: " + verdict.explanation.splitlines()[0]
+            order, why, weak = names, None, 0
         else:
-            why = None
-        found.append(Candidate(names, verdict.order, why, len(verdict.weak_chains)))
-    return sorted(found, key=lambda c: (c.excluded is not None, c.weak, len(c.defenses), c.order))
+            verdict = checker.check(list(combo))
+            order, weak = verdict.order, len(verdict.weak_chains)
+            if verdict.clashes:
+                why = "cannot share a training loop: " + "; ".join(
+                    f"{' + '.join(c.defenses)}: {c.reason}" for c in verdict.clashes
+                )
+            elif not verdict.effective:
+                why = "conflict predicted: " + verdict.explanation.splitlines()[0]
+            else:
+                why = None
+        if why is None and measured is not None and measured.ineffective:
+            why = measured.sentence()
+        found.append(Candidate(names, order, why, weak, measured))
+    return sorted(found, key=Candidate.rank)
+
+
+def alternatives(
+    specs: Iterable[DefenseSpec],
+    catalog: Mapping[str, DefenseSpec],
+    technique: str = "defcon",
+    *,
+    data: DataFacts | None = None,
+    limit: int = 3,
+) -> list[tuple[str, ...]]:
+    """After a conflict: up to `limit` conflict-free combinations covering the same risks, each in
+    the order to apply it (the combination itself is never among them)."""
+    specs = list(specs)
+    risks = frozenset().union(*(s.mitigates for s in specs))
+    given = frozenset(s.name for s in specs)
+    kept = (c for c in plan(risks, catalog, technique, data=data) if c.excluded is None)
+    return [tuple(c.order) for c in kept if frozenset(c.defenses) != given][:limit]
+
+
+def advice(
+    specs: Iterable[DefenseSpec], catalog: Mapping[str, DefenseSpec], found: list[tuple[str, ...]]
+) -> str:
+    """One sentence naming the alternatives (or that none exists) for the risks of `specs`."""
+    risks = ", ".join(sorted(frozenset().union(*(s.mitigates for s in specs))))
+    if not found:
+        return f"no conflict-free combination in the catalog covers {risks}"
+    return f"conflict-free alternatives for {risks}: " + "; ".join(" → ".join(o) for o in found)

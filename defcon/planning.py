@@ -94,6 +94,7 @@ class Plan:
     specs: tuple[DefenseSpec, ...]
     verdict: Verdict
     scenario: Scenario
+    alternatives: tuple[tuple[str, ...], ...] = ()  # after a predicted conflict (defcon.planner)
 
     @property
     def order(self) -> tuple[str, ...]:
@@ -131,12 +132,17 @@ def plan_combination(
         problem = model_problem(name) if model_problem is not None else None
         if problem:
             raise DefconError(f"cannot compose with this model: {problem}")
-    if not verdict.effective and not force:
-        raise DefconError(
-            f"refused: Def\\Con predicts a conflict. {verdict.explanation} "
-            "Pass --force to measure it anyway."
-        )
-    return Plan(tuple(specs), verdict, Scenario.of(specs))
+    found: list[tuple[str, ...]] = []
+    if not verdict.effective:
+        from defcon.planner import advice, alternatives
+
+        found = alternatives(specs, catalog, data=data)
+        if not force:
+            raise DefconError(
+                f"refused: Def\\Con predicts a conflict. {verdict.explanation} "
+                f"{advice(specs, catalog, found)}. Pass --force to measure it anyway."
+            )
+    return Plan(tuple(specs), verdict, Scenario.of(specs), tuple(found))
 
 
 def plan_audit(

@@ -102,6 +102,11 @@ class CompositionRecord(BaseModel):
         default_factory=dict,
         description="epochs, lr and batch_size the models trained with (profile + RunSettings)",
     )
+    alternatives: tuple[tuple[str, ...], ...] = Field(
+        default=(),
+        description="after a predicted conflict (--force): conflict-free combinations for the "
+        "same risks, each in the order to apply it (defcon.planner.alternatives)",
+    )
 
     @property
     def conclusive(self) -> bool:

@@ -15,7 +15,7 @@ import yaml
 
 from defcon.report_model import Estimate, Report
 
-FORMATS = ("text", "md", "model-card", "cyclonedx")
+FORMATS = ("text", "md", "html", "model-card", "cyclonedx")  # html: defcon.html_report
 
 
 def _cell(text: str) -> str:

@@ -54,7 +54,14 @@ def test_compose_writes_record_json_and_plot(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["model_watermark", "backdoor_pruning"], ["Def\\Con predicts a conflict", "--force"]),
+        (
+            ["model_watermark", "backdoor_pruning"],
+            [
+                "Def\\Con predicts a conflict",
+                "conflict-free alternatives for model_theft, poisoning: ",
+                "--force",
+            ],
+        ),  # fmt: skip
         (
             ["model_watermark", "explanations", "--dataset", "mnist"],
             ["unknown dataset 'mnist'", "digits"],

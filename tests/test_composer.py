@@ -49,6 +49,8 @@ def test_conflicting_pair_collapses_the_watermark(tmp_path: Path) -> None:
     # one scenario for every arm: the no-defense model was poisoned too, and pruning helps
     assert pruning.no_defense.mean > 0.5 > pruning.alone.mean
     assert record.label == "ineffective"
+    assert record.alternatives  # the planner's conflict-free combinations for the same risks
+    assert all(set(a) != {"backdoor_pruning", "model_watermark"} for a in record.alternatives)
     assert 0.5 < record.clean_accuracy_combined.mean <= 1.0
     # the record round-trips through its JSON file and plots
     path = save_record(record, tmp_path / "record.json")

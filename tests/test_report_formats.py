@@ -139,7 +139,7 @@ def test_a_bad_format_is_one_error_line_listing_the_formats() -> None:
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")
-    assert "text, md, model-card, cyclonedx" in lines[0]
+    assert "text, md, html, model-card, cyclonedx" in lines[0]
 
 
 def test_infinite_estimates_read_as_infinity() -> None:
@@ -169,3 +169,109 @@ def test_cyclonedx_validates_against_the_1_6_schema(tmp_path: Path) -> None:
         "value"
     ] = 1
     assert validator.validate_str(json.dumps(broken)) is not None  # the check can fail
+
+
+def _tags(page: str) -> list[str]:
+    """Every start tag of the page, as a browser's tokenizer sees it."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            found.append(tag)
+
+    Tags().feed(page)
+    return found
+
+
+def _images(page: str) -> list[bytes]:
+    import base64
+
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_html_is_one_page_with_the_plot_embedded_summary_first() -> None:
+    page = _report(str(RECORD), "--format", "html")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    images = _images(page)
+    assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n")
+    text = re.sub(r'src="data:[^"]+"', "", page)
+    assert "Dropped (worse in the combination than alone)" in text
+    assert "<td>0.700 [0.694, 0.706]</td>" not in text  # numbers sit in tabular cells
+    assert '<td class="num">0.700 [0.694, 0.706]</td>' in text and "∞" in text
+    assert text.index("Summary") < text.index("<img") < text.index("Evidence")
+    assert text.index("Evidence") < text.index("Regulatory crosswalk")
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+    assert "script" not in _tags(page) and 'src="http' not in page  # nothing runs or loads
+
+
+def test_html_escapes_every_string_a_record_carries(tmp_path: Path) -> None:
+    """A record whose dataset and defense names are markup renders them as text."""
+    record = load_record(RECORD)
+    evil = "<script>alert('x')</script>"
+    results = tuple(
+        r.model_copy(update={"defense": evil}) if r.defense == "dp_sgd" else r
+        for r in record.results
+    )
+    forged = record.model_copy(
+        update={"dataset": evil, "defenses": ("adversarial_training", evil),
+                "order": ("adversarial_training", evil), "results": results,
+                "versions": {"defcon": '"><img src=x onerror=alert(1)>'}}
+    )  # fmt: skip
+    path = tmp_path / "evil.json"
+    path.write_text(forged.model_dump_json())
+    page = _report(str(path), "--format", "html")
+    assert "<script" not in page.lower() and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert set(_tags(page)) <= {
+        "html", "head", "meta", "title", "style", "body", "section", "h1", "h2", "ul", "li",
+        "img", "p", "table", "thead", "tbody", "tr", "th", "td", "hr",
+    }  # fmt: skip
+    assert len(_images(page)) == 1  # the forged record still draws
+
+
+def test_html_of_an_audit_embeds_its_heatmap_and_a_bare_record_says_why_no_plot(
+    tmp_path: Path, fake_record
+) -> None:
+    audit = _report(str(_audit(tmp_path)), "-f", "html")
+    assert len(_images(audit)) == 1 and "membership_inference: with dp_sgd the risk fell" in audit
+    bare = tmp_path / "bare.json"
+    bare.write_text(fake_record().model_dump_json())
+    page = _report(str(bare), "-f", "html")
+    assert not _images(page) and "No plot: the record holds no per-defense metrics" in page
+
+
+def _browser() -> str | None:
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((found for name in names if (found := shutil.which(name))), None)
+
+
+def _plot_pixels(page: Path, shot: Path) -> int:
+    """How many pixels of a headless browser's screenshot of `page` have the plot's blue."""
+    import subprocess
+
+    import matplotlib.image
+
+    browser = _browser()
+    assert browser is not None
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1200,1000", page.resolve().as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    blue = abs(pixels - (31 / 255, 119 / 255, 180 / 255)).max(axis=-1) < 0.05  # tab:blue bars
+    return int(blue.sum())
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium installed")
+def test_a_real_browser_renders_the_page_and_its_plot(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    CliRunner().invoke(app, ["report", str(RECORD), "-f", "html", "-o", str(page)])
+    assert _plot_pixels(page, tmp_path / "shot.png") > 2000  # the embedded bars were drawn
+    broken = tmp_path / "broken.html"  # the check can fail: a page whose image does not load
+    broken.write_text(re.sub(r"base64,[^\"]+", "base64,AAAA", page.read_text()))
+    assert _plot_pixels(broken, tmp_path / "broken.png") < 50
