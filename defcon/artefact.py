@@ -83,7 +83,7 @@ class Manifest(BaseModel):
     files: dict[str, str]  # file name → SHA-256
     label: str
     outcomes: dict[str, str]
-    clean_accuracy: float | None  # the combined arm's reading on this seed
+    clean_accuracy: float | None  # the measured combined arm's reading on this seed
     unreliable: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     record: dict[str, Any]  # the composition record the verdicts come from

@@ -849,6 +849,10 @@ def compose_command(
     present(record, json_path, print_report)
     err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
     if save_model is not None:
+        from defcon.artefact import read_manifest
+
+        for note in read_manifest(save_model).notes:
+            warn(f"saved model: {note}")
         err.print(f"saved model: {escape(str(save_model))} (defcon.load_pipeline reads it)")
 
 

@@ -234,3 +234,18 @@ def test_cli_saves_and_says_where(fair: Saved, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert f"saved model: {target}" in " ".join(result.stderr.split())
     assert read_manifest(target).files == read_manifest(fair.folder).files  # same model, same bytes
+
+
+def test_a_poisoned_scenario_ships_the_recipe_without_the_simulated_backdoor(
+    tmp_path: Path,
+) -> None:
+    saved = Saved(tmp_path, "digits", ["backdoor_pruning", "output_watermark"])
+    manifest = read_manifest(saved.folder)
+    assert not manifest.measured and "simulated poisoning" in manifest.notes[0]
+    clean = saved.composer.run_pipeline(
+        saved.composer.pipeline(manifest.order, 0, poisoned=False)
+    ).model
+    loaded = defcon.load_pipeline(saved.folder)
+    with torch.no_grad():
+        assert torch.equal(loaded(saved.test.x), clean.eval()(saved.test.x))
+        assert not torch.equal(loaded(saved.test.x), saved.served.eval()(saved.test.x))
