@@ -36,9 +36,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from defcon.catalog import Catalog, builtin_catalog
+from defcon.data import Split
 from defcon.defense import ServingWrapper
+from defcon.devices import device_of, place
 from defcon.errors import DefconError
-from defcon.models import ArchConfig, build_model, factory_code
+from defcon.models import ArchConfig, accuracy, build_model, factory_code
+from defcon.pipelines import CLEAN_ACCURACY
 from defcon.records import CompositionRecord, versions
 from defcon.storage import atomic_write_bytes, read_regular_bytes, writable_folder
 
@@ -249,7 +252,9 @@ def save_pipeline(composer: Composer, record: CompositionRecord, folder: Path | 
         record=record.model_dump(mode="json"), versions=versions(),
     )  # fmt: skip
     rebuilt = _rebuild(manifest, files, composer.catalog, composer.model_factory)
-    _check_same(served, rebuilt, dataset.test.x[:CHECK_INPUTS])
+    # the measured model's reading, from the cache (keyed like the model that was measured)
+    reading = None if poisoned else (dataset.test, composer.measure(result, None)[CLEAN_ACCURACY])
+    _check_same(served, rebuilt, dataset.test.x[:CHECK_INPUTS], reading)
     for name, data in files.items():
         atomic_write_bytes(folder / name, data)
     atomic_write_bytes(folder / MANIFEST, (manifest.model_dump_json(indent=2) + "\n").encode())
@@ -257,19 +262,29 @@ def save_pipeline(composer: Composer, record: CompositionRecord, folder: Path | 
 
 
 @torch.no_grad()
-def _check_same(served: nn.Module, rebuilt: nn.Module, x: torch.Tensor) -> None:
-    """Refuse to save a pipeline whose rebuilt copy answers differently on test inputs."""
-    device = next((p.device for p in served.parameters()), torch.device("cpu"))
+def _check_same(
+    served: nn.Module, rebuilt: nn.Module, x: torch.Tensor, reading: tuple[Split, float] | None
+) -> None:
+    """Refuse to save a pipeline whose rebuilt copy answers differently on test inputs, or (with
+    `reading`: the test split and the measured model's cached clean accuracy on it) whose
+    accuracy differs from the measured model's, i.e. a post-training step gave another model."""
+    place(rebuilt, device_of(served))  # both answer CPU inputs with CPU outputs
     served.eval()
-    rebuilt.to(device).eval()
-    expected = served(x.to(device))
-    got = rebuilt(x.to(device))
+    rebuilt.eval()
+    expected, got = served(x), rebuilt(x)
     if not torch.equal(expected, got):
         gap = float((expected - got).abs().max())
         raise DefconError(
             f"--save-model: the pipeline rebuilt from the files to be saved answers differently "
-            f"from the measured one (largest logit difference {gap:.2e}); nothing was saved"
+            f"from the served one (largest logit difference {gap:.2e}); nothing was saved"
         )
+    if reading is not None:
+        test, measured = reading
+        if accuracy(rebuilt, test.x, test.y) != measured:
+            raise DefconError(
+                "--save-model: applying the post-training defenses again gave another model than "
+                "the one measured (its clean accuracy differs); nothing was saved"
+            )
 
 
 # ---------------------------------------------------------------------------- loading

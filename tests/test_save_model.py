@@ -249,3 +249,15 @@ def test_a_poisoned_scenario_ships_the_recipe_without_the_simulated_backdoor(
     with torch.no_grad():
         assert torch.equal(loaded(saved.test.x), clean.eval()(saved.test.x))
         assert not torch.equal(loaded(saved.test.x), saved.served.eval()(saved.test.x))
+
+
+def test_a_post_training_step_that_rebuilds_another_model_is_refused(
+    wrapped: Saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defcon.artefact import save_pipeline
+    from pipeline_stages.post_training import output_watermark
+
+    monkeypatch.setattr(output_watermark, "watermark_key", lambda seed: b"another key")
+    with pytest.raises(DefconError, match="another model than the one measured"):
+        save_pipeline(wrapped.composer, wrapped.record, tmp_path / "model")
+    assert not any((tmp_path / "model").iterdir())  # nothing was written
