@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,29 @@ def test_a_post_training_step_that_rebuilds_another_model_is_refused(
     with pytest.raises(DefconError, match="another model than the one measured"):
         save_pipeline(wrapped.composer, wrapped.record, tmp_path / "model")
     assert not any((tmp_path / "model").iterdir())  # nothing was written
+
+
+def test_a_users_model_factory_is_imported_only_when_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "saved_user_model.py").write_text(
+        "from torch import nn\n\n\n"
+        "def build(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    composer = Composer("digits", profile="tiny", cache_dir=tmp_path / "cache",
+                        model="saved_user_model:build")  # fmt: skip
+    folder = tmp_path / "model"
+    composer.compose(["output_watermark", "explanations"], seeds=1, save_model=folder)
+    assert read_manifest(folder).model == "saved_user_model:build"
+    with pytest.raises(DefconError, match="pass it to load it"):
+        defcon.load_pipeline(folder)
+    loaded = defcon.load_pipeline(folder, model="saved_user_model:build")
+    served = composer.run_pipeline(
+        composer.pipeline(("explanations", "output_watermark"), 0, False)
+    )
+    x = composer.dataset(0).test.x
+    with torch.no_grad():
+        assert torch.equal(loaded(x), served.model.eval()(x))
+    sys.modules.pop("saved_user_model", None)
