@@ -288,3 +288,11 @@ def test_a_users_model_factory_is_imported_only_when_named(
     with torch.no_grad():
         assert torch.equal(loaded(x), served.model.eval()(x))
     sys.modules.pop("saved_user_model", None)
+
+
+def test_randomized_smoothing_ships_its_base_classifier_and_says_so(tmp_path: Path) -> None:
+    saved = Saved(tmp_path, "digits", ["randomized_smoothing", "output_watermark"])
+    same_outputs(saved)
+    manifest = read_manifest(saved.folder)
+    assert manifest.configs["randomized_smoothing"]["sigma"] == 0.25
+    assert any("smoothed with sigma=0.25" in note for note in manifest.notes)
