@@ -42,6 +42,7 @@ from defcon.devices import device_of, place
 from defcon.errors import DefconError
 from defcon.models import ArchConfig, accuracy, build_model, factory_code
 from defcon.pipelines import CLEAN_ACCURACY
+from defcon.planning import Scenario
 from defcon.records import CompositionRecord, versions
 from defcon.storage import atomic_write_bytes, read_regular_bytes, writable_folder
 
@@ -86,7 +87,7 @@ class Manifest(BaseModel):
     files: dict[str, str]  # file name → SHA-256
     label: str
     outcomes: dict[str, str]
-    clean_accuracy: float | None  # the measured combined arm's reading on this seed
+    clean_accuracy: float  # the measured combined model's reading on this seed's test split
     unreliable: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     record: dict[str, Any]  # the composition record the verdicts come from
@@ -202,12 +203,9 @@ def pipeline_files(
 def save_pipeline(composer: Composer, record: CompositionRecord, folder: Path | str) -> Path:
     """Write the combined arm of `record`'s first seed, as served when measured, to `folder`
     (checked by `check_target`; the composer must be in the state it measured in)."""
-    from defcon.arms import COMBINED
-
     folder = check_target(folder)
     seed = record.seeds[0]
-    planned = composer._plan(record.defenses, force=record.forced)
-    poisoned = planned.scenario.poisoned
+    poisoned = Scenario.of(composer.catalog[name] for name in record.order).poisoned
     notes = []
     if poisoned:
         notes.append(
@@ -233,12 +231,9 @@ def save_pipeline(composer: Composer, record: CompositionRecord, folder: Path | 
     train_digest = hashlib.sha256(
         dataset.train.x.numpy().tobytes() + dataset.train.y.numpy().tobytes()
     )
-    arm = COMBINED if len(record.order) > 1 else record.order[0]
-    clean = (
-        record.clean_accuracy_combined
-        if arm == COMBINED
-        else record.results[0].clean_accuracy_alone
-    )
+    # the measured model's clean accuracy on this seed, from the cache (keyed like that model)
+    measured = composer.run_pipeline(composer.pipeline(record.order, seed, poisoned=poisoned))
+    clean = composer.measure(measured, None)[CLEAN_ACCURACY]
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, defenses=record.defenses, order=record.order,
         configs={d.name: d.config.model_dump(mode="json") for d in pipeline.defenses},
@@ -247,13 +242,12 @@ def save_pipeline(composer: Composer, record: CompositionRecord, folder: Path | 
         profile=record.profile, measured=not poisoned, layers=layers,
         files={name: _sha256(data) for name, data in files.items()}, label=str(record.label),
         outcomes={r.defense: str(r.outcome) for r in record.results},
-        clean_accuracy=clean.mean if len(record.seeds) == 1 else None,
+        clean_accuracy=clean,
         unreliable=record.unreliable, notes=tuple(notes),
         record=record.model_dump(mode="json"), versions=versions(),
     )  # fmt: skip
     rebuilt = _rebuild(manifest, files, composer.catalog, composer.model_factory)
-    # the measured model's reading, from the cache (keyed like the model that was measured)
-    reading = None if poisoned else (dataset.test, composer.measure(result, None)[CLEAN_ACCURACY])
+    reading = None if poisoned else (dataset.test, clean)
     _check_same(served, rebuilt, dataset.test.x[:CHECK_INPUTS], reading)
     for name, data in files.items():
         atomic_write_bytes(folder / name, data)

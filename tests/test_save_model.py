@@ -243,6 +243,9 @@ def test_a_poisoned_scenario_ships_the_recipe_without_the_simulated_backdoor(
     saved = Saved(tmp_path, "digits", ["backdoor_pruning", "output_watermark"])
     manifest = read_manifest(saved.folder)
     assert not manifest.measured and "simulated poisoning" in manifest.notes[0]
+    assert manifest.clean_accuracy == pytest.approx(saved.record.clean_accuracy_combined.mean)
+    served = saved.served.eval()  # the measured (poisoned) model
+    assert accuracy(served, saved.test.x, saved.test.y) == manifest.clean_accuracy
     clean = saved.composer.run_pipeline(
         saved.composer.pipeline(manifest.order, 0, poisoned=False)
     ).model
