@@ -6,7 +6,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"check": "defcon.checker", "Verdict": "defcon.checker"}
+_LAZY = {
+    "check": "defcon.checker",
+    "Verdict": "defcon.checker",
+    "load_pipeline": "defcon.artefact",
+    "read_manifest": "defcon.artefact",
+}
 
 
 def __getattr__(name: str) -> Any:

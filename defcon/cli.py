@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typer.core import TyperGroup
 from defcon.catalog import Catalog, load_catalog
 from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
-from defcon.storage import writable_target
+from defcon.storage import writable_folder, writable_target
 from defcon.terminal import console as safe_console
 from defcon.terminal import say, warn
 
@@ -602,22 +601,6 @@ def made_here(out: Path, *folders: str) -> None:
         safe_folder(out / folder, out)
 
 
-def writable_folder(path: Path, option: str) -> Path:
-    """Create `path` if needed and make sure we can write there, before any work is done."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        import tempfile
-
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".defcon-write-test.")  # O_EXCL: no link
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
-        raise DefconError(
-            f"{option} '{path}' is not a writable folder ({error.strerror or error})"
-        ) from None
-    return path
-
-
 ProfileOption = Annotated[
     str,
     typer.Option("--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."),
@@ -853,6 +836,16 @@ def compose_command(
     batch_size: BatchSizeOption = None,
     set_values: SetOption = None,
     settings_file: SettingsOption = None,
+    save_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-model",
+            metavar="DIR",
+            help="Save the combined model of the first seed, as served, in this new or empty "
+            "folder (read it back with defcon.load_pipeline).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
     from defcon.effectiveness import seed_plan
@@ -866,6 +859,10 @@ def compose_command(
     source = dataset_source(dataset, target, sensitive, kind)
     tolerances = parse_tolerances(tolerance)
     check_outputs(out, json_path, cache)
+    if save_model is not None:
+        from defcon.artefact import check_target
+
+        check_target(save_model)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
     err = safe_console(stderr=True)
@@ -875,7 +872,7 @@ def compose_command(
     )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
-        tolerances=tolerances,
+        tolerances=tolerances, save_model=save_model,
     )  # fmt: skip
     stem = record_stem(record)
     made_here(out, "records", "plots")
@@ -883,6 +880,12 @@ def compose_command(
     plot = bar_chart(record, out / "plots" / f"{stem}.png")
     present(record, json_path, print_report)
     err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
+    if save_model is not None:
+        from defcon.artefact import read_manifest
+
+        for note in read_manifest(save_model).notes:
+            warn(f"saved model: {note}")
+        err.print(f"saved model: {escape(str(save_model))} (defcon.load_pipeline reads it)")
 
 
 @app.command("audit")

@@ -268,14 +268,21 @@ class Composer:
         seed_start: int = 0,
         force: bool = False,
         tolerances: Mapping[str, float] | None = None,
+        save_model: Path | str | None = None,
     ) -> CompositionRecord:
         """Measure a combination: no defense, each defense alone, combined, under one scenario.
 
         Starts with `seeds` seeds (seed_start, seed_start + 1, …) and adds one at a time, up to
         `max_seeds` (default: `seeds`, i.e. no extra seeds), while a verdict is inconclusive.
+        `save_model`: an empty folder to save the combined model of the first seed in, as served
+        (`defcon.artefact`; `defcon.load_pipeline` reads it).
         """
+        from defcon.artefact import check_target, save_pipeline
+
+        if save_model is not None:
+            check_target(save_model)  # before any training
         with quiet_libraries(), self.membership_regime(self.measures_membership(names)):
-            return self._compose(
+            record = self._compose(
                 names,
                 seeds=seeds,
                 max_seeds=seed_plan(seeds, max_seeds, seed_start),
@@ -283,6 +290,9 @@ class Composer:
                 force=force,
                 tolerances=tolerances,
             )
+            if save_model is not None:
+                save_pipeline(self, record, save_model)  # in the regime the model was trained in
+            return record
 
     def measures_membership(self, names: Sequence[str]) -> bool:
         """Whether a defense of `names` declares a membership metric (dp_sgd does)."""

@@ -354,6 +354,19 @@ class ServingWrapper(nn.Module):
 
     model: nn.Module
 
+    def saved_settings(self) -> dict[str, Any] | None:
+        """What rebuilds this wrapper around its model besides its own tensors (JSON values),
+        for `defcon.artefact`; None: it cannot be saved, so `--save-model` refuses it."""
+        return None
+
+    @classmethod
+    def restore(
+        cls, model: nn.Module, settings: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> ServingWrapper:
+        """The wrapper `saved_settings` described, around `model`; `tensors` (its own state
+        dict entries) size its buffers and are loaded into it afterwards."""
+        raise NotImplementedError(f"{cls.__name__} cannot be restored from a saved pipeline")
+
 
 def weights_of(model: nn.Module) -> nn.Module:
     """The model's weights without the serving wrappers in front of them."""

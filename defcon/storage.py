@@ -67,6 +67,21 @@ def writable_target(path: Path | str) -> Path:
     return path
 
 
+def writable_folder(path: Path | str, option: str) -> Path:
+    """Create `path` if needed and make sure we can write there, before any work is done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".defcon-write-test.")  # O_EXCL: no link
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise DefconError(
+            f"{option} '{path}' is not a writable folder ({error.strerror or error})"
+        ) from None
+    return path
+
+
 def _say_replaced(path: Path, warn: Callable[[str], None] | None) -> None:
     from defcon.terminal import warn as warn_stderr
 

@@ -92,6 +92,18 @@ class GroupReader(nn.Module):
         self.register_buffer("patterns", patterns)
         self.register_buffer("groups", groups)
 
+    @classmethod
+    def restored(
+        cls, columns: Sequence[int], patterns: torch.Tensor, groups: torch.Tensor
+    ) -> GroupReader:
+        """A reader with saved patterns and groups (a saved pipeline, `defcon.artefact`)."""
+        reader = cls.__new__(cls)
+        nn.Module.__init__(reader)
+        reader.columns = tuple(int(c) for c in columns)
+        reader.register_buffer("patterns", patterns.clone())
+        reader.register_buffer("groups", groups.clone())
+        return reader
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = x.detach()[:, list(self.columns)].to(self.patterns)
         return self.groups[torch.cdist(values, self.patterns).argmin(1)]

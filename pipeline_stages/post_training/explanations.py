@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -195,6 +196,17 @@ class ExplainedModel(ServingWrapper):
         self.model = model
         self.config = config
         self.n_steps = n_steps if n_steps is not None else config.n_steps
+
+    def saved_settings(self) -> dict[str, Any]:
+        """The settings and the integration points the convergence check chose."""
+        return {"config": self.config.model_dump(mode="json"), "n_steps": self.n_steps}
+
+    @classmethod
+    def restore(
+        cls, model: nn.Module, settings: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> ExplainedModel:
+        config = ExplanationsConfig.model_validate(settings["config"])
+        return cls(model, config, int(settings["n_steps"]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -44,8 +44,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -137,6 +138,18 @@ class WatermarkedAPI(ServingWrapper):
         self.key = key
         self.fraction = fraction
         self.decimals = decimals
+
+    def saved_settings(self) -> dict[str, Any]:
+        """The key (the owner's secret: a saved pipeline must stay private), fraction, grid."""
+        return {"key": self.key.hex(), "fraction": self.fraction, "decimals": self.decimals}
+
+    @classmethod
+    def restore(
+        cls, model: nn.Module, settings: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> WatermarkedAPI:
+        return cls(
+            model, bytes.fromhex(settings["key"]), settings["fraction"], settings["decimals"]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)

@@ -42,7 +42,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -124,7 +125,9 @@ def keyed_uniform(x: torch.Tensor, key: bytes, decimals: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64) / 2.0**64
 
 
-def thresholds_of(fitted: FairlearnThresholdOptimizer) -> dict[int, tuple[list[float], list[float]]]:
+def thresholds_of(
+    fitted: FairlearnThresholdOptimizer,
+) -> dict[int, tuple[list[float], list[float]]]:
     """Per group: fairlearn's two margin thresholds (ascending) and the probabilities of a
     positive answer below, between and above them — its derived predictor as a step function."""
     table = {}
@@ -168,6 +171,25 @@ class FairThresholds(ServingWrapper):
         self.key = key
         self.decimals = decimals
         self.constant_margin = constant_margin
+
+    def saved_settings(self) -> dict[str, Any]:
+        """The draws' key (keep a saved pipeline private), grid, constant margin and the
+        sensitive columns; thresholds, levels and the group reader's patterns are tensors."""
+        return {"key": self.key.hex(), "decimals": self.decimals,
+                "constant_margin": self.constant_margin, "columns": list(self.reader.columns)}  # fmt: skip
+
+    @classmethod
+    def restore(
+        cls, model: nn.Module, settings: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> FairThresholds:
+        reader = GroupReader.restored(
+            settings["columns"], tensors["reader.patterns"], tensors["reader.groups"]
+        )
+        wrapper = cls(model, reader, {}, bytes.fromhex(settings["key"]), settings["decimals"],
+                      settings["constant_margin"])  # fmt: skip
+        wrapper.thresholds = torch.empty_like(tensors["thresholds"])
+        wrapper.levels = torch.empty_like(tensors["levels"])
+        return wrapper
 
     def threshold(self, x: torch.Tensor) -> torch.Tensor:
         """Each query's margin threshold τ (float64, ±inf for answers that ignore the margin)."""
