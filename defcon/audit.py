@@ -181,6 +181,8 @@ class Auditor:
         seed_start: int = 0,
         risks: Sequence[str] | None = None,
     ) -> AuditRecord:
+        """Measure every chosen risk (default: all that apply) on no defense, each defense
+        alone and combined, over `seeds` seeds, and predict each change from the factors."""
         # A membership risk trains every arm in the profile's membership regime (Composer).
         chosen = select_attacks(self.composer.dataset(0), risks)[0]
         measures = any(a.risk is Risk.MEMBERSHIP_INFERENCE for a in chosen)

@@ -60,6 +60,7 @@ def markdown_one(report: Report) -> str:
 
 
 def markdown(reports: Sequence[Report]) -> str:
+    """One Markdown document: each record's report, separated by rules."""
     return "\n---\n\n".join(markdown_one(report) for report in reports)
 
 

@@ -204,6 +204,7 @@ def save_figure(fig, path: Path | str) -> Path:  # fig: matplotlib Figure (impor
 
 
 def save_record(record: CompositionRecord, path: Path | str) -> Path:
+    """Write `record` as JSON atomically (a reader never sees half a record)."""
     atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
     return Path(path)
 
