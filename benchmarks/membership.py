@@ -69,6 +69,39 @@ def measure(dataset: str, profile: str, seeds: int, cache: str) -> dict[str, obj
     return row
 
 
+def roc_curves(dataset: str, profile: str, cache: str, seed: int = 0) -> dict[str, list]:
+    """Seed `seed`'s RMIA ROC points per arm, read from the cached models of `measure`."""
+    composer = Composer(dataset, profile=profile, cache_dir=cache)
+    defense = composer.defense(DEFENSE)
+    curves = {}
+    with composer.membership_regime(True):
+        for arm, names in (("undefended", []), (DEFENSE, [DEFENSE])):
+            result = composer.runner.run_pipeline(composer.pipeline(names, seed, False))
+            curves[arm] = defense.membership_reading(result.model, result.env).roc
+    return curves
+
+
+def plot_roc(curves: dict[str, dict[str, list]], path: Path) -> None:
+    """Log-log ROC per dataset (the low-FPR region is where membership matters)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from defcon.reports import save_figure
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), squeeze=False)
+    for ax, (dataset, arms) in zip(axes[0], curves.items(), strict=True):
+        for arm, points in arms.items():
+            fpr, tpr = zip(*[(f, t) for f, t in points if f > 0 and t > 0], strict=True)
+            ax.loglog(fpr, tpr, label=arm)
+        ax.loglog([1e-3, 1], [1e-3, 1], "k:", linewidth=0.8, label="chance")
+        ax.set(xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false positive rate",
+               ylabel="true positive rate", title=f"RMIA on {dataset} (seed 0)")  # fmt: skip
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
 def markdown(rows: list[dict[str, object]], profile: str, seeds: int, wall: float) -> str:
     lines = [
         "# Membership inference: undefended vs dp_sgd (offline RMIA)",
@@ -126,6 +159,8 @@ def main() -> None:
     out = Path(args.out)
     atomic_write_text(out / "summary.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "summary.md", markdown(rows, args.profile, args.seeds, wall))
+    curves = {d: roc_curves(d, args.profile, args.cache) for d in args.datasets.split(",")}
+    plot_roc(curves, out / "roc.png")
     print(markdown(rows, args.profile, args.seeds, wall))
 
 

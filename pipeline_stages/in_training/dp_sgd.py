@@ -57,7 +57,7 @@ from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import device_of
 from defcon.errors import DefconError
-from defcon.rmia import rmia_attack
+from defcon.rmia import MembershipReading, rmia_attack
 
 if TYPE_CHECKING:
     from defcon.models import ArchConfig
@@ -253,17 +253,22 @@ class DPSGD(InTrainingDefense):
             "audited_epsilon": audited,
         }
 
-    def membership_attack(self, model: nn.Module, env: Environment) -> dict[str, float]:
-        """AUC and TPR at 0.1 % / 1 % FPR of offline RMIA (`defcon.rmia`, the audit's attack)."""
+    def membership_reading(self, model: nn.Module, env: Environment) -> MembershipReading:
+        """Offline RMIA (`defcon.rmia`, the audit's attack) on seeded, balanced members and
+        non-members; the reading keeps the ROC points for a log-scale plot."""
         members = env.members
         if len(members) < 4:
             raise DefconError("dp_sgd: too few clean training records to measure membership")
         generator = torch.Generator().manual_seed(derived_seed(env.seed, f"{self.name}:mia"))
         inside, outside = _balanced(members, env.dataset.test, self.config.mia_samples, generator)
-        reading = rmia_attack(
+        return rmia_attack(
             model, env.population_models(), inside, outside, env.attacker_data,
             env.calibration_data,
         )  # fmt: skip
+
+    def membership_attack(self, model: nn.Module, env: Environment) -> dict[str, float]:
+        """AUC and TPR at 0.1 % / 1 % FPR of offline RMIA."""
+        reading = self.membership_reading(model, env)
         return {
             "mia_auc": reading.auc,
             "mia_tpr_at_1_fpr": reading.tpr_at_1_fpr,
