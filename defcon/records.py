@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from defcon.effectiveness import CONCLUSIVE, DefenseOutcome, Label, MetricVerdict, Summary
+from defcon.notices import Notices
 from defcon.vocabulary import Stage
 
 Prediction = Literal["effective", "ineffective"]
@@ -101,6 +102,11 @@ class CompositionRecord(BaseModel):
     training: dict[str, float] = Field(
         default_factory=dict,
         description="epochs, lr and batch_size the models trained with (profile + RunSettings)",
+    )
+    notices: Notices = Field(
+        default=(),
+        description="what defcon changed in the data or model, and whether each defense acted "
+        "(defcon.notices)",
     )
 
     @property
