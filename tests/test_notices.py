@@ -22,6 +22,7 @@ from defcon.notices import (
     architecture_notices,
 )
 from defcon.records import CompositionRecord
+from defcon.report_model import composition_report
 
 
 def table(path: Path, rows: int = 300, **columns: object) -> Path:
@@ -218,6 +219,8 @@ def test_compose_prints_notes_before_the_table_and_records_them(tmp_path: Path) 
     assert set(acted) == {"dp_sgd", "group_fairness"}
     assert all(0 <= v["vs_undefended"] <= 1 for v in acted.values())
     assert "loss_share_alone" in acted["group_fairness"]
+    report = composition_report(CompositionRecord.model_validate_json(record.read_text()))
+    assert "Changed by defcon: --target 'y': class 0 = 'malignant'" in "\n".join(report.summary)
 
 
 def test_a_continuous_sensitive_column_is_one_error_line(tmp_path: Path) -> None:
