@@ -98,12 +98,13 @@ def encode_groups(
         if len(groups) < 2:
             check_groups(raw, f"--sensitive '{column}'")  # one group: refused there
         if len(groups) > MAX_GROUPS:
-            how = (
-                f"bin it: --sensitive {column}:q4 (4 quantile groups) or --sensitive "
-                f"{column}:30,50 (groups cut at those values)"
-                if numeric
-                else "merge its values into at most that many groups in the file"
-            )
+            how = "merge its values into at most that many groups in the file"
+            if numeric:
+                low, high = np.quantile(raw.astype(float), [0.25, 0.75])
+                how = (
+                    f"bin it: --sensitive {column}:q4 (4 quantile groups) or --sensitive "
+                    f"{column}:{low:g},{high:g} (groups cut at those values)"
+                )
             raise DefconError(
                 f"--sensitive '{column}' has {len(groups)} distinct values; a sensitive attribute "
                 f"names at most {MAX_GROUPS} groups: {how}"
