@@ -32,6 +32,7 @@ from defcon.defense_settings import settings_text
 from defcon.effectiveness import Interval, Summary, interval
 from defcon.errors import DefconError, unknown
 from defcon.fingerprint import core_code, risks_code
+from defcon.notices import Notices, data_and_model_notices, notice_lines
 from defcon.pipelines import NO_DEFENSE, PipelineResult
 from defcon.planning import plan_audit
 from defcon.records import versions
@@ -86,6 +87,7 @@ class AuditRecord(BaseModel):
     cache: dict[str, int]
     seconds: dict[str, float]
     configs: dict[str, dict] = Field(default_factory=dict)  # a user's defense settings used
+    notices: Notices = ()  # what defcon changed in the data or model (defcon.notices)
 
     def primary(self, risk: Risk) -> MetricAudit:
         return next(m for m in self.metrics if m.risk is risk and m.primary)
@@ -286,7 +288,7 @@ class Auditor:
             clean_accuracy={arm: Summary.of(clean[arm]) for arm in arms},
             predictions=predictions, code=f"{core_code()}+{risks_code()}", versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2), cache=composer.cache.stats(),
-            seconds=spent,
+            seconds=spent, notices=data_and_model_notices(composer.runner, order, seed_start),
         )  # fmt: skip
 
 
@@ -343,6 +345,8 @@ def audit_table(record: AuditRecord) -> Table:
 
 
 def print_audit(record: AuditRecord, console: Console) -> None:
+    for line in notice_lines(record.notices):  # what defcon changed, before the table
+        console.print(line, markup=False, highlight=False)
     if record.configs:
         console.print(f"settings: {settings_text(record.configs)}", markup=False)
     console.print(audit_table(record))

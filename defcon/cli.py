@@ -25,7 +25,7 @@ from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
 from defcon.storage import writable_folder, writable_target
 from defcon.terminal import console as safe_console
-from defcon.terminal import say, warn
+from defcon.terminal import say
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -709,15 +709,19 @@ ModelOption = Annotated[
 TargetOption = Annotated[
     str | None,
     typer.Option(
-        "--target", metavar="COL", help="A CSV dataset's label column.", show_default=False
+        "--target",
+        metavar="COL[:VALUE]",
+        help="A CSV dataset's label column; COL:VALUE makes VALUE the positive class (1) of two.",
+        show_default=False,
     ),
 ]
 SensitiveOption = Annotated[
     str | None,
     typer.Option(
         "--sensitive",
-        metavar="COL",
-        help="A CSV dataset's sensitive-attribute column (for fairness defenses).",
+        metavar="COL[:BINS]",
+        help="A CSV dataset's sensitive-attribute column (for fairness defenses); bin a numeric "
+        "one as COL:qN (N quantile groups) or COL:E1,E2 (cut at those values).",
         show_default=False,
     ),
 ]
@@ -780,10 +784,8 @@ def dataset_source(name: str, target: str | None, sensitive: str | None, kind: s
     if kind is not None and kind not in {k.value for k in DataKind}:
         raise DefconError(f"--kind '{kind}' is not accepted; expected image or tabular")
     if is_data_file(name):
-        data = open_data_file(name, target=target, sensitive=sensitive, kind=kind)
-        for note in data.notes:  # what reading changed in the data is never silent
-            warn(note)
-        return data
+        # what reading changed in the data is printed as notes before the report's table
+        return open_data_file(name, target=target, sensitive=sensitive, kind=kind)
     if target is not None or sensitive is not None or kind is not None:
         raise DefconError(
             f"--target, --sensitive and --kind apply to your own .csv/.npz files, not to the "

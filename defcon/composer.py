@@ -42,6 +42,7 @@ from defcon.effectiveness import (
 )
 from defcon.fingerprint import core_code
 from defcon.models import ArchConfig, ModelFactory, check_model, factory_name
+from defcon.notices import ACTED, ChangedPredictions, acted_notices, data_and_model_notices
 from defcon.pipelines import (
     CLEAN_ACCURACY,
     NO_DEFENSE,
@@ -361,6 +362,7 @@ class Composer:
                 Reading(PROBES, lambda arm, result: self.probe(result)),
                 Reading(FACTS, lambda arm, result: self.training_facts(result),
                         arms=frozenset({NO_DEFENSE})),
+                Reading(ACTED, ChangedPredictions(self.runner)),
             ),
         )  # fmt: skip
         while True:
@@ -397,8 +399,7 @@ class Composer:
         predicted = {
             name: check(specs, technique=name, catalog=self.catalog).label for name in TECHNIQUES
         }
-        notes = self.source.notes if isinstance(self.source, UserData) else ()
-        notes += degenerate_models(
+        notes = degenerate_models(
             self.dataset(seed_start),
             {COMBINED: arms.clean[COMBINED], **{f"{n} alone": arms.clean[n] for n in order}},
         )
@@ -444,6 +445,8 @@ class Composer:
             unreliable=unreliable,
             training={**training_used(self.profile, self.dataset_name), **self.fitted},
             alternatives=planned.alternatives,
+            notices=data_and_model_notices(self.runner, order, seed_start)
+            + acted_notices(arms, order),
         )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ from defcon.data_checks import (
     check_table,
     drop_missing,
 )
+from defcon.encoding import encode_groups, encode_labels, split_spec
 from defcon.errors import DefconError, unknown
+from defcon.notices import Notice, Notices
 from defcon.vocabulary import DataKind
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -490,7 +493,12 @@ class UserData:
     sensitive_attribute: str | None = None
     feature_groups: tuple[FeatureGroup, ...] = ()
     split_by_seed: bool = False  # one table: train/val/test are all drawn per seed
-    notes: tuple[str, ...] = ()  # what reading changed in the user's data (rows dropped)
+    notices: Notices = ()  # what reading changed in the user's data (defcon.notices)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The notices' lines."""
+        return tuple(notice.text for notice in self.notices)
 
     def dataset(self, seed: int) -> Dataset:
         def part(key: str, index: np.ndarray | None = None) -> Split:
@@ -666,17 +674,42 @@ def from_arrays(
         )
     labels, num_classes = _labels(ys, what)
     check_split_classes(ys, what)
+    notices = _renumbered("label_encoding", "y", np.unique(np.concatenate(list(ys.values()))))
     groups_s = None
     if ss is not None:
-        check_groups(ss["train"], f"{what}: s_train")
+        check_groups(ss["train"], f"{what}: s_train", hint=ARRAY_BINS)
         values = np.unique(np.concatenate(list(ss.values())))
         groups_s = {k: np.searchsorted(values, v).astype(np.int64) for k, v in ss.items()}
+        notices += _renumbered("sensitive_groups", "s", values)
     return UserData(
         name=name, kind=kind, num_classes=num_classes,
         x={k: v.astype(np.float32) for k, v in floats.items()}, y=labels, s=groups_s, digest=raw,
         sensitive_attribute=(sensitive_attribute or "s") if ss is not None else None,
-        feature_groups=groups,
+        feature_groups=groups, notices=notices,
     )  # fmt: skip
+
+
+ARRAY_BINS = "bin a continuous one before passing it, e.g. with numpy.digitize"
+
+
+def _renumbered(kind: Literal["label_encoding", "sensitive_groups"], role: str,
+                values: np.ndarray) -> Notices:  # fmt: skip
+    """A notice when the arrays' values are not already 0..K−1 and were renumbered so."""
+    if values.dtype.kind in "iubf" and np.array_equal(values, np.arange(len(values))):
+        return ()
+    names = [str(v) for v in values]
+    what = "classes" if role == "y" else "groups"
+    listed = ", ".join(f"'{n}' → {i}" for i, n in enumerate(names[:10]))
+    more = f", … ({len(names)} in all)" if len(names) > 10 else ""
+    return (
+        Notice(
+            kind=kind,
+            subject=f"{role}_*",
+            text=f"{role}_* values renumbered as {what} 0..{len(names) - 1} in sorted order: "
+            f"{listed}{more}",
+            labels={str(i): n for i, n in enumerate(names)},
+        ),
+    )
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -717,9 +750,11 @@ def read_csv(
 ) -> UserData:
     """A table: `target` is the label column; other non-numeric columns are one-hot encoded and
     numeric ones scaled to [0, 1] (as for Adult). Rows with a missing cell are dropped (defcon
-    does not impute) and counted in `notes`; everything else a model could not learn from is
+    does not impute) and counted in `notices`; everything else a model could not learn from is
     refused by `defcon.data_checks` before it is encoded. The `sensitive` column (kept among the
-    features, as Adult keeps sex) gives the groups.
+    features, as Adult keeps sex) gives the groups. `target` may be COL:VALUE (VALUE is the
+    positive class) and `sensitive` COL:qN or COL:E1,E2 (bins); see `defcon.encoding`, whose
+    notices say how labels and groups were encoded.
     Train, validation and test are drawn from the table per seed (65/15/20 %)."""
     import pandas as pd
 
@@ -736,13 +771,21 @@ def read_csv(
         raise DefconError(f"dataset file '{path}' is not a readable CSV table ({first})") from None
     check_header([str(c) for c in header.iloc[0]] if len(header) else [], path)
     columns = [str(c) for c in frame.columns]
+    target_spec, sensitive_spec = target, sensitive
+    target, positive = split_spec(target, columns, "--target")
+    bins = None
+    if sensitive is not None:
+        sensitive, bins = split_spec(sensitive, columns, "--sensitive")
     for option, column in (("--target", target), ("--sensitive", sensitive)):
         if column is not None and column not in columns:
             raise DefconError(f"{option} '{column}' is not a column of '{path}'; columns: "
                               f"{', '.join(columns)}")  # fmt: skip
     if sensitive == target:
         raise DefconError("--sensitive names the --target column; pick another column")
-    frame, notes = drop_missing(frame, path)
+    frame, dropped = drop_missing(frame, path)
+    notices: list[Notice] = [
+        Notice(kind="rows_dropped", subject=str(path), text=note) for note in dropped
+    ]
     if len(frame) < 10:
         raise DefconError(
             f"dataset file '{path}' has {len(frame)} complete rows; at least 10 needed"
@@ -750,23 +793,26 @@ def read_csv(
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DefconError(f"dataset file '{path}' has no feature column besides '{target}'")
-    check_table(frame, path, target, sensitive)
+    check_table(frame, path, target, None)  # the sensitive groups: encode_groups below
     numeric = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c])
                and not pd.api.types.is_bool_dtype(features[c])]  # fmt: skip
     categorical = [c for c in features.columns if c not in numeric]
     x, groups = _tabular_features(features, categorical, numeric)
-    classes, y = np.unique(frame[target].astype(str).to_numpy(), return_inverse=True)
-    if len(classes) < 2:
-        raise DefconError(f"--target '{target}' has {len(classes)} value(s); at least two needed")
+    y, encoding = encode_labels(frame[target], target, positive)
+    num_classes = len(encoding.labels)
+    if num_classes < 2:
+        raise DefconError(f"--target '{target}' has {num_classes} value(s); at least two needed")
+    notices.append(encoding)
     s = None
     if sensitive is not None:
-        s = np.unique(frame[sensitive].astype(str).to_numpy(), return_inverse=True)[1]
-    digest = _digest(path.read_bytes(), target, sensitive)
+        s, grouping = encode_groups(frame[sensitive], sensitive, bins, path)
+        notices.append(grouping)
+    digest = _digest(path.read_bytes(), target_spec, sensitive_spec)
     return UserData(
-        name=path.name, kind=DataKind.TABULAR, num_classes=len(classes),
-        x={"train": x}, y={"train": y.astype(np.int64)},
-        s=None if s is None else {"train": s.astype(np.int64)}, digest=digest,
-        sensitive_attribute=sensitive, feature_groups=groups, split_by_seed=True, notes=notes,
+        name=path.name, kind=DataKind.TABULAR, num_classes=num_classes,
+        x={"train": x}, y={"train": y}, s=None if s is None else {"train": s}, digest=digest,
+        sensitive_attribute=sensitive, feature_groups=groups, split_by_seed=True,
+        notices=tuple(notices),
     )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ whose encoding would be wrong or huge (duplicate headers, a numeric column with 
 a categorical column with too many values), a label that is not a class label (continuous, a
 class missing from the training rows), and a sensitive attribute that does not split the rows
 into groups. What defcon does change is said, never silent: rows with missing cells are dropped
-and counted in `UserData.notes`.
+and counted in `UserData.notices` (`defcon.notices`).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def check_target(values: Any, what: str) -> None:
         )
 
 
-def check_groups(values: np.ndarray, what: str) -> None:
+def check_groups(values: np.ndarray, what: str, hint: str = "bin a continuous one") -> None:
     """A sensitive attribute splits the rows into 2..MAX_GROUPS groups: with one group every
     fairness gap is 0 by construction, with hundreds it is noise."""
     groups = np.unique(values)
@@ -181,7 +181,7 @@ def check_groups(values: np.ndarray, what: str) -> None:
     if len(groups) > MAX_GROUPS:
         raise DefconError(
             f"{what} has {len(groups)} distinct values; a sensitive attribute names at most "
-            f"{MAX_GROUPS} groups (bin a continuous one)"
+            f"{MAX_GROUPS} groups ({hint})"
         )
 
 

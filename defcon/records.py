@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from defcon.effectiveness import CONCLUSIVE, DefenseOutcome, Label, MetricVerdict, Summary
+from defcon.notices import Notices
 from defcon.vocabulary import Stage
 
 Prediction = Literal["effective", "ineffective"]
@@ -106,6 +107,11 @@ class CompositionRecord(BaseModel):
         default=(),
         description="after a predicted conflict (--force): conflict-free combinations for the "
         "same risks, each in the order to apply it (defcon.planner.alternatives)",
+    )
+    notices: Notices = Field(
+        default=(),
+        description="what defcon changed in the data or model, and whether each defense acted "
+        "(defcon.notices)",
     )
 
     @property

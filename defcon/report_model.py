@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from defcon.crosswalk import ACCURACY, CROSSWALK
 from defcon.effectiveness import Interval, Summary, interval
+from defcon.notices import Notices
 from defcon.records import CompositionRecord
 from defcon.vocabulary import Risk
 
@@ -161,6 +162,11 @@ def _utility_line(change: Estimate | None, before: Estimate, after: Estimate, ar
     )
 
 
+def _changed(notices: Notices) -> list[str]:
+    """A summary line per thing defcon changed in the data or model (defcon.notices)."""
+    return [f"Changed by defcon: {notice.text}." for notice in notices]
+
+
 def composition_report(record: CompositionRecord) -> Report:
     """Summary, evidence and crosswalk of a `defcon compose` record."""
     mitigates = _mitigates(record.defenses)
@@ -175,6 +181,7 @@ def composition_report(record: CompositionRecord) -> Report:
     ]
     if record.unreliable:
         summary.append("Unreliable: " + "; ".join(record.unreliable))
+    summary += _changed(record.notices)
     by_outcome: dict[str, list[str]] = {}
     for result in record.results:
         for v in result.metrics:
@@ -283,6 +290,7 @@ def audit_report(record: AuditRecord) -> Report:
         f"{len(record.seeds)} seeds); every risk measured on no defense, each defense alone"
         f"{' and the combination' if len(record.defenses) > 1 else ''}."
     ]
+    summary += _changed(record.notices)
     if final != record.arms[0]:
         for metric in (m for m in record.metrics if m.primary):
             change = Estimate.of_change(metric.change[final])

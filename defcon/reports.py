@@ -16,6 +16,7 @@ from rich.table import Table
 
 from defcon.defense_settings import settings_text
 from defcon.effectiveness import Summary
+from defcon.notices import notice_lines
 from defcon.records import CompositionRecord
 from defcon.scoring import signed
 from defcon.storage import atomic_write_bytes, atomic_write_text
@@ -135,6 +136,8 @@ def print_report(
         )
         for reason in record.unreliable:
             console.print(f"[red]unreliable:[/] {reason}")
+    for line in notice_lines(record.notices):  # what defcon changed, before the table
+        console.print(line, markup=False, highlight=False)
     if record.configs:  # the user's defense settings, as measured
         console.print(f"settings: {settings_text(record.configs)}", markup=False)
     console.print(composition_table(record))

@@ -196,13 +196,14 @@ def test_a_sensitive_column_with_one_value_is_refused(folder: Path) -> None:
     assert_error_line(result, "--sensitive 's'", "1 value")
 
 
-def test_missing_values_are_dropped_with_a_count_in_the_warning_and_the_record(folder) -> None:
+def test_missing_values_are_dropped_with_a_count_in_a_note_and_the_record(folder) -> None:
     write_table(Path("t.csv"), a=_column(300, ""))
     result = compose("t.csv")
     assert result.exit_code == 0, result.stderr
-    assert "warning: t.csv: dropped 1 of 300 rows with missing values" in result.stderr
+    assert "note: t.csv: dropped 1 of 300 rows with missing values" in result.stdout
     (record,) = Path("out", "records").glob("*.json")
-    assert any("dropped 1 of 300 rows" in w for w in json.loads(record.read_text())["warnings"])
+    notices = json.loads(record.read_text())["notices"]
+    assert any("dropped 1 of 300 rows" in n["text"] for n in notices if n["kind"] == "rows_dropped")
 
 
 def test_a_model_with_nan_logits_is_not_a_success(folder: Path) -> None:

@@ -101,6 +101,8 @@ class _Multipliers:
     run: weakref.ref
     upper: dict[int, float] = field(default_factory=dict)  # for  gap_y ≤ slack
     lower: dict[int, float] = field(default_factory=dict)  # for −gap_y ≤ slack
+    term: float = 0.0  # the term summed over the run's batches (did the defense act)
+    loss: float = 0.0  # the plain cross-entropy summed likewise
 
 
 class GroupFairness(InTrainingDefense):
@@ -127,8 +129,23 @@ class GroupFairness(InTrainingDefense):
         _check(run.env, self.config.positive_class)
         if self.config.method == "penalty":
             probs = logits.softmax(dim=1)[:, self.config.positive_class]
-            return self.config.weight * equalized_odds_penalty(probs, y, s)
-        return self._reweighting_term(run, logits, y, s)
+            term = self.config.weight * equalized_odds_penalty(probs, y, s)
+        else:
+            term = self._reweighting_term(run, logits, y, s)
+        self._log_share(run, term, logits, y)
+        return term
+
+    def _log_share(
+        self, run: TrainingRun, term: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        """The term's share of the loss so far, in the run's record (`defcon.notices`): 0 says
+        the defense never changed a gradient."""
+        state = self._state(run)
+        with torch.no_grad():
+            state.term += float(term.detach())
+            state.loss += float(F.cross_entropy(logits.detach(), y))
+        total = state.term + state.loss
+        run.record[f"{self.name}.acted.loss_share"] = state.term / total if total > 0 else 0.0
 
     def multipliers(self, run: TrainingRun) -> dict[int, float]:
         """The current signed multipliers m_y = λ⁺_y − λ⁻_y of `run` (for inspection)."""

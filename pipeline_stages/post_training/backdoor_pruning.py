@@ -212,6 +212,7 @@ class BackdoorPruning(PostTrainingDefense):
         self.last_pruned = {
             names[id(layer)]: count for layer, count in zip(layers, counts, strict=True)
         }
+        env.record[f"{self.name}.acted.pruned_units"] = float(sum(counts))  # defcon.notices
         return pruned
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
