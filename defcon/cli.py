@@ -25,7 +25,7 @@ from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
 from defcon.storage import writable_folder, writable_target
 from defcon.terminal import console as safe_console
-from defcon.terminal import say
+from defcon.terminal import say, warn
 
 try:  # recent typer vendors click; older releases depend on it
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
