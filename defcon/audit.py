@@ -32,7 +32,8 @@ from defcon.defense_settings import settings_text
 from defcon.effectiveness import Interval, Summary, interval
 from defcon.errors import DefconError, unknown
 from defcon.fingerprint import core_code, risks_code
-from defcon.notices import Notices, data_and_model_notices, notice_lines
+from defcon.model_notices import data_and_model_notices
+from defcon.notices import Notices, notice_lines
 from defcon.pipelines import NO_DEFENSE, PipelineResult
 from defcon.planning import plan_audit
 from defcon.records import versions

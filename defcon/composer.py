@@ -29,6 +29,7 @@ from defcon.arms import COMBINED, ArmComparison, Reading, quiet_libraries
 from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import TECHNIQUES, Verdict, check
+from defcon.combination_plan import Plan, plan_combination
 from defcon.data import Dataset, UserData, is_data_file, open_data_file
 from defcon.defense import Defense, Environment
 from defcon.devices import resolve_device
@@ -41,8 +42,9 @@ from defcon.effectiveness import (
     seed_plan,
 )
 from defcon.fingerprint import core_code
+from defcon.model_notices import ChangedPredictions, acted_notices, data_and_model_notices
 from defcon.models import ArchConfig, ModelFactory, check_model, factory_name
-from defcon.notices import ACTED, ChangedPredictions, acted_notices, data_and_model_notices
+from defcon.notices import ACTED
 from defcon.pipelines import (
     CLEAN_ACCURACY,
     NO_DEFENSE,
@@ -50,13 +52,7 @@ from defcon.pipelines import (
     PipelineResult,
     PipelineRunner,
 )
-from defcon.planning import (
-    DataFacts,
-    Plan,
-    applicability_problem,
-    plan_combination,
-    validate_tolerances,
-)
+from defcon.planning import DataFacts, applicability_problem, validate_tolerances
 from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
 from defcon.reliability import underfit_reasons

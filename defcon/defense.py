@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from defcon.training import TrainingRun
 
 
+NO_REFERENCES = (
+    "this environment has no reference models: the composer supplies them; elsewhere call "
+    "defcon.training.supply_reference_models(env)"
+)
+
+
 @dataclass
 class Environment:
     """The world a defense is applied and measured in.
@@ -102,12 +108,10 @@ class Environment:
         return self._val_halves[1]
 
     def independent_model(self) -> nn.Module:
-        """The reference model (see the class docstring); trained here if none is supplied."""
+        """The reference model (see the class docstring), as supplied: the composer's cached
+        one, or `defcon.training.supply_reference_models` (an environment cannot train)."""
         if self.reference_model is None:
-            from defcon.training import train_reference
-
-            model = train_reference(self).model
-            self.reference_model = lambda: model
+            raise DefconError(NO_REFERENCES)
         return self.reference_model()
 
     def population_models(self) -> list[nn.Module]:
@@ -115,10 +119,7 @@ class Environment:
         of `attacker_data` (never on the owner's data nor on `calibration_data`); the composer
         supplies cached ones, shared by every combination of a seed."""
         if self.population_model is None:
-            from defcon.training import train_reference
-
-            models = [train_reference(self, i).model for i in range(self.profile.mia_references)]
-            self.population_model = lambda i: models[i]
+            raise DefconError(NO_REFERENCES)
         return [self.population_model(i) for i in range(self.profile.mia_references)]
 
 

@@ -86,7 +86,7 @@ def user_folder(top: str) -> Path | None:
     it is not a user's: defcon, an installed defense catalog (`defcon.catalogs`), or anything in
     the standard library or site-packages."""
     from defcon.catalog import catalog_entry_points
-    from defcon.registry import PLUGIN_FOLDERS
+    from defcon.plugins import PLUGIN_FOLDERS
 
     if top in PLUGIN_FOLDERS:
         return PLUGIN_FOLDERS[top]
@@ -122,7 +122,7 @@ def _plugin_code(module_name: str, folder: Path) -> str:
     finder = modulefinder.ModuleFinder(path=[str(folder)])
     with contextlib.suppress(ImportError, SyntaxError):  # it imported: hash what was found
         finder.import_hook(module_name)
-    from defcon.registry import installed
+    from defcon.plugins import installed
 
     files = {
         Path(found.__file__).resolve()

@@ -148,7 +148,7 @@ def factory_name(factory: str | ModelFactory) -> str:
 
 
 def load_factory(path: str) -> ModelFactory:
-    from defcon.registry import load_object
+    from defcon.plugins import load_object
 
     factory = load_object(path, "--model")
     if not callable(factory):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from defcon.catalog import Catalog
-from defcon.checker import Verdict, check
+from defcon.checker import check
 from defcon.errors import DefconError
 from defcon.vocabulary import DataKind, DefenseSpec, Threat
 
@@ -85,64 +85,6 @@ class Scenario:
     def names(self) -> tuple[str, ...]:
         """The threats as recorded: sorted names."""
         return tuple(sorted(threat.value for threat in self.threats))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A validated combination: its specs as named, the checker's verdict and the scenario."""
-
-    specs: tuple[DefenseSpec, ...]
-    verdict: Verdict
-    scenario: Scenario
-    alternatives: tuple[tuple[str, ...], ...] = ()  # after a predicted conflict (defcon.planner)
-
-    @property
-    def order(self) -> tuple[str, ...]:
-        return tuple(self.verdict.order)
-
-    @property
-    def ordered_specs(self) -> tuple[DefenseSpec, ...]:
-        """The specs in the order the defenses are applied."""
-        return tuple(sorted(self.specs, key=lambda s: self.order.index(s.name)))
-
-
-def plan_combination(
-    names: Sequence[str],
-    catalog: Catalog,
-    data: DataFacts,
-    *,
-    force: bool = False,
-    model_problem: Callable[[str], str | None] | None = None,
-) -> Plan:
-    """Validate a combination before any training (raises DefconError with the first problem).
-
-    In order: names known and distinct, no structural clash, every defense applicable to the
-    data, `model_problem(name)` (the caller's check against its model) for each, and no
-    predicted conflict unless `force`.
-    """
-    specs = catalog.resolve(names)
-    verdict = check(specs, technique="defcon", catalog=catalog)
-    if not verdict.composable:
-        raise DefconError(f"cannot compose: {verdict.clashes[0].sentence()}")
-    for spec in specs:
-        problem = applicability_problem(spec, data)
-        if problem:
-            raise DefconError(f"cannot compose on {data.name}: {problem}")
-    for name in names:
-        problem = model_problem(name) if model_problem is not None else None
-        if problem:
-            raise DefconError(f"cannot compose with this model: {problem}")
-    found: list[tuple[str, ...]] = []
-    if not verdict.effective:
-        from defcon.planner import advice, alternatives
-
-        found = alternatives(specs, catalog, data=data)
-        if not force:
-            raise DefconError(
-                f"refused: Def\\Con predicts a conflict. {verdict.explanation} "
-                f"{advice(specs, catalog, found)}. Pass --force to measure it anyway."
-            )
-    return Plan(tuple(specs), verdict, Scenario.of(specs), tuple(found))
 
 
 def plan_audit(

@@ -255,6 +255,21 @@ def _val_accuracy(run: TrainingRun) -> float:
     return value
 
 
+def supply_reference_models(env: Environment) -> Environment:
+    """Let `env` train its reference models on first use, each once (the composer supplies
+    cached ones instead; this is for an environment built by hand, as in tests and scripts)."""
+    trained: dict[int | None, nn.Module] = {}
+
+    def model(index: int | None) -> nn.Module:
+        if index not in trained:
+            trained[index] = train_reference(env, index).model
+        return trained[index]
+
+    env.reference_model = lambda: model(None)
+    env.population_model = model
+    return env
+
+
 def train_reference(env: Environment, index: int | None = None) -> TrainedModel:
     """An independent model: the threat model's fixed architecture (the dataset's default, with
     BatchNorm, whatever the victim uses) trained by the plain recipe on `env.attacker_data`.

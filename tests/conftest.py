@@ -42,8 +42,11 @@ def make_env():
     """
     import dataclasses
 
+    from defcon.training import supply_reference_models
+
     def make(dataset: str = "digits", seed: int = 0, profile: str = "tiny"):
-        return dataclasses.replace(_environment(dataset, seed, profile), record={})
+        env = dataclasses.replace(_environment(dataset, seed, profile), record={})
+        return supply_reference_models(env)  # trained on first use, as a script would
 
     return make
 

@@ -16,7 +16,7 @@ from defcon.defense import Environment
 from defcon.errors import DefconError
 from defcon.models import ArchConfig, accuracy, build_model
 from defcon.profiles import get_profile
-from defcon.training import train
+from defcon.training import supply_reference_models, train
 from pipeline_stages.in_training.adversarial_training import AdversarialTraining
 from pipeline_stages.in_training.dp_sgd import DPSGD, EPSILON_KEY
 from pipeline_stages.in_training.group_fairness import GroupFairness
@@ -81,7 +81,8 @@ def _adult_env() -> Environment:
     profile = get_profile("tiny").model_copy(
         update={"lr": 2e-3, "batch_size": 128, "epochs": {"default": 3}}
     )
-    return Environment(load_dataset("adult", seed=0, max_train=8000), seed=0, profile=profile)
+    env = Environment(load_dataset("adult", seed=0, max_train=8000), seed=0, profile=profile)
+    return supply_reference_models(env)
 
 
 def test_group_fairness_and_dp_sgd_share_one_loop(monkeypatch):

@@ -14,13 +14,8 @@ from cli_helpers import assert_one_line_error, run
 from defcon.composer import Composer
 from defcon.data import from_arrays, read_csv
 from defcon.errors import DefconError
-from defcon.notices import (
-    ACTED,
-    CHANGED,
-    CHANGED_VS_COMBINED,
-    acted_notices,
-    architecture_notices,
-)
+from defcon.model_notices import acted_notices, architecture_notices
+from defcon.notices import ACTED, CHANGED, CHANGED_VS_COMBINED
 from defcon.records import CompositionRecord
 from defcon.report_model import composition_report
 

@@ -160,8 +160,8 @@ def test_cli_plan_prints_exclusions_and_errors_name_the_uncovered_risk(tmp_path)
 
 def test_a_forced_conflict_carries_alternatives_applicable_to_the_data() -> None:
     """plan_combination (compose's planning) keeps the planner's alternatives for the record."""
+    from defcon.combination_plan import plan_combination
     from defcon.plan_evidence import builtin_facts
-    from defcon.planning import plan_combination
 
     catalog = builtin_catalog()
     pair = ["model_watermark", "backdoor_pruning"]

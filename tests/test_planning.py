@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from defcon.catalog import builtin_catalog
+from defcon.combination_plan import plan_combination
 from defcon.errors import DefconError
-from defcon.planning import (
-    DataFacts,
-    Scenario,
-    applicability_problem,
-    plan_audit,
-    plan_combination,
-)
+from defcon.planning import DataFacts, Scenario, applicability_problem, plan_audit
 from defcon.vocabulary import DataKind
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +23,8 @@ def test_planning_imports_no_torch() -> None:
     code = (
         "import sys, defcon.planning\n"
         "from defcon.catalog import builtin_catalog\n"
-        "from defcon.planning import DataFacts, plan_combination\n"
+        "from defcon.combination_plan import plan_combination\n"
+        "from defcon.planning import DataFacts\n"
         "from defcon.vocabulary import DataKind\n"
         "plan_combination(['model_watermark', 'explanations'], builtin_catalog(),\n"
         "                 DataFacts('digits', DataKind.IMAGE))\n"

@@ -16,7 +16,7 @@ import pytest
 
 from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog, parse_specs
-from defcon.registry import load_object
+from defcon.plugins import load_object
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "benchmarks" / "results" / "records"
@@ -89,7 +89,7 @@ def test_a_plug_in_loads_from_its_folder_and_leaves_nothing_importable(tmp_path:
     _plugin_folder(tmp_path)
     script = (
         "import sys; before = list(sys.path)\n"
-        "from defcon.registry import load_object\n"
+        "from defcon.plugins import load_object\n"
         "print(load_object('plugin_mod:build', '--model')((1,), 2))\n"
         "assert sys.path == before, (before, sys.path)\n"
         "import importlib.util; assert importlib.util.find_spec('never_imported') is None\n"
