@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from defcon import optional
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.defense import Defense, contract_problems
 from defcon.errors import DefconError
@@ -124,6 +125,8 @@ def make_defense(
     its spec, with the given settings (defaults when None)."""
     spec = name if isinstance(name, DefenseSpec) else (catalog or builtin_catalog())[name]
     cls = defense_class(spec)
+    for package in cls.requires:
+        optional.require(package, f"defense '{spec.name}'")
     with boundary(f"defense '{spec.name}'", f"{cls.__name__}.Config"):
         try:
             cls.Config.model_validate(dict(config) if config is not None else {})
