@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from defcon import optional
 from defcon.data import Dataset, FeatureGroup, Split
 from defcon.errors import unknown
 from defcon.models import predict
@@ -262,7 +263,7 @@ class _Reshaped(torch.nn.Module):
 
 def autoattack_version() -> str:
     """The attack name and torchattacks version, for the record (results depend on both)."""
-    import torchattacks
+    torchattacks = optional.torchattacks("AutoAttack")
 
     return f"{AUTOATTACK_NAME} torchattacks {torchattacks.__version__}"
 
@@ -283,7 +284,7 @@ def autoattack_correct(
     so APGD-CE runs alone (with two classes every targeted attack is the untargeted one). Parameter-free step sizes make it stronger than a
     fixed-step PGD, so robust accuracy read here is never above PGD's on the same samples.
     """
-    import torchattacks
+    torchattacks = optional.torchattacks("AutoAttack")
 
     from defcon.devices import run_attack
 
@@ -330,7 +331,7 @@ def robust_correct(
     The per-input worst case of the two, so the reading is never weaker than the PGD it
     replaces, and at AutoAttack's strength wherever its parameter-free steps find more.
     """
-    import torchattacks
+    torchattacks = optional.torchattacks("robust accuracy (PGD + AutoAttack)")
 
     from defcon.devices import run_attack
 

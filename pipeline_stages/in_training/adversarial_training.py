@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from pydantic import Field
 from torch import nn
 
+from defcon import optional
 from defcon.attacks import derived_seed, robust_correct
 from defcon.data import class_balanced_mean
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
@@ -79,6 +79,7 @@ class AdversarialTraining(InTrainingDefense):
 
     Config: ClassVar[type[DefenseConfig]] = AdversarialTrainingConfig
     config: AdversarialTrainingConfig
+    requires: ClassVar[tuple[str, ...]] = (optional.TORCHATTACKS,)
 
     # ------------------------------------------------------------------ settings
 
@@ -102,7 +103,7 @@ class AdversarialTraining(InTrainingDefense):
         eps = self.eps_for(run.env)
         steps = self.config.steps or run.env.profile.attack_steps
         model = run.plain_model  # the loop runs this hook with privacy hooks disabled
-        attack = torchattacks.PGD(
+        attack = optional.torchattacks("adversarial_training").PGD(
             model, eps=eps, alpha=self._alpha(eps, steps, training=True), steps=steps,
             random_start=True,
         )  # fmt: skip
@@ -124,7 +125,9 @@ class AdversarialTraining(InTrainingDefense):
         steps = self.config.steps or run.env.profile.attack_steps
         with run.hooks_disabled() as model:
             alpha = self._alpha(eps, steps, training=True)
-            attack = torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)
+            attack = optional.torchattacks("adversarial_training").TPGD(
+                model, eps=eps, alpha=alpha, steps=steps
+            )
             x_adv = run_attack(attack, model, x).detach()
         adv_logits = run.model(x_adv)  # through the wrapper: per-sample gradients see this term
         kl = F.kl_div(
