@@ -31,9 +31,9 @@ from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
 from defcon.fitting import fit_epochs
 from defcon.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
-from defcon.optional import require_for_defenses
 from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
+from defcon.registry import require_for_defenses
 from defcon.reports import load_record, save_record
 from defcon.settings import RunSettings
 from defcon.storage import atomic_write_text, read_text, safe_folder

@@ -10,14 +10,9 @@ scipy, so it is not a dependency of the project: it is installed on its own with
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 from defcon.errors import DefconError
-
-if TYPE_CHECKING:
-    from defcon.catalog import Catalog
 
 TORCHATTACKS = "torchattacks"
 
@@ -53,15 +48,3 @@ def require(package: str, needed_by: str) -> ModuleType:
 def torchattacks(needed_by: str = "this attack") -> ModuleType:
     """The torchattacks module (imported on first use, so `import defcon` never loads it)."""
     return require(TORCHATTACKS, needed_by)
-
-
-def require_for_defenses(names: Iterable[str], catalog: Catalog) -> None:
-    """Every package the named defenses need (their `requires`), checked before a run of many
-    combinations, so a missing one stops it at once instead of failing each combination."""
-    from defcon.registry import defense_class
-
-    for name in sorted(set(names)):
-        spec = catalog[name]
-        if spec.implementation is not None:
-            for package in defense_class(spec).requires:
-                require(package, f"defense '{name}'")

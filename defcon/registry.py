@@ -6,7 +6,7 @@ is imported by name, checked against its spec (stage contract, slots vs hooks) a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from defcon import optional
@@ -56,3 +56,13 @@ def make_defense(
         f"defense '{spec.name}'", f"{cls.__name__}(...)", cls,
         dict(config) if config is not None else None, spec=spec, returns=Defense,
     )  # fmt: skip
+
+
+def require_for_defenses(names: Iterable[str], catalog: Catalog) -> None:
+    """Every package the named defenses need (their `requires`), checked before a run of many
+    combinations, so a missing one stops it at once instead of failing each combination."""
+    for name in sorted(set(names)):
+        spec = catalog[name]
+        if spec.implementation is not None:
+            for package in defense_class(spec).requires:
+                optional.require(package, f"defense '{name}'")
