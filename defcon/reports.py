@@ -67,7 +67,7 @@ def composition_table(record: CompositionRecord) -> Table:
         box=box.SIMPLE_HEAD,  # no vertical rules: the columns' room goes to the numbers
         pad_edge=False,
     )
-    names = max(len(f"{r.defense} ({r.stage})") for r in record.results)
+    names = max((len(f"{r.defense} ({r.stage})") for r in record.results), default=0)
     # the defense name heads its rows and never wraps; metric names and intervals wrap instead
     table.add_column("defense / metric", min_width=max(names, 16), overflow="fold")
     for column in ("no defense", "alone", "combined"):

@@ -38,6 +38,7 @@ def _record(fake_record, robust: str, metric: str, epsilon: float, combined: lis
             "mia_auc": ([0.5, 0.5], [0.5, 0.5], [0.55, 0.56]),
             "mia_tpr_at_1_fpr": ([0.01, 0.01], [0.01, 0.01], [0.02, 0.03]),
             "mia_tpr_at_0_1_fpr": ([0.001, 0.001], [0.001, 0.001], [0.004, 0.005]),
+            "audited_epsilon": ([0.0, 0.0], [0.0, 0.0], [1.5, 1.7]),
             "mia_calibration_fpr": ([0.01, 0.01], [0.01, 0.01], [0.01, 0.01]),
         },
         [0.8, 0.8],
