@@ -404,6 +404,7 @@ class Composer:
         unreliable = underfit_reasons(
             arms.series(NO_DEFENSE, FACTS), arms.clean[NO_DEFENSE],
             float(test_counts.max()) / float(test_counts.sum()), len(first.val),
+            early_stopping=self.fitted,
         )  # fmt: skip
         spent = {
             label: round(value - before.get(label, 0.0), 2)

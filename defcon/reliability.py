@@ -20,16 +20,28 @@ def underfit_reasons(
     clean: Sequence[float],
     majority: float,
     val_rows: int | None = None,
+    early_stopping: Mapping[str, float] | None = None,
 ) -> tuple[str, ...]:
     """Why the undefended model is underfit (empty: it is not), from its training facts per
     seed and its clean test accuracy per seed against the majority-class rate. On a small
-    validation split (`val_rows`) a gain of one row is noise, not a model still learning."""
+    validation split (`val_rows`) a gain of one row is noise, not a model still learning.
+
+    Where early stopping chose the epochs (`early_stopping`: the record's facts of
+    `defcon.fitting`), the chosen epoch is by construction one whose epoch still gained, so
+    convergence is read from the stopping itself: patience ran out before the cap, or not."""
     reasons: list[str] = []
     threshold = max(CONVERGED_GAIN, 1.5 / val_rows) if val_rows else CONVERGED_GAIN
     gains = [
         f["training.last_epoch_val_gain"] for f in facts if "training.last_epoch_val_gain" in f
     ]
-    if gains and max(gains) > threshold:
+    if early_stopping and "early_stopping.epochs_run" in early_stopping:
+        run, cap = early_stopping["early_stopping.epochs_run"], early_stopping["early_stopping.cap"]
+        if run >= cap:
+            reasons.append(
+                f"the undefended model is not converged: early stopping reached its cap of "
+                f"{cap:.0f} epochs while validation accuracy was still improving; raise --epochs"
+            )
+    elif gains and max(gains) > threshold:
         reasons.append(
             f"the undefended model is not converged (its last epoch still added {max(gains):.3f} "
             f"validation accuracy on some seed, > {threshold:.3f}); train longer (--epochs)"

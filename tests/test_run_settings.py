@@ -46,6 +46,13 @@ def test_underfit_reasons():
     assert "majority class" in reason
     # one row of a 60-row validation split (0.0167) is noise, not a model still learning
     assert underfit_reasons([{"training.last_epoch_val_gain": 1 / 60}], [0.9], 0.6, 60) == ()
+    # epochs chosen by early stopping: its best epoch gained by construction; only the cap counts
+    still_learning = [{"training.last_epoch_val_gain": 0.05}]
+    stopped = {"early_stopping.epochs_run": 53.0, "early_stopping.cap": 200.0}
+    assert underfit_reasons(still_learning, [0.9], 0.6, early_stopping=stopped) == ()
+    capped = {"early_stopping.epochs_run": 200.0, "early_stopping.cap": 200.0}
+    (reason,) = underfit_reasons(still_learning, [0.9], 0.6, early_stopping=capped)
+    assert "cap of 200 epochs" in reason
 
 
 def _compose(tmp_path, *extra: str):
