@@ -26,7 +26,7 @@ from defcon.defense import (
 )
 from defcon.models import predict
 from defcon.registry import defense_class, make_defense
-from defcon.training import train
+from defcon.training import supply_reference_models, train
 from defcon.vocabulary import DataKind, DefenseSpec, Stage
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -45,8 +45,8 @@ def _base(dataset: str) -> tuple[Environment, torch.nn.Module]:
     """A tiny environment with its independent model trained once, and a plain model."""
     from conftest import _environment
 
-    env = dataclasses.replace(_environment(dataset, 0, "tiny"), record={})
-    env.independent_model()  # cached on the environment
+    env = supply_reference_models(dataclasses.replace(_environment(dataset, 0, "tiny"), record={}))
+    env.independent_model()  # trained once; copies of the environment share it
     return env, train(env, env.dataset.train, epochs=2).model
 
 
