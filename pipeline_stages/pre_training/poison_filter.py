@@ -128,6 +128,12 @@ def spectral_scores(rows: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, n
     return (centred @ top) ** 2, top
 
 
+def rows_left(count: int, removed: list[np.ndarray]) -> torch.Tensor:
+    """Sorted indices of `range(count)` outside every array of `removed`."""
+    drop = np.concatenate(removed) if removed else np.array([], dtype=int)
+    return torch.as_tensor(np.setdiff1d(np.arange(count), drop), dtype=torch.long)
+
+
 class PoisonFilter(PreTrainingDefense):
     """Remove the rows whose representations carry a spectral signature; measured by ASR."""
 
@@ -148,16 +154,12 @@ class PoisonFilter(PreTrainingDefense):
 
     def kept_rows(self, split: Split, env: Environment) -> torch.Tensor:
         """Sorted indices of the rows of `split` that the filter keeps."""
-        model = self.filter_model(split, env)
-        reps = representations(model, split.x)
-        clean = env.attacker_data
-        clean_reps = representations(model, clean.x)
-        labels, clean_labels = split.y.numpy(), clean.y.numpy()
+        reps, labels, clean_reps, clean_labels = self.labelled_representations(split, env)
         removed: list[np.ndarray] = []
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
             reference = clean_reps[clean_labels == label]
-            budget = self.budget(len(rows), len(split), len(reference), len(clean))
+            budget = self.budget(len(rows), len(split), len(reference), len(clean_labels))
             if budget == 0 or len(rows) < 2:
                 continue
             own = len(reference) < 2 or self.config.centre == "own"
@@ -168,9 +170,19 @@ class PoisonFilter(PreTrainingDefense):
                 floor = np.quantile(((reference - centre) @ top) ** 2, self.config.keep_quantile)
                 order = order[scores[order] > floor]
             removed.append(rows[order])
-        drop = np.concatenate(removed) if removed else np.array([], dtype=int)
-        keep = np.setdiff1d(np.arange(len(split)), drop)
-        return torch.as_tensor(keep, dtype=torch.long)
+        return rows_left(len(split), removed)
+
+    def labelled_representations(
+        self, split: Split, env: Environment
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The filter network's representations and labels of `split`'s rows and of the
+        defender's clean rows (`env.attacker_data`)."""
+        model = self.filter_model(split, env)
+        clean = env.attacker_data
+        return (
+            representations(model, split.x), split.y.numpy(),
+            representations(model, clean.x), clean.y.numpy(),
+        )  # fmt: skip
 
     def gate_estimable(self, reference: int) -> bool:
         """Whether a label has enough clean rows to estimate `keep_quantile` of their scores

@@ -1,0 +1,99 @@
+"""activation_clustering: the small 2-means cluster of the target label's activations is the
+poison, so a model trained on what is left has no backdoor while the undefended one has."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defcon.attacks import BadNets
+from defcon.catalog import builtin_catalog
+from defcon.defense import Environment
+from defcon.models import accuracy
+from defcon.registry import make_defense
+from defcon.training import train
+from defcon.vocabulary import Risk, Stage, Threat
+from pipeline_stages.pre_training import poison_filter
+from pipeline_stages.pre_training.activation_clustering import ActivationClustering, two_clusters
+
+
+@pytest.fixture(scope="module")
+def adult_filtered(make_env):
+    env = make_env("adult")
+    env.poisoner = BadNets.for_dataset(env.dataset, env.seed)
+    env.train_data, chosen = env.poisoner.poison(env.dataset.train, env.seed)
+    poisoned = env.train_data
+    poison_filter._MEMO.clear()
+    filtered = ActivationClustering().apply(poisoned, env)
+    return env, chosen, poisoned, filtered
+
+
+def test_spec_declares_a_pre_training_poisoning_mitigation() -> None:
+    spec = builtin_catalog()["activation_clustering"]
+    assert spec.stage is Stage.PRE and spec.mitigates == {Risk.POISONING} and not spec.uses
+    assert Threat.POISONER in spec.threats and not spec.slots
+    judged = {m.name: m.judged for m in spec.metrics}
+    assert judged == {"attack_success_rate": True, "poison_removed": False, "clean_removed": False}
+    assert all(claim.reference for claim in (*spec.moves, *spec.depends_on))
+    assert isinstance(make_defense("activation_clustering"), ActivationClustering)
+
+
+def test_removes_the_poison_cluster_and_few_clean_rows(adult_filtered) -> None:
+    env, chosen, poisoned, filtered = adult_filtered
+    kept = np.zeros(len(poisoned), dtype=bool)
+    kept[filtered.origins.numpy()] = True
+    poison = np.zeros(len(poisoned), dtype=bool)
+    poison[chosen.numpy()] = True
+    assert 1 - kept[poison].mean() > 0.9
+    assert 1 - kept[~poison].mean() < 0.05
+    assert torch.equal(filtered.x, poisoned.x[filtered.origins])  # a subset, input untouched
+    assert poisoned.origin is None
+
+
+def test_undefended_model_fails_and_filtered_model_has_no_backdoor(adult_filtered) -> None:
+    env, _, poisoned, filtered = adult_filtered
+    defense = ActivationClustering()
+    plain = train(env, poisoned).model
+    defended_env = Environment(
+        dataset=env.dataset, seed=env.seed, profile=env.profile, poisoner=env.poisoner,
+        train_data=filtered,
+    )  # fmt: skip
+    defended = train(defended_env, filtered).model
+    asr_plain = defense.measure(plain, env)["attack_success_rate"]
+    metrics = defense.measure(defended, defended_env)
+    assert asr_plain > 0.8  # the metric can fail: the poisoner planted a backdoor
+    assert metrics["attack_success_rate"] < 0.2
+    assert metrics["poison_removed"] > 0.9 and metrics["clean_removed"] < 0.05
+    test = env.dataset.test
+    assert accuracy(defended, test.x, test.y) > accuracy(plain, test.x, test.y) - 0.05
+
+
+def test_clean_gate_keeps_a_natural_small_mode() -> None:
+    """Two unbalanced clean modes: the paper's rule removes the small one; with clean rows of
+    the same population in hand, the gate keeps it (clean data has that mode too)."""
+    rng = np.random.default_rng(0)
+    modes = np.concatenate([rng.normal(0, 1, (300, 6)), rng.normal(6, 1, (60, 6))])
+    assigned, reducer, kmeans = two_clusters(modes, "pca", 3, seed=0)
+    small = int(np.argmin(np.bincount(assigned)))
+    assert (assigned == small).sum() == 60  # the paper's rule would call it poison (60/360)
+    clean = np.concatenate([rng.normal(0, 1, (50, 6)), rng.normal(6, 1, (10, 6))])
+    placed = kmeans.predict(reducer.transform(clean))
+    assert np.mean(placed == small) > 0.5 * 60 / 360  # so the default gate keeps it
+
+
+def test_clean_gate_spares_clean_data_the_papers_rule_cuts(make_env) -> None:
+    """Unpoisoned Adult: 2-means finds an unbalanced natural mode in a label, which the paper's
+    relative-size rule alone removes; the defender's clean rows show that mode too, so the
+    default keeps it."""
+    env = make_env("adult")
+    clean = env.dataset.train
+    gated = len(clean) - len(ActivationClustering().kept_rows(clean, env))
+    paper = len(clean) - len(ActivationClustering({"clean_ratio": None}).kept_rows(clean, env))
+    assert gated < 0.01 * len(clean)
+    assert paper > 0.05 * len(clean)
+
+
+def test_deterministic_for_a_seed(adult_filtered) -> None:
+    env, _, poisoned, filtered = adult_filtered
+    assert torch.equal(ActivationClustering().kept_rows(poisoned, env), filtered.origins)
