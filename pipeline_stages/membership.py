@@ -20,6 +20,14 @@ from defcon.defense import Environment
 from defcon.errors import DefconError
 from defcon.rmia import MembershipReading, rmia_attack
 
+# What `membership_metrics` returns (a defense reporting exactly these declares them in its spec).
+MEMBERSHIP_METRIC_NAMES = (
+    "mia_auc",
+    "mia_tpr_at_1_fpr",
+    "mia_tpr_at_0_1_fpr",
+    "mia_calibration_fpr",
+)
+
 
 def balanced(
     inside: Split, outside: Split, cap: int, generator: torch.Generator

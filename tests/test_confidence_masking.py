@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from defcon.models import predict
-from defcon.training import train
 from pipeline_stages.post_training.confidence_masking import (
     ConfidenceMasking,
     masked_probabilities,
 )
 
 
-@pytest.fixture(scope="module")
-def overfit(make_env):
-    """A model trained 60 epochs on 200 digits: the records RMIA should find."""
-    env = make_env()
-    members = env.dataset.train.subset(range(200))
-    env = dataclasses.replace(env, train_data=members)
-    return env, train(env, members, epochs=60).model
-
-
-def test_masking_hides_membership_and_keeps_the_labels(overfit):
-    env, model = overfit
+def test_masking_hides_membership_and_keeps_the_labels(overfit_digits):
+    env, model = overfit_digits
     defense = ConfidenceMasking()
     served = defense.apply(model, env)
     plain = defense.measure(model, env)

@@ -44,7 +44,7 @@ from torch import nn
 
 from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, ServingWrapper
 from defcon.models import predict
-from pipeline_stages.membership import membership_metrics, membership_sets
+from pipeline_stages.membership import MEMBERSHIP_METRIC_NAMES, membership_metrics, membership_sets
 
 FLOOR = 1e-12  # the probability a served zero becomes, so the served logits stay finite
 
@@ -136,6 +136,7 @@ class ConfidenceMasking(PostTrainingDefense):
 
     Config: ClassVar[type[DefenseConfig]] = ConfidenceMaskingConfig
     config: ConfidenceMaskingConfig
+    metric_names: ClassVar[tuple[str, ...]] = (*MEMBERSHIP_METRIC_NAMES, "gap_attack_advantage")
 
     def apply(self, model: nn.Module, env: Environment) -> nn.Module:
         """The masking API around a copy of `model` (the weights are unchanged)."""
@@ -152,11 +153,7 @@ class ConfidenceMasking(PostTrainingDefense):
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
         """Offline RMIA on the served outputs, and the label-only gap the masking leaves."""
-        attack = membership_metrics(model, env, self.name, self.config.mia_samples)
         return {
-            "mia_auc": attack["mia_auc"],
-            "mia_tpr_at_1_fpr": attack["mia_tpr_at_1_fpr"],
-            "mia_tpr_at_0_1_fpr": attack["mia_tpr_at_0_1_fpr"],
-            "mia_calibration_fpr": attack["mia_calibration_fpr"],
+            **membership_metrics(model, env, self.name, self.config.mia_samples),
             "gap_attack_advantage": self.gap_advantage(model, env),
         }
