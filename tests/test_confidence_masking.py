@@ -26,6 +26,8 @@ def test_masking_hides_membership_and_keeps_the_labels(overfit_digits):
     # the label-only leak is what masking leaves: the same labels give the same gap
     assert masked["gap_attack_advantage"] == pytest.approx(plain["gap_attack_advantage"])
     assert torch.isfinite(served(x[:50])).all()
+    coarse = ConfidenceMasking({"mode": "top_k", "top_k": 3, "decimals": 0}).apply(model, env)
+    assert torch.equal(predict(coarse, x), predict(model, x))  # rounding ties keep the label
 
 
 def test_served_vectors():
@@ -45,3 +47,19 @@ def test_bad_settings_are_refused():
         ConfidenceMasking({"confidence": 0.4})
     with pytest.raises(ValueError, match="mode"):
         ConfidenceMasking({"mode": "noise"})
+
+
+def test_gradients_through_the_api_are_the_models_own(overfit_digits):
+    """No gradient masking: margins of the served outputs have the model's input gradients, and
+    a cross-entropy attack on the API gets a non-zero gradient (PGD steps by its sign)."""
+    env, model = overfit_digits
+    served = ConfidenceMasking().apply(model, env)
+    x = env.dataset.test.x[:8].clone().requires_grad_(True)
+    y = env.dataset.test.y[:8]
+    served.eval(), model.eval()
+    margins = [torch.autograd.grad((net(x)[:, 0] - net(x)[:, 1]).sum(), x)[0]
+               for net in (served, model)]  # fmt: skip
+    assert margins[1].abs().sum() > 0
+    assert torch.allclose(margins[0], margins[1], atol=1e-5)
+    cross_entropy = torch.nn.functional.cross_entropy(served(x), y)
+    assert torch.autograd.grad(cross_entropy, x)[0].abs().sum() > 0

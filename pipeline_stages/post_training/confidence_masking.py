@@ -17,7 +17,10 @@ The served argmax is the model's own, so clean accuracy is unchanged by construc
 Served outputs. `apply` returns `MaskedAPI`, a serving wrapper whose outputs are the logarithms
 of the served probability vector (zeros floored at `FLOOR`, so every output is finite):
 softmax of what it returns is what a client receives. The attack reads the model through the
-same forward pass a client calls, so it sees the masked vector, never the hidden one.
+same forward pass a client calls, so it sees the masked vector, never the hidden one. Gradients
+through the API are the model's own (straight-through, BPDA): the masking keeps every label, so
+it must not pass for robustness against evasion by hiding gradients (obfuscated gradients,
+Athalye, Carlini, Wagner, ICML 2018).
 
 Measured by the shared offline RMIA (`pipeline_stages.membership`), on the served outputs. On a
 label-only API the target's probability of the true label takes two values (correct or not),
@@ -47,6 +50,9 @@ from defcon.models import predict
 from pipeline_stages.membership import MEMBERSHIP_METRIC_NAMES, membership_metrics, membership_sets
 
 FLOOR = 1e-12  # the probability a served zero becomes, so the served logits stay finite
+# Added to the model's own class after rounding: far below any rounding step served, far above
+# float32's resolution of the served log-probabilities, so a rounding tie keeps the model's label.
+TIE_BREAK = 1e-6
 
 
 class ConfidenceMaskingConfig(DefenseConfig):
@@ -82,7 +88,7 @@ def masked_probabilities(
     if mode == "label":
         rest = (1.0 - confidence) / max(classes - 1, 1)
         served = torch.full_like(logits, rest, dtype=torch.float64)
-        served[torch.arange(len(top)), top] = confidence
+        served[torch.arange(len(top), device=top.device), top] = confidence
         return served
     probs = torch.softmax(logits.double(), 1)
     kept = probs.topk(min(top_k, classes), dim=1)
@@ -90,7 +96,7 @@ def masked_probabilities(
     scale = 10.0**decimals
     served.scatter_(1, kept.indices, torch.round(kept.values * scale) / scale)
     # Rounding may tie the top class with another: the model's own label must stay the argmax.
-    served[torch.arange(len(top)), top] += 1e-9
+    served[torch.arange(len(top), device=top.device), top] += TIE_BREAK
     return served
 
 
@@ -128,7 +134,13 @@ class MaskedAPI(ServingWrapper):
         served = masked_probabilities(
             logits.detach(), self.mode, self.confidence, self.top_k, self.decimals
         )
-        return torch.log(served.clamp_min(FLOOR)).to(logits.dtype)
+        shown = torch.log(served.clamp_min(FLOOR))  # float64, like the tie-break above
+        # Straight-through gradient (BPDA: Athalye, Carlini, Wagner, ICML 2018): the values are
+        # the masked ones, the gradient the model's own log-softmax. The served argmax is the
+        # model's, so a gradient attack on the API must do as well as on the model; a zero
+        # gradient would be gradient masking, robustness the API does not have.
+        own = torch.log_softmax(logits.double(), 1)
+        return (own + (shown - own).detach()).to(logits.dtype)
 
 
 class ConfidenceMasking(PostTrainingDefense):
