@@ -72,3 +72,17 @@ def _fake_record(dataset: str = "digits", defenses=("model_watermark", "explanat
 def fake_record():
     """fake_record(dataset="digits", defenses=(...)) → a minimal CompositionRecord, no training."""
     return _fake_record
+
+
+@pytest.fixture(scope="session")
+def overfit_digits(make_env):
+    """(env, model): a plain model trained 60 epochs on 200 digits, the env's training data;
+    a leaky target for membership defenses (RMIA finds its members)."""
+    import dataclasses
+
+    from defcon.training import train
+
+    env = make_env()
+    members = env.dataset.train.subset(range(200))
+    env = dataclasses.replace(env, train_data=members)
+    return env, train(env, members, epochs=60).model

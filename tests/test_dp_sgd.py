@@ -15,7 +15,7 @@ from opacus.validators import ModuleValidator
 from pydantic import ValidationError
 from torch import nn
 
-import pipeline_stages.in_training.dp_sgd as dp_module
+import pipeline_stages.membership as membership_module
 from defcon.models import arch_for, build_model
 from defcon.training import TrainingRun, train
 from pipeline_stages.in_training.dp_sgd import (
@@ -165,13 +165,13 @@ def test_membership_is_scored_on_clean_original_records_only(overfit, monkeypatc
     training = _with_copies(altered, 0.2)  # and 40 appended copies
     env = dataclasses.replace(env, train_data=training)
     seen = []
-    original = dp_module._balanced
+    original = membership_module.balanced
 
     def spy(inside, outside, cap, generator):
         seen.append(inside)
         return original(inside, outside, cap, generator)
 
-    monkeypatch.setattr(dp_module, "_balanced", spy)
+    monkeypatch.setattr(membership_module, "balanced", spy)
     DPSGD().membership_attack(plain.model, env)
     (inside,) = seen
     origins = inside.origins

@@ -56,8 +56,8 @@ from defcon.canaries import audited_epsilon
 from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import device_of
-from defcon.errors import DefconError
-from defcon.rmia import MembershipReading, rmia_attack
+from defcon.rmia import MembershipReading
+from pipeline_stages.membership import membership_metrics, membership_reading
 
 if TYPE_CHECKING:
     from defcon.models import ArchConfig
@@ -254,34 +254,10 @@ class DPSGD(InTrainingDefense):
         }
 
     def membership_reading(self, model: nn.Module, env: Environment) -> MembershipReading:
-        """Offline RMIA (`defcon.rmia`, the audit's attack) on seeded, balanced members and
-        non-members; the reading keeps the ROC points for a log-scale plot."""
-        members = env.members
-        if len(members) < 4:
-            raise DefconError("dp_sgd: too few clean training records to measure membership")
-        generator = torch.Generator().manual_seed(derived_seed(env.seed, f"{self.name}:mia"))
-        inside, outside = _balanced(members, env.dataset.test, self.config.mia_samples, generator)
-        return rmia_attack(
-            model, env.population_models(), inside, outside, env.attacker_data,
-            env.calibration_data,
-        )  # fmt: skip
+        """Offline RMIA (`pipeline_stages.membership`, the audit's attack) on seeded, balanced
+        members and non-members; the reading keeps the ROC points for a log-scale plot."""
+        return membership_reading(model, env, self.name, self.config.mia_samples)
 
     def membership_attack(self, model: nn.Module, env: Environment) -> dict[str, float]:
         """AUC and TPR at 0.1 % / 1 % FPR of offline RMIA."""
-        reading = self.membership_reading(model, env)
-        return {
-            "mia_auc": reading.auc,
-            "mia_tpr_at_1_fpr": reading.tpr_at_1_fpr,
-            "mia_tpr_at_0_1_fpr": reading.tpr_at_0_1_fpr,
-            "mia_calibration_fpr": reading.calibration_fpr,
-        }
-
-
-def _balanced(
-    inside: Split, outside: Split, cap: int, generator: torch.Generator
-) -> tuple[Split, Split]:
-    """Equally many members and non-members (at most `cap` each), seeded random subsets."""
-    size = min(len(inside), len(outside), cap)
-    pick_in = torch.randperm(len(inside), generator=generator)[:size]
-    pick_out = torch.randperm(len(outside), generator=generator)[:size]
-    return inside.subset(pick_in), outside.subset(pick_out)
+        return membership_metrics(model, env, self.name, self.config.mia_samples)
