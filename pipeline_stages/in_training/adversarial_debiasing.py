@@ -111,10 +111,10 @@ class AdversarialDebiasing(InTrainingDefense):
         self._states: PerRun[_AdversaryState] = PerRun()
 
     def _fresh(self, run: TrainingRun) -> _AdversaryState:
-        """A seeded adversary for a new run, on the model's device."""
+        """A seeded adversary for a new run, on the CPU with the outputs it reads
+        (`defcon.devices`: a placed model answers there)."""
         torch.manual_seed(derived_seed(run.env.seed, f"{self.name}:adversary"))
         adversary = Adversary(self.config.criterion == "equalized_odds")
-        adversary = adversary.to(next(run.plain_model.parameters()).device)
         optimizer = torch.optim.Adam(adversary.parameters(), lr=self.config.adversary_lr)
         return _AdversaryState(adversary, optimizer)
 
@@ -131,7 +131,7 @@ class AdversarialDebiasing(InTrainingDefense):
         state = self._states.get(run, lambda: self._fresh(run))
         z = logits[:, POSITIVE_CLASS] - logits[:, 1 - POSITIVE_CLASS]
         label = (y == POSITIVE_CLASS).float()
-        target = s.float().to(z.device)
+        target = s.float()
         for _ in range(self.config.adversary_steps):
             state.optimizer.zero_grad(set_to_none=True)  # also drops what the last batch left
             guess = state.adversary(z.detach(), label)

@@ -158,13 +158,11 @@ class IPGuardFingerprint(PostTrainingDefense):
         owner = weights_of(owner)
         was_training = owner.training
         owner.eval()
-        device = next(owner.parameters()).device
-        x = start.reshape(len(start), -1).clone().to(device)
-        own = predict(owner, start).to(device)
+        x = start.reshape(len(start), -1).clone()  # on the CPU: a placed model answers there
+        own = predict(owner, start)
         generator = torch.Generator().manual_seed(derived_seed(env.seed, "ipguard:targets"))
-        shift = torch.randint(1, dataset.num_classes, (len(x),), generator=generator).to(device)
+        shift = torch.randint(1, dataset.num_classes, (len(x),), generator=generator)
         target = (own + shift) % dataset.num_classes
-        low, high, movable = low.to(device), high.to(device), movable.to(device)
         for _ in range(cfg.steps):
             x.requires_grad_(True)
             objective = ipguard_objective(
@@ -178,9 +176,9 @@ class IPGuardFingerprint(PostTrainingDefense):
                 move = cfg.step * gradient.sign() * movable * active.float().unsqueeze(1)
                 x = torch.minimum(torch.maximum(x - move, low), high)
         owner.train(was_training)
-        x = x.detach().reshape(len(x), *start.shape[1:]).cpu()
+        x = x.detach().reshape(len(x), *start.shape[1:])
         labels = predict(owner, x)
-        reached = torch.nonzero(labels == target.cpu()).flatten()[: cfg.points]
+        reached = torch.nonzero(labels == target).flatten()[: cfg.points]
         if len(reached) < MIN_POINTS:
             raise DefconError(
                 f"ipguard_fingerprint found {len(reached)} of {cfg.candidates} boundary points "
