@@ -23,9 +23,10 @@ group's advantage and the equalized-odds gap grew, for every α and adversary sp
 it (the predictor's loss L_P − α·L_A, as in adversarial training of representations, Edwards &
 Storkey, ICLR 2016) and a small α the gap shrank with accuracy nearly unchanged.
 
-κ needs the two gradients of one batch with respect to the parameters, so the term cannot share
-the loop with a DP optimizer: Opacus' hooks would record those extra backward passes as
-per-sample gradients (the spec's `excludes`).
+The term cannot share the loop with a DP optimizer (the spec's `excludes`): the adversary learns
+from the training records without clipping or noise and shapes every later gradient, so the
+accountant's ε would bound nothing; and κ needs two extra backward passes per batch, which
+Opacus' hooks would record as per-sample gradients.
 
 Effectiveness: fairlearn's ``equalized_odds_difference`` on the test split, computed exactly as
 ``group_fairness`` computes it (`pipeline_stages.fairness.equalized_odds_gap`).
