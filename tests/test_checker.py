@@ -235,7 +235,7 @@ def test_shared_non_exclusive_slot_is_no_clash():
 
 
 def test_built_in_in_training_pairs_clash_only_where_declared():
-    """The declared exclusion, and the two defenses that each replace the training batch
+    """The declared exclusions, and the two defenses that each replace the training batch
     (adversarial examples, Gaussian-noised copies): both need the exclusive batch_transform."""
     names = [n for n, s in builtin_catalog().items() if s.stage is Stage.IN]
     clashing = {
@@ -243,6 +243,7 @@ def test_built_in_in_training_pairs_clash_only_where_declared():
     }
     assert clashing == {
         ("certified_watermark", "dp_sgd"),
+        ("adversarial_debiasing", "dp_sgd"),
         ("adversarial_training", "randomized_smoothing"),
     }
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from fairlearn.metrics import equalized_odds_difference
+from fairness_data import adult_gaps, gap_and_accuracy
 
-from defcon.data import load_dataset
-from defcon.defense import Environment
 from defcon.errors import DefconError
-from defcon.models import accuracy, arch_for, build_model, predict
-from defcon.profiles import get_profile
+from defcon.models import arch_for, build_model, predict
 from defcon.training import train
 from pipeline_stages.in_training.group_fairness import (
     GroupFairness,
@@ -20,31 +16,9 @@ from pipeline_stages.in_training.group_fairness import (
     rate_gaps,
 )
 
-# Adult's female positives are ~4% of the rows: on 1,000 test rows the TPR gap alone has a
-# standard error near 0.08. These tests train on 8,000 rows and measure on the full test split
-# (15,060 rows), averaging three seeds, so the comparison is about the defense, not the noise.
-ADULT_PROFILE = get_profile("tiny").model_copy(
-    update={"lr": 2e-3, "batch_size": 128, "epochs": {"default": 5}}
-)
-
-
-@functools.lru_cache(maxsize=4)
-def _adult(seed: int):
-    return load_dataset("adult", seed=seed, max_train=8000)
-
-
-def _gap_and_accuracy(env: Environment, defenses) -> tuple[float, float]:
-    model = train(env, env.dataset.train, defenses).model
-    gap = GroupFairness().measure(model, env)["equalized_odds_difference"]
-    return gap, accuracy(model, env.dataset.test.x, env.dataset.test.y)
-
 
 def test_lowers_equalized_odds_gap_on_adult():
-    plain, fair = [], []
-    for seed in (0, 1, 2):
-        env = Environment(dataset=_adult(seed), seed=seed, profile=ADULT_PROFILE)
-        plain.append(_gap_and_accuracy(env, []))
-        fair.append(_gap_and_accuracy(env, [GroupFairness()]))
+    plain, fair = adult_gaps(GroupFairness)
     gap_plain = sum(g for g, _ in plain) / 3
     gap_fair = sum(g for g, _ in fair) / 3
     assert gap_fair <= gap_plain - 0.03 and gap_fair <= 0.75 * gap_plain, (plain, fair)
@@ -57,8 +31,8 @@ def test_lowers_equalized_odds_gap_on_compas(make_env):
     plain, fair = [], []
     for seed in (0, 1, 2):
         env = make_env("compas", seed=seed)
-        plain.append(_gap_and_accuracy(env, []))
-        fair.append(_gap_and_accuracy(env, [GroupFairness()]))
+        plain.append(gap_and_accuracy(env, []))
+        fair.append(gap_and_accuracy(env, [GroupFairness()]))
     gap_plain = sum(g for g, _ in plain) / 3
     gap_fair = sum(g for g, _ in fair) / 3
     assert gap_fair <= gap_plain - 0.1, (plain, fair)

@@ -51,7 +51,9 @@ class ModelTheft(RiskAttack):
     Config = ModelTheftConfig
     config: ModelTheftConfig
 
-    def attack(self, model: nn.Module, env: Environment, lab: Lab) -> dict[str, float]:
+    def steal(self, model: nn.Module, env: Environment) -> nn.Module:
+        """The thief's surrogate of the served `model` (see the module docstring); also what
+        verification defenses (a fingerprint) are measured on: the copy a thief holds."""
         cfg, profile = self.config, env.profile
         queries = env.attacker_data
         answered = queries.with_(y=predict(model, queries.x))
@@ -80,6 +82,11 @@ class ModelTheft(RiskAttack):
                 if since >= cfg.patience:
                     break
         surrogate.load_state_dict(best_state)
+        surrogate.eval()
+        return surrogate
+
+    def attack(self, model: nn.Module, env: Environment, lab: Lab) -> dict[str, float]:
+        surrogate = self.steal(model, env)
         test = env.dataset.test
         copied = predict(surrogate, test.x)
         return {

@@ -36,7 +36,6 @@ the sensitive feature.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -50,6 +49,7 @@ from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
 from defcon.models import predict
+from pipeline_stages.in_training.run_state import LossShare, PerRun
 
 if TYPE_CHECKING:
     from defcon.training import TrainingRun
@@ -96,13 +96,11 @@ def rate_gaps(positive: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> dict[
 
 @dataclass
 class _Multipliers:
-    """λ⁺_y, λ⁻_y ≥ 0 of one training run (the weak reference tells runs apart)."""
+    """λ⁺_y, λ⁻_y ≥ 0 of one training run."""
 
-    run: weakref.ref
     upper: dict[int, float] = field(default_factory=dict)  # for  gap_y ≤ slack
     lower: dict[int, float] = field(default_factory=dict)  # for −gap_y ≤ slack
-    term: float = 0.0  # the term summed over the run's batches (did the defense act)
-    loss: float = 0.0  # the plain cross-entropy summed likewise
+    share: LossShare = field(default_factory=LossShare)
 
 
 class GroupFairness(InTrainingDefense):
@@ -113,7 +111,7 @@ class GroupFairness(InTrainingDefense):
 
     def __init__(self, config: DefenseConfig | dict[str, Any] | None = None, **bound: Any) -> None:
         super().__init__(config, **bound)  # bound: the spec, see Defense
-        self._states: dict[int, _Multipliers] = {}
+        self._states: PerRun[_Multipliers] = PerRun()
 
     # ------------------------------------------------------------------ training hook
 
@@ -140,12 +138,7 @@ class GroupFairness(InTrainingDefense):
     ) -> None:
         """The term's share of the loss so far, in the run's record (`defcon.notices`): 0 says
         the defense never changed a gradient."""
-        state = self._state(run)
-        with torch.no_grad():
-            state.term += float(term.detach())
-            state.loss += float(F.cross_entropy(logits.detach(), y))
-        total = state.term + state.loss
-        run.record[f"{self.name}.acted.loss_share"] = state.term / total if total > 0 else 0.0
+        self._state(run).share.add(run, self.name, float(term.detach()), logits, y)
 
     def multipliers(self, run: TrainingRun) -> dict[int, float]:
         """The current signed multipliers m_y = λ⁺_y − λ⁻_y of `run` (for inspection)."""
@@ -153,11 +146,7 @@ class GroupFairness(InTrainingDefense):
         return {y: state.upper[y] - state.lower[y] for y in state.upper}
 
     def _state(self, run: TrainingRun) -> _Multipliers:
-        state = self._states.get(id(run))
-        if state is None or state.run() is not run:  # a new run (ids can be reused)
-            self._states = {k: v for k, v in self._states.items() if v.run() is not None}
-            state = self._states[id(run)] = _Multipliers(run=weakref.ref(run))
-        return state
+        return self._states.get(run, _Multipliers)
 
     def _validation_gaps(self, run: TrainingRun) -> dict[int, float]:
         """TPR/FPR gaps of the current model on (a seeded subset of) the validation split."""
