@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -743,6 +744,57 @@ def run_settings(device: str, model: str | None) -> tuple[Any, str | None]:
     return resolve_device(device), factory_name(model) if model is not None else None
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """The options compose and audit share, as the command line gave them."""
+
+    dataset: str
+    seeds: int
+    seed_start: int
+    profile: str
+    out: Path
+    json_path: Path | None
+    cache: Path | None
+    data_dir: Path | None
+    catalog: Path | None
+    model: str | None
+    device: str
+    target: str | None
+    sensitive: str | None
+    kind: str | None
+    epochs: int | None
+    lr: float | None
+    batch_size: int | None
+    set_values: list[str] | None
+    settings_file: Path | None
+
+
+def start_run(
+    options: RunOptions, max_seeds: int | None, own_checks: Callable[[], None] | None = None
+) -> tuple[Any, Console, int]:
+    """Check every shared option in one order, before any work (a warning first, then each
+    refusal as one `error:` line), then the command's `own_checks`, and build the Composer.
+    Returns it, the progress console and the most seeds the run may use."""
+    from defcon.effectiveness import seed_plan
+
+    most = seed_plan(options.seeds, max_seeds, options.seed_start)
+    warn_about_seeds(options.seeds, most)  # a warning, so it comes before any refusal
+    specs = catalog_from(options.catalog)
+    chosen_device, model_name = run_settings(options.device, options.model)
+    trained_with = training_profile(options.profile, options.epochs, options.lr, options.batch_size)
+    configs = defense_configs(options.set_values, options.settings_file, specs)
+    source = dataset_source(options.dataset, options.target, options.sensitive, options.kind)
+    check_outputs(options.out, options.json_path, options.cache)
+    if own_checks is not None:
+        own_checks()
+    err = safe_console(stderr=True)
+    composer = run_composer(
+        source, trained_with, options.cache or options.out / "cache", options.data_dir, specs,
+        model_name, chosen_device, err, (options.epochs, options.seed_start), configs,
+    )  # fmt: skip
+    return composer, err, most
+
+
 def run_composer(
     source: Any,
     profile: Any,
@@ -850,28 +902,23 @@ def compose_command(
     ] = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
-    from defcon.effectiveness import seed_plan
+    options = RunOptions(
+        dataset, seeds, seed_start, profile, out, json_path, cache, data_dir, catalog, model,
+        device, target, sensitive, kind, epochs, lr, batch_size, set_values, settings_file,
+    )  # fmt: skip
 
-    max_seeds = seed_plan(seeds, max_seeds, seed_start)
-    warn_about_seeds(seeds, max_seeds)  # a warning, so it comes before any refusal
-    specs = catalog_from(catalog)
-    chosen_device, model_name = run_settings(device, model)
-    trained_with = training_profile(profile, epochs, lr, batch_size)
-    configs = defense_configs(set_values, settings_file, specs)
-    source = dataset_source(dataset, target, sensitive, kind)
-    tolerances = parse_tolerances(tolerance)
-    check_outputs(out, json_path, cache)
-    if save_model is not None:
-        from defcon.artefact import check_target
+    tolerances: dict[str, float] = {}
 
-        check_target(save_model)
+    def own_checks() -> None:
+        tolerances.update(parse_tolerances(tolerance))
+        if save_model is not None:
+            from defcon.artefact import check_target
+
+            check_target(save_model)
+
+    composer, err, max_seeds = start_run(options, max_seeds, own_checks)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
-    err = safe_console(stderr=True)
-    composer = run_composer(
-        source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
-        err, (epochs, seed_start), configs,
-    )  # fmt: skip
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
         tolerances=tolerances, save_model=save_model,
@@ -933,23 +980,13 @@ def audit_command(
     settings_file: SettingsOption = None,
 ) -> None:
     """Measure every risk on no defense, each defense alone and combined; predict each change."""
-    from defcon.effectiveness import seed_plan
-
-    seed_plan(seeds, None, seed_start)
-    warn_about_seeds(seeds, seeds)  # a warning, so it comes before any refusal
-    specs = catalog_from(catalog)
-    chosen_device, model_name = run_settings(device, model)
-    trained_with = training_profile(profile, epochs, lr, batch_size)
-    configs = defense_configs(set_values, settings_file, specs)
-    source = dataset_source(dataset, target, sensitive, kind)
-    check_outputs(out, json_path, cache)
+    options = RunOptions(
+        dataset, seeds, seed_start, profile, out, json_path, cache, data_dir, catalog, model,
+        device, target, sensitive, kind, epochs, lr, batch_size, set_values, settings_file,
+    )  # fmt: skip
+    composer, err, _ = start_run(options, None)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
 
-    err = safe_console(stderr=True)
-    composer = run_composer(
-        source, trained_with, cache or out / "cache", data_dir, specs, model_name, chosen_device,
-        err, (epochs, seed_start), configs,
-    )  # fmt: skip
     record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
     stem = audit_stem(record)
     made_here(out, "audits", "plots")
