@@ -9,5 +9,5 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = "0" ] && command -v apt-ge
     (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
         || echo "note: could not install chromium; the HTML report's browser test will be skipped" >&2
 fi
-.venv/bin/ruff check defcon pipeline_stages tests benchmarks
-.venv/bin/python -m pytest -q "$@"
+"${DEFCON_VENV:-.venv}/bin/ruff" check defcon pipeline_stages tests benchmarks
+"${DEFCON_VENV:-.venv}/bin/python" -m pytest -q "$@"
