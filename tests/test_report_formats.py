@@ -94,6 +94,22 @@ def test_model_card_front_matter_is_yaml_with_model_index() -> None:
     assert "# adversarial_training + dp_sgd on adult" in out.split("---\n", 2)[2]
 
 
+def test_model_card_metadata_parses_with_huggingface_hub() -> None:
+    """Hugging Face's own parser (huggingface_hub.ModelCard, strict) reads the model-index: the
+    same check the Hub applies to uploaded cards; a card without a dataset is refused."""
+    hub = pytest.importorskip("huggingface_hub")
+    out = _report(str(RECORD), "--format", "model-card")
+    card = hub.ModelCard(out, ignore_metadata_errors=False)
+    results = card.data.eval_results
+    assert results and all(r.dataset_name == "adult" for r in results)
+    assert {r.metric_type for r in results} >= {"robust_accuracy", "mia_auc"}
+    front, body = out.split("---\n")[1], out.split("---\n", 2)[2]
+    broken = yaml.safe_load(front)
+    del broken["model-index"][0]["results"][0]["dataset"]  # the check can fail
+    with pytest.raises(ValueError, match="model_index"):
+        hub.ModelCard(f"---\n{yaml.safe_dump(broken)}---\n{body}", ignore_metadata_errors=False)
+
+
 def test_cyclonedx_is_a_1_6_bom_with_a_model_card(tmp_path: Path) -> None:
     target = tmp_path / "bom.json"
     CliRunner().invoke(app, ["report", str(RECORD), "--format", "cyclonedx", "-o", str(target)])
