@@ -11,18 +11,16 @@ it is; accuracy (on the true test labels) what the copy is worth.
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from defcon.attacks import derived_seed
 from defcon.defense import Environment
-from defcon.models import arch_for, build_model, predict
+from defcon.extraction import extract
+from defcon.models import arch_for, predict
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
 from defcon.vocabulary import Direction, Risk
 
@@ -62,28 +60,11 @@ class ModelTheft(RiskAttack):
         )
         held = max(1, round(cfg.holdout * len(answered)))
         fit, check = answered.subset(np.sort(order[held:])), answered.subset(np.sort(order[:held]))
-        seed = derived_seed(env.seed, "risk:theft:surrogate")
-        surrogate = build_model(arch_for(env.dataset, width=profile.width), seed)
-        optimizer = torch.optim.Adam(surrogate.parameters(), lr=profile.lr)
-        best, best_state, since = -1.0, None, 0
-        for _ in range(cfg.max_epochs):
-            surrogate.train()
-            for x, y, _s in fit.loader(profile.batch_size, shuffle=True, seed=seed):
-                if len(y) < 2:  # BatchNorm needs two rows
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(surrogate(x), y).backward()
-                optimizer.step()
-            agreement = float((predict(surrogate, check.x) == check.y).float().mean())
-            if agreement > best:
-                best, best_state, since = agreement, copy.deepcopy(surrogate.state_dict()), 0
-            else:
-                since += 1
-                if since >= cfg.patience:
-                    break
-        surrogate.load_state_dict(best_state)
-        surrogate.eval()
-        return surrogate
+        return extract(
+            fit, check, arch_for(env.dataset, width=profile.width), profile,
+            derived_seed(env.seed, "risk:theft:surrogate"),
+            max_epochs=cfg.max_epochs, patience=cfg.patience, device=env.device,
+        ).model  # fmt: skip
 
     def attack(self, model: nn.Module, env: Environment, lab: Lab) -> dict[str, float]:
         surrogate = self.steal(model, env)

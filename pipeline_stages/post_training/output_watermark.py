@@ -45,12 +45,10 @@ import copy
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -63,8 +61,8 @@ from defcon.defense import (
     ServingWrapper,
     find_served,
 )
-from defcon.devices import place
-from defcon.models import ArchConfig, arch_for, build_model, predict
+from defcon.extraction import Extraction, extract
+from defcon.models import arch_for, predict
 
 
 class OutputWatermarkConfig(DefenseConfig):
@@ -170,17 +168,6 @@ def find_api(model: nn.Module) -> WatermarkedAPI | None:
     return find_served(model, WatermarkedAPI)
 
 
-@dataclass
-class Extraction:
-    """The thief's surrogate and how its training went."""
-
-    model: nn.Module
-    arch: ArchConfig
-    best_epoch: int
-    epochs: int
-    held_out_agreement: float
-
-
 class OutputWatermark(PostTrainingDefense):
     """DAWN: a keyed fraction of the API's answers is wrong, and extracted models inherit them."""
 
@@ -211,37 +198,15 @@ class OutputWatermark(PostTrainingDefense):
         return queries.subset(np.sort(order[held:])), queries.subset(np.sort(order[:held]))
 
     def steal(self, stolen: Split, held_out: Split, env: Environment) -> Extraction:
-        """The thief's surrogate: trained on the API's answers, early-stopped on agreement with
-        the API on its held-out queries, best epoch's weights kept."""
-        cfg, profile = self.config, env.profile
-        arch = arch_for(env.dataset, width=profile.width)  # the threat model's, not the victim's
-        seed = derived_seed(env.seed, "output_watermark:surrogate")
-        torch.manual_seed(seed)
-        surrogate = place(build_model(arch, seed), env.device)  # the thief's own hardware
-        optimizer = torch.optim.Adam(surrogate.parameters(), lr=profile.lr)
-        loader = stolen.loader(profile.batch_size, shuffle=True, seed=seed)
-        best, best_state, best_epoch, epochs = -1.0, None, 0, 0
-        for epoch in range(cfg.surrogate_epochs):
-            surrogate.train()
-            for x, y, _ in loader:
-                if len(y) < 2:  # BatchNorm needs two rows
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(surrogate(x), y).backward()
-                optimizer.step()
-            epochs = epoch + 1
-            agreement = float((predict(surrogate, held_out.x) == held_out.y).float().mean())
-            if not cfg.early_stopping:
-                best, best_epoch = agreement, epochs
-            elif agreement > best:
-                best, best_epoch = agreement, epochs
-                best_state = copy.deepcopy(surrogate.state_dict())
-            elif epochs - best_epoch >= cfg.patience:
-                break
-        if best_state is not None:
-            surrogate.load_state_dict(best_state)
-        surrogate.eval()
-        return Extraction(surrogate, arch, best_epoch, epochs, best)
+        """The thief's surrogate (`defcon.extraction`): the threat model's architecture trained
+        on the API's answers, early-stopped on agreement with the API on its held-out queries."""
+        cfg = self.config
+        return extract(
+            stolen, held_out, arch_for(env.dataset, width=env.profile.width), env.profile,
+            derived_seed(env.seed, "output_watermark:surrogate"),
+            max_epochs=cfg.surrogate_epochs, patience=cfg.patience,
+            early_stopping=cfg.early_stopping, device=env.device,
+        )  # fmt: skip
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:
         """Extract a surrogate by querying `model`; its agreement with the watermark labels on
