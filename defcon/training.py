@@ -12,8 +12,9 @@ import contextlib
 import copy
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +47,9 @@ from defcon.vocabulary import Slot
 CONVERGED_GAIN = 0.01  # a last epoch that still adds more validation accuracy is not converged
 
 
+State = TypeVar("State")  # what a defense keeps for one training run
+
+
 @dataclass
 class TrainingRun:
     """The mutable state of one training run, visible to the defenses' hooks."""
@@ -60,6 +64,15 @@ class TrainingRun:
     batch_size: int
     record: dict[str, float] = field(default_factory=dict)
     epoch: int = 0
+    scratch: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def state(self, owner: str, fresh: Callable[[], State]) -> State:
+        """What defense `owner` keeps for this run (multipliers, a trigger set, a generator),
+        made by `fresh` on first use. It lives and dies with the run, so one defense instance
+        that trains several models (the composer's arms) starts each one afresh."""
+        if owner not in self.scratch:
+            self.scratch[owner] = fresh()
+        return self.scratch[owner]
 
     @property
     def plain_model(self) -> nn.Module:

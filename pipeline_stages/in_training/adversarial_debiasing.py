@@ -35,7 +35,7 @@ Effectiveness: fairlearn's ``equalized_odds_difference`` on the test split, comp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,7 @@ from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
 from pipeline_stages.fairness import POSITIVE_CLASS, equalized_odds_gap, fairness_problem
-from pipeline_stages.in_training.run_state import LossShare, PerRun
+from pipeline_stages.in_training.run_state import LossShare
 
 if TYPE_CHECKING:
     from defcon.training import TrainingRun
@@ -107,10 +107,6 @@ class AdversarialDebiasing(InTrainingDefense):
     Config: ClassVar[type[DefenseConfig]] = AdversarialDebiasingConfig
     config: AdversarialDebiasingConfig
 
-    def __init__(self, config: DefenseConfig | dict[str, Any] | None = None, **bound: Any) -> None:
-        super().__init__(config, **bound)  # bound: the spec, see Defense
-        self._states: PerRun[_AdversaryState] = PerRun()
-
     def _fresh(self, run: TrainingRun) -> _AdversaryState:
         """A seeded adversary for a new run, on the CPU with the outputs it reads
         (`defcon.devices`: a placed model answers there)."""
@@ -129,7 +125,7 @@ class AdversarialDebiasing(InTrainingDefense):
     ) -> torch.Tensor:
         """−(κ + α)·L_A: after one adversary step, push the predictor against the adversary."""
         _check(run.env, logits.shape[1])
-        state = self._states.get(run, lambda: self._fresh(run))
+        state = run.state(self.name, lambda: self._fresh(run))
         z = logits[:, POSITIVE_CLASS] - logits[:, 1 - POSITIVE_CLASS]
         label = (y == POSITIVE_CLASS).float()
         target = s.float()

@@ -35,9 +35,9 @@ labels by the given model.
 from __future__ import annotations
 
 import contextlib
-import weakref
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -80,23 +80,21 @@ def _frozen_norms(model: nn.Module) -> Iterator[None]:
             module.train()
 
 
+@dataclass
+class _RunState:
+    """What one training run keeps: the trigger set, the noise generator, the steps taken."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator
+    steps: int = 0
+
+
 class CertifiedWatermark(InTrainingDefense):
     """Trigger-set watermark trained under Gaussian parameter noise; measured on the trigger set."""
 
     Config: ClassVar[type[DefenseConfig]] = CertifiedWatermarkConfig
     config: CertifiedWatermarkConfig
-
-    def __init__(self, config: DefenseConfig | Mapping[str, Any] | None = None, **bound: Any) -> None:
-        super().__init__(config, **bound)  # bound: the spec, see Defense
-        # Per-run scratch state (trigger set, noise generator); never needed by `measure`.
-        self._state: tuple[weakref.ref, torch.Tensor, torch.Tensor, torch.Generator] | None = None
-        self._steps = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Picklable (process pools): the per-run scratch state is dropped."""
-        state = self.__dict__.copy()
-        state["_state"], state["_steps"] = None, 0
-        return state
 
     # ------------------------------------------------------------------ the secret
 
@@ -108,7 +106,7 @@ class CertifiedWatermark(InTrainingDefense):
         y = rng.integers(env.dataset.num_classes, size=k)
         return torch.from_numpy(x), torch.from_numpy(y).long()
 
-    def _run_state(self, run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    def _run_state(self, run: TrainingRun) -> _RunState:
         if run.model is not run.plain_model:
             raise DefconError(
                 f"{self.name} cannot train inside a privacy wrapper ({type(run.model).__name__}, "
@@ -116,15 +114,13 @@ class CertifiedWatermark(InTrainingDefense):
                 "noised per-sample gradients of the training batch, so the trigger-set and "
                 "parameter-noise gradients would be silently dropped"
             )
-        if self._state is None or self._state[0]() is not run:
+
+        def fresh() -> _RunState:
             x, y = self.trigger_set(run.env)
-            generator = torch.Generator().manual_seed(
-                derived_seed(run.env.seed, f"{self.name}:noise")
-            )
-            self._state = (weakref.ref(run), x, y, generator)
-            self._steps = 0
-        _, x, y, generator = self._state
-        return x, y, generator
+            noise = derived_seed(run.env.seed, f"{self.name}:noise")
+            return _RunState(x, y, torch.Generator().manual_seed(noise))
+
+        return run.state(self.name, fresh)
 
     # ------------------------------------------------------------------ training hooks
 
@@ -137,7 +133,8 @@ class CertifiedWatermark(InTrainingDefense):
         logits: torch.Tensor,
     ) -> torch.Tensor:
         """weight · CE on the trigger set at the current (clean) parameters."""
-        wm_x, wm_y, _ = self._run_state(run)
+        state = self._run_state(run)
+        wm_x, wm_y = state.x, state.y
         if self.config.weight == 0:
             return logits.new_zeros(())
         with _frozen_norms(run.model):
@@ -145,9 +142,10 @@ class CertifiedWatermark(InTrainingDefense):
 
     def noisy_step(self, run: TrainingRun) -> None:
         """Accumulate the trigger-set gradients at noisy parameters θ + δ; θ is restored."""
-        wm_x, wm_y, generator = self._run_state(run)
-        self._steps += 1
-        if self.config.noise_weight == 0 or (self._steps - 1) % self.config.noise_every:
+        state = self._run_state(run)
+        wm_x, wm_y, generator = state.x, state.y, state.generator
+        state.steps += 1
+        if self.config.noise_weight == 0 or (state.steps - 1) % self.config.noise_every:
             return
         model = run.model
         params = [p for p in model.parameters() if p.requires_grad]

@@ -37,7 +37,7 @@ the sensitive feature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
 from defcon.models import predict
-from pipeline_stages.in_training.run_state import LossShare, PerRun
+from pipeline_stages.in_training.run_state import LossShare
 
 if TYPE_CHECKING:
     from defcon.training import TrainingRun
@@ -109,10 +109,6 @@ class GroupFairness(InTrainingDefense):
     Config: ClassVar[type[DefenseConfig]] = GroupFairnessConfig
     config: GroupFairnessConfig
 
-    def __init__(self, config: DefenseConfig | dict[str, Any] | None = None, **bound: Any) -> None:
-        super().__init__(config, **bound)  # bound: the spec, see Defense
-        self._states: PerRun[_Multipliers] = PerRun()
-
     # ------------------------------------------------------------------ training hook
 
     def loss_term(
@@ -146,7 +142,7 @@ class GroupFairness(InTrainingDefense):
         return {y: state.upper[y] - state.lower[y] for y in state.upper}
 
     def _state(self, run: TrainingRun) -> _Multipliers:
-        return self._states.get(run, _Multipliers)
+        return run.state(self.name, _Multipliers)
 
     def _validation_gaps(self, run: TrainingRun) -> dict[int, float]:
         """TPR/FPR gaps of the current model on (a seeded subset of) the validation split."""

@@ -42,9 +42,7 @@ radius σ), tiny 100 · (16 + 128), paper 500 · (100 + 10,000) (Cohen et al.: 5
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 from pydantic import Field
@@ -126,19 +124,6 @@ class RandomizedSmoothing(InTrainingDefense):
     Config: ClassVar[type[DefenseConfig]] = RandomizedSmoothingConfig
     config: RandomizedSmoothingConfig
 
-    def __init__(
-        self, config: DefenseConfig | Mapping[str, Any] | None = None, **bound: Any
-    ) -> None:
-        super().__init__(config, **bound)  # bound: the spec, see Defense
-        # The training noise generator of the run being trained (never needed by `measure`).
-        self._state: tuple[weakref.ref, torch.Generator] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Picklable (process pools): the per-run generator is dropped."""
-        state = self.__dict__.copy()
-        state["_state"] = None
-        return state
-
     # ------------------------------------------------------------------ settings
 
     def budget(self, env: Environment) -> Budget:
@@ -153,12 +138,8 @@ class RandomizedSmoothing(InTrainingDefense):
     # ------------------------------------------------------------------ training hook
 
     def _generator(self, run: TrainingRun) -> torch.Generator:
-        if self._state is None or self._state[0]() is not run:
-            generator = torch.Generator().manual_seed(
-                derived_seed(run.env.seed, f"{self.name}:train-noise")
-            )
-            self._state = (weakref.ref(run), generator)
-        return self._state[1]
+        seed = derived_seed(run.env.seed, f"{self.name}:train-noise")
+        return run.state(self.name, lambda: torch.Generator().manual_seed(seed))
 
     def transform_batch(
         self, run: TrainingRun, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor
