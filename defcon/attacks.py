@@ -10,7 +10,6 @@ seed, a salt and the secret's target class, so they are reproducible without bei
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 import numpy as np
@@ -21,6 +20,7 @@ from defcon import optional
 from defcon.data import Dataset, FeatureGroup, Split
 from defcon.errors import unknown
 from defcon.models import predict
+from defcon.seeds import derived_seed
 from defcon.vocabulary import DataKind
 
 Corner = Literal["top_left", "top_right", "bottom_left", "bottom_right"]
@@ -28,12 +28,6 @@ CORNERS: tuple[Corner, ...] = ("top_left", "top_right", "bottom_left", "bottom_r
 MIN_SUPPORT = 0.01  # a trigger value must be held by at least this share of training records
 SAFE_RATE = 0.5  # a trigger value's target rate is at most half the overall target rate
 NUMERIC_CANDIDATES = np.linspace(0.1, 0.9, 9)  # deciles: typical values, never the extremes
-
-
-def derived_seed(seed: int, salt: str) -> int:
-    """A seed for a named secret, so different secrets of one run never coincide."""
-    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def default_target(dataset: Dataset, seed: int, salt: str = "badnets") -> int:

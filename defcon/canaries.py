@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.dp_audit import audit_from_scores
 from defcon.models import predict_proba
+from defcon.seeds import derived_seed
 
 MAX_SHARE = 0.2  # at most this share of the training split is taken for canaries
 

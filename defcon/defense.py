@@ -22,11 +22,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from defcon.attacks import BadNets, derived_seed
+from defcon.attacks import BadNets
 from defcon.catalog import builtin_catalog
 from defcon.data import Dataset, Split
 from defcon.errors import DefconError
 from defcon.profiles import Profile
+from defcon.seeds import derived_seed
 from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 if TYPE_CHECKING:

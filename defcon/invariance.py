@@ -47,9 +47,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Dataset
 from defcon.models import predict
+from defcon.seeds import derived_seed
 from defcon.vocabulary import DataKind
 
 INVARIANCE_ERROR = "invariance_error"

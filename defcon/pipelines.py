@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defcon.attacks import BadNets, derived_seed
+from defcon.attacks import BadNets
 from defcon.cache import ModelCache
 from defcon.canaries import plant_canaries
 from defcon.catalog import Catalog
@@ -49,6 +49,7 @@ from defcon.models import (
 from defcon.probes import probe_factors
 from defcon.profiles import Profile
 from defcon.registry import make_defense
+from defcon.seeds import derived_seed
 from defcon.training import TrainedModel, train, train_reference
 from defcon.user_code import UserCodeError, defense_call, describe
 from defcon.vocabulary import Stage

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from fairlearn.metrics import MetricFrame
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import Environment, weights_of
+from defcon.seeds import derived_seed
 
 PROBE_SAMPLES = 512
 

@@ -23,7 +23,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from defcon.attacks import derived_seed
 from defcon.checker.base import structural_clashes
 from defcon.data import Split
 from defcon.defense import Environment, InTrainingDefense
@@ -40,6 +39,7 @@ from defcon.models import (
     model_label,
     nonfinite_logits,
 )
+from defcon.seeds import derived_seed
 from defcon.terminal import printable
 from defcon.user_code import UserCodeError, defense_call
 from defcon.vocabulary import Slot

@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import Environment
 from defcon.errors import DefconError
 from defcon.rmia import MembershipReading, rmia_attack
+from defcon.seeds import derived_seed
 
 # What `membership_metrics` returns (a defense reporting exactly these declares them in its spec).
 MEMBERSHIP_METRIC_NAMES = (

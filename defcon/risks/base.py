@@ -77,8 +77,8 @@ class Lab:
 
     @classmethod
     def plain(cls, env: Environment) -> Lab:
-        from defcon.attacks import derived_seed
         from defcon.models import arch_for
+        from defcon.seeds import derived_seed
         from defcon.training import train
 
         def fit(split: Split, tag: str, epochs: int) -> nn.Module:

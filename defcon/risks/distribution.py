@@ -30,10 +30,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Dataset
 from defcon.defense import Environment
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric, needs_sensitive_attribute
+from defcon.seeds import derived_seed
 from defcon.vocabulary import Direction, Risk
 
 

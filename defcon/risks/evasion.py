@@ -21,7 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from defcon import optional
-from defcon.attacks import derived_seed, robust_correct
+from defcon.attacks import robust_correct
 from defcon.data import Dataset, class_balanced_mean
 from defcon.defense import Environment
 from defcon.invariance import (
@@ -32,6 +32,7 @@ from defcon.invariance import (
     not_applicable,
 )
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
+from defcon.seeds import derived_seed
 from defcon.vocabulary import DataKind, Direction, Risk
 
 EPS = {DataKind.IMAGE: 0.1, DataKind.TABULAR: 0.05}

@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import Environment
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
 from defcon.rmia import rmia_attack
+from defcon.seeds import derived_seed
 from defcon.vocabulary import Direction, Risk
 
 

@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
+from defcon.seeds import derived_seed
 from pipeline_stages.fairness import POSITIVE_CLASS, equalized_odds_gap, fairness_problem
 from pipeline_stages.in_training.run_state import LossShare
 

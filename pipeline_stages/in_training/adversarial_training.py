@@ -37,10 +37,11 @@ from pydantic import Field
 from torch import nn
 
 from defcon import optional
-from defcon.attacks import derived_seed, robust_correct
+from defcon.attacks import robust_correct
 from defcon.data import class_balanced_mean
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import run_attack
+from defcon.seeds import derived_seed
 from defcon.vocabulary import DataKind
 
 if TYPE_CHECKING:

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets, derived_seed
+from defcon.attacks import BadNets
 from defcon.data import Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
+from defcon.seeds import derived_seed
 
 if TYPE_CHECKING:
     from defcon.training import TrainingRun

@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
 from defcon.models import predict
+from defcon.seeds import derived_seed
 
 if TYPE_CHECKING:
     from defcon.training import TrainingRun

@@ -51,12 +51,12 @@ from opacus.validators import ModuleValidator
 from pydantic import Field, model_validator
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.canaries import audited_epsilon
 from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.devices import device_of
 from defcon.rmia import MembershipReading
+from defcon.seeds import derived_seed
 from pipeline_stages.membership import membership_metrics, membership_reading
 
 if TYPE_CHECKING:

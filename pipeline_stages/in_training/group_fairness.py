@@ -45,10 +45,10 @@ from fairlearn.metrics import equalized_odds_difference
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.errors import DefconError
 from defcon.models import predict
+from defcon.seeds import derived_seed
 from pipeline_stages.in_training.run_state import LossShare
 
 if TYPE_CHECKING:

@@ -49,10 +49,10 @@ from pydantic import Field
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import class_balanced_mean
 from defcon.defense import DefenseConfig, Environment, InTrainingDefense
 from defcon.models import predict
+from defcon.seeds import derived_seed
 
 if TYPE_CHECKING:
     from defcon.training import TrainingRun

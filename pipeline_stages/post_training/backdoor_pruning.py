@@ -43,11 +43,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets, derived_seed
+from defcon.attacks import BadNets
 from defcon.data import Dataset
 from defcon.defense import DefenseConfig, Environment, PostTrainingDefense
 from defcon.devices import device_of
 from defcon.errors import DefconError
+from defcon.seeds import derived_seed
 
 
 class BackdoorPruningConfig(DefenseConfig):

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
 from defcon.errors import DefconError
+from defcon.seeds import derived_seed
 from pipeline_stages.membership import MEMBERSHIP_METRIC_NAMES, membership_metrics
 
 

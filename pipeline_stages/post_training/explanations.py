@@ -60,7 +60,6 @@ from captum.attr import IntegratedGradients
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import (
     DefenseConfig,
@@ -71,6 +70,7 @@ from defcon.defense import (
     weights_of,
 )
 from defcon.models import predict
+from defcon.seeds import derived_seed
 
 Method = Literal[
     "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"

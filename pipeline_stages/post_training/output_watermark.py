@@ -52,7 +52,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import derived_seed
 from defcon.data import Split
 from defcon.defense import (
     DefenseConfig,
@@ -63,6 +62,7 @@ from defcon.defense import (
 )
 from defcon.extraction import Extraction, extract
 from defcon.models import arch_for, predict
+from defcon.seeds import derived_seed
 
 
 class OutputWatermarkConfig(DefenseConfig):

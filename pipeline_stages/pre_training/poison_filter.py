@@ -60,10 +60,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets, derived_seed
+from defcon.attacks import BadNets
 from defcon.data import Split
 from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
 from defcon.models import arch_for
+from defcon.seeds import derived_seed
 from defcon.training import train
 
 GATE_TAIL = 5  # clean rows above the keep quantile needed to estimate it

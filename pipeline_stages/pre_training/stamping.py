@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from defcon.attacks import Corner, Trigger, default_target, derived_seed, make_trigger
+from defcon.attacks import Corner, Trigger, default_target, make_trigger
 from defcon.data import Dataset, Split
 from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.seeds import derived_seed
 
 
 class StampingConfig(DefenseConfig):
