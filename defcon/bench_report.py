@@ -10,6 +10,7 @@ from pathlib import Path
 from defcon.bench import BenchResult
 from defcon.checker import TECHNIQUES
 from defcon.effectiveness import LABELS as MEASURED_LABELS
+from defcon.effectiveness import verdict_rule
 from defcon.records import CompositionRecord
 from defcon.reports import save_figure
 from defcon.scoring import (
@@ -241,14 +242,10 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         f"combination, more added one at a time up to {result.max_seeds} while a verdict is "
         f"inconclusive; executor `{result.executor}` with {result.workers} worker(s).",
         "",
-        "Rule (see `defcon/effectiveness.py`): every arm — no defense, each defense alone, the "
-        "combination — runs under the combination's threat scenario. A metric whose gain alone "
-        "over no defense is not significantly positive (one-sided 90 % bound ≤ 0) or is below "
-        "its tolerance is `not_effective_alone` and cannot drop. Its paired drop alone → combined has a two-sided "
-        "interval (90 % per side); `dropped` when the interval lies above the tolerance "
-        "(declared, or half the defense's own gain where smaller), `held` when below it, "
-        "`inconclusive` otherwise. Combination: `ineffective` if a defense dropped, else "
-        "`inconclusive` if one is, else `not_effective_alone` if one is, else `effective`. "
+        "Rule (`defcon/effectiveness.py`, quoted from the code's own statement):",
+        "",
+        verdict_rule(),
+        "",
         "Only `effective` / `ineffective` labels score the techniques; 'ineffective' is the "
         "positive class.",
         "",

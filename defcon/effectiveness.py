@@ -25,6 +25,7 @@ inconclusive, and `held` otherwise. A combination is `ineffective` if a defense 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -36,6 +37,15 @@ from defcon.errors import DefconError
 from defcon.vocabulary import Direction, Metric
 
 CONFIDENCE = 0.90  # per side: P(dropped | true drop = tolerance) ≤ 10 %, same for held
+
+
+def verdict_rule() -> str:
+    """The rule as this module's docstring states it, on one paragraph per point: reports quote
+    it rather than restate it, so the prose cannot drift from the code beside it."""
+    text = (__doc__ or "").replace("`CONFIDENCE`", f"{CONFIDENCE:.0%}")
+    paragraphs = [" ".join(block.split()) for block in text.split("\n\n")[1:]]
+    numbered = [re.sub(r" (\d)\. \*\*", r"\n\1. **", p) for p in paragraphs if p]
+    return "\n\n".join(numbered)
 Outcome = Literal["held", "dropped", "inconclusive", "not_effective_alone", "diagnostic"]
 DefenseOutcome = Literal["held", "dropped", "inconclusive", "not_effective_alone"]
 Label = Literal["effective", "ineffective", "inconclusive", "not_effective_alone"]

@@ -167,3 +167,13 @@ def test_simulated_false_alarm_and_power() -> None:
         assert power["dropped"] >= 0.6, power
         assert power["held"] <= 0.01, power
     assert interval([0.1])[1] != interval([0.1])[1]  # one seed: no bound (NaN)
+
+
+def test_reports_quote_the_rule_from_the_code() -> None:
+    from defcon.effectiveness import CONFIDENCE, verdict_rule
+
+    rule = verdict_rule()
+    assert f"{CONFIDENCE:.0%}" in rule and "`CONFIDENCE`" not in rule
+    assert rule.count("\n1. **") == 1 and "\n3. **Three outcomes.**" in rule
+    for word in ("not_effective_alone", "dropped", "held", "inconclusive", "ineffective"):
+        assert word in rule
