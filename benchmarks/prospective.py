@@ -197,7 +197,9 @@ def score_markdown(
     """RESULTS.md: each technique scored with the labels frozen in predictions.json, then
     today's techniques post hoc (and on the labels that entered git after their last change)."""
     catalog = builtin_catalog()
-    predicted = {_key(e["dataset"], e["defenses"]): e["predicted"] for e in document["combinations"]}
+    predicted = {
+        _key(e["dataset"], e["defenses"]): e["predicted"] for e in document["combinations"]
+    }
     planned = set(predicted)
     mine = [r for r in records if _key(r.dataset, r.defenses) in planned]
     frozen = [_frozen(r, predicted) for r in mine]
@@ -259,7 +261,8 @@ def score_markdown(
         ]  # fmt: skip
         lines.append(
             f"| {entry['dataset']} | {' + '.join(entry['defenses'])} | {measured} | "
-            + " | ".join(marks) + " |"
+            + " | ".join(marks)
+            + " |"
         )
     lines += [
         "",

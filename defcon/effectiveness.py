@@ -46,6 +46,8 @@ def verdict_rule() -> str:
     paragraphs = [" ".join(block.split()) for block in text.split("\n\n")[1:]]
     numbered = [re.sub(r" (\d)\. \*\*", r"\n\1. **", p) for p in paragraphs if p]
     return "\n\n".join(numbered)
+
+
 Outcome = Literal["held", "dropped", "inconclusive", "not_effective_alone", "diagnostic"]
 DefenseOutcome = Literal["held", "dropped", "inconclusive", "not_effective_alone"]
 Label = Literal["effective", "ineffective", "inconclusive", "not_effective_alone"]

@@ -36,7 +36,9 @@ def fairness_problem(name: str, dataset: Dataset) -> str | None:
     return None
 
 
-def sensitive_columns(name: str, dataset: Dataset, columns: Sequence[int] | None) -> tuple[int, ...]:
+def sensitive_columns(
+    name: str, dataset: Dataset, columns: Sequence[int] | None
+) -> tuple[int, ...]:
     """The input columns carrying the sensitive attribute: `columns` when given, else those of
     the feature group named like the dataset's sensitive attribute (raises DefconError)."""
     problem = fairness_problem(name, dataset)

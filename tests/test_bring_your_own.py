@@ -178,7 +178,9 @@ def test_user_class_must_match_its_spec(user_folder):
         make_defense(wrong_stage)
     # an in-training class overriding a hook its spec does not declare a slot for
     fairness = builtin_catalog()["group_fairness"]
-    problems = contract_problems(GroupFairness, fairness.model_copy(update={"slots": {"finetune_phase"}}))
+    problems = contract_problems(
+        GroupFairness, fairness.model_copy(update={"slots": {"finetune_phase"}})
+    )
     assert any("declares slot finetune_phase" in p for p in problems)
     assert any("overrides loss_term" in p for p in problems)
 
@@ -195,8 +197,12 @@ def test_npz_images_and_tables_are_told_apart_by_shape(tmp_path):
     assert data.kind == "image" and data.input_shape == (1, 8, 8) and data.num_classes == 3
     assert float(data.train.x.min()) >= 0 and float(data.train.x.max()) <= 1
     table = from_arrays(
-        torch.randn(50, 4) * 10, torch.tensor([0, 1] * 25), torch.randn(20, 4) * 10,
-        torch.tensor([1, 0] * 10), s_train=np.arange(50) % 2, s_test=np.arange(20) % 2,
+        torch.randn(50, 4) * 10,
+        torch.tensor([0, 1] * 25),
+        torch.randn(20, 4) * 10,
+        torch.tensor([1, 0] * 10),
+        s_train=np.arange(50) % 2,
+        s_test=np.arange(20) % 2,
     )  # tensors, a sensitive attribute, features outside [0, 1]
     first, again = table.dataset(0), table.dataset(0)
     assert first.kind == "tabular" and first.sensitive_attribute == "s"
@@ -309,7 +315,8 @@ def test_torch_datasets_compose_like_arrays(tmp_path):
     composer = Composer(loans, profile="tiny", cache_dir=tmp_path, device="cpu")
     record = composer.compose(["group_fairness", "explanations"], seeds=1)
     assert record.dataset == "loans" and {r.defense for r in record.results} == {
-        "group_fairness", "explanations"
+        "group_fairness",
+        "explanations",
     }
 
 

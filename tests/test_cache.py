@@ -31,7 +31,9 @@ def _model_files(tmp_path: Path) -> tuple[Path, Path]:
     return weights, weights.with_suffix(".json")
 
 
-@pytest.mark.parametrize("damage", ["truncate_weights", "edit_weights", "truncate_meta", "edit_meta"])
+@pytest.mark.parametrize(
+    "damage", ["truncate_weights", "edit_weights", "truncate_meta", "edit_meta"]
+)
 def test_a_damaged_model_entry_is_retrained_with_a_warning(tmp_path: Path, damage: str) -> None:
     cache, warnings = _cache(tmp_path)
     cache.model({"k": 1}, _trained)

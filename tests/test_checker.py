@@ -239,7 +239,9 @@ def test_built_in_in_training_pairs_clash_only_where_declared():
     (adversarial examples, Gaussian-noised copies): both need the exclusive batch_transform."""
     names = [n for n, s in builtin_catalog().items() if s.stage is Stage.IN]
     clashing = {
-        tuple(sorted(pair)) for pair in itertools.combinations(names, 2) if not check(pair).composable
+        tuple(sorted(pair))
+        for pair in itertools.combinations(names, 2)
+        if not check(pair).composable
     }
     assert clashing == {
         ("certified_watermark", "dp_sgd"),

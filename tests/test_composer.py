@@ -37,7 +37,11 @@ def test_conflicting_pair_collapses_the_watermark(tmp_path: Path) -> None:
     }  # fmt: skip
     assert all(poisoned for _, poisoned in scenarios)
     assert record.order == ("model_watermark", "backdoor_pruning")
-    assert record.predicted == {"defcon": "ineffective", "naive": "effective", "factors": "ineffective"}
+    assert record.predicted == {
+        "defcon": "ineffective",
+        "naive": "effective",
+        "factors": "ineffective",
+    }
     assert record.scenario == ("model_thief", "poisoner")
     watermark = record.result("model_watermark").metrics[0]
     assert watermark.metric == "watermark_accuracy"

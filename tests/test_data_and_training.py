@@ -96,7 +96,9 @@ def test_models_match_their_dataset(make_env) -> None:
 def test_training_is_deterministic_and_learns(make_env) -> None:
     env = make_env()
     first, second = train(env, env.dataset.train), train(env, env.dataset.train)
-    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+    for a, b in zip(
+        first.model.state_dict().values(), second.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b)
     assert accuracy(first.model, env.dataset.test.x, env.dataset.test.y) > 0.85
 

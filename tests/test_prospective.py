@@ -40,7 +40,9 @@ def test_scores_read_the_frozen_labels_not_todays(tmp_path):
     }  # fmt: skip
     text = script.score_markdown(json.loads(json.dumps(document)), [record])
     frozen, post_hoc = text.split("## Post hoc")
-    rows = {line.split("|")[1].strip(): line for line in frozen.splitlines() if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(): line for line in frozen.splitlines() if line.startswith("| ")
+    }
     assert "| 1 | 1.00 |" in rows["defcon"] and "| 1 | 0.00 |" in rows["naive"]
     assert f"{wrong} ✗" in text and "Measured 1 of 1" in text
     # the post-hoc table re-runs today's techniques: naive's current label, not the frozen one

@@ -131,7 +131,9 @@ def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     path.write_text(json.dumps(record))
     result = run("report", str(path))
-    assert result.exit_code == 0 and "\x1b" not in result.stdout and "\\x1b]0;pwned" in result.stdout
+    assert (
+        result.exit_code == 0 and "\x1b" not in result.stdout and "\\x1b]0;pwned" in result.stdout
+    )
 
 
 # --------------------------------------------------------------------------- 4: stale cache
@@ -195,11 +197,15 @@ def test_a_bench_record_name_carries_everything_the_task_depends_on(
         "class OtherFilter(PoisonFilter):\n    pass\n"
     )
     monkeypatch.chdir(tmp_path)
-    for implementation in ("pipeline_stages.pre_training.poison_filter:PoisonFilter",
-                           "other_filter:OtherFilter"):
+    for implementation in (
+        "pipeline_stages.pre_training.poison_filter:PoisonFilter",
+        "other_filter:OtherFilter",
+    ):
         if load_object(implementation, "x") is None:  # pragma: no cover
             continue
-        user = parse_specs({"defense": [{**spec, "name": "mine", "implementation": implementation}]}, "t")
+        user = parse_specs(
+            {"defense": [{**spec, "name": "mine", "implementation": implementation}]}, "t"
+        )
         catalog = Catalog([*builtin.values(), *user])
         ids.add(task_identity("digits", ("mine", "dp_sgd"), catalog, None, {}))
     assert len(ids) == 2 and "" not in ids
@@ -279,5 +285,7 @@ def test_sigterm_to_a_bench_leaves_no_process_behind(tmp_path: Path) -> None:
     done, children = bench_then_signal(tmp_path / "b", signal.SIGTERM)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: bench stopped by SIGTERM") and "Traceback" not in done.stderr
+    assert (
+        lines[-1].startswith("error: bench stopped by SIGTERM") and "Traceback" not in done.stderr
+    )
     assert _alive(children) == []
