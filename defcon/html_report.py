@@ -120,6 +120,9 @@ def section(report: Report, png: bytes | None, why_no_plot: str) -> str:
     parts.append("<h2>Not measured</h2><ul>")
     parts += [f"<li>{_e(what)}: {_e(why)}</li>" for what, why in report.not_measured.items()]
     parts.append("</ul>" if report.not_measured else "<li>nothing</li></ul>")
+    if report.methods:
+        items = "".join(f"<li>{_e(name)}: {_e(how)}</li>" for name, how in report.methods.items())
+        parts.append(f"<h2>How each metric was measured</h2><ul>{items}</ul>")
     versions = ", ".join(f"{k} {v}" for k, v in report.versions.items()) or "not recorded"
     parts.append(f"<h2>Versions</h2><p>{_e(versions)}</p>")
     return "\n".join(parts)

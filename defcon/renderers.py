@@ -54,6 +54,9 @@ def markdown_one(report: Report) -> str:
     lines += [f"- {_cell(what)}: {_cell(why)}" for what, why in report.not_measured.items()]
     if not report.not_measured:
         lines.append("- nothing")
+    if report.methods:
+        lines += ["", "## How each metric was measured", ""]
+        lines += [f"- `{_cell(name)}`: {_cell(how)}" for name, how in report.methods.items()]
     versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
     lines += ["", "## Versions", "", versions or "not recorded", ""]
     return "\n".join(lines)

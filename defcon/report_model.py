@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from defcon.crosswalk import ACCURACY, CROSSWALK
 from defcon.effectiveness import Interval, Summary, interval
@@ -124,6 +124,7 @@ class Report(BaseModel):
     accuracy_change: Estimate | None
     crosswalk: tuple[CrosswalkRow, ...]
     versions: dict[str, str]
+    methods: dict[str, str] = Field(default_factory=dict)  # "defense.metric" → how it is measured
 
 
 def build_report(record: CompositionRecord | AuditRecord) -> Report:
@@ -206,6 +207,9 @@ def composition_report(record: CompositionRecord) -> Report:
     after = Estimate.of(record.clean_accuracy_combined)
     change = _paired(record.clean_accuracy_combined, record.clean_accuracy_no_defense)
     summary.append(_utility_line(change, before, after, "combined"))
+    if record.alternatives:  # a predicted conflict measured under --force
+        options = "; ".join(" → ".join(order) for order in record.alternatives)
+        summary.append(f"Conflict-free alternatives for the same risks, in order: {options}.")
     covered = {risk for risks in mitigates.values() for risk in risks}
     not_measured = {
         risk.value: "no defense in this combination mitigates it; a composition measures only "
@@ -251,7 +255,24 @@ def composition_report(record: CompositionRecord) -> Report:
         summary=tuple(summary), not_measured=not_measured, evidence=evidence,
         clean_accuracy={"no defense": before, "combined": after}, accuracy_change=change,
         crosswalk=_crosswalk(covered, metrics_of), versions=record.versions,
+        methods=_methods(record.defenses),
     )  # fmt: skip
+
+
+def _methods(defenses: tuple[str, ...]) -> dict[str, str]:
+    """How each metric is measured (the attack, its settings, its reference), in the words of
+    the built-in catalog's declaration; a user's own defense is said to be declared elsewhere."""
+    from defcon.catalog import builtin_catalog
+
+    catalog = builtin_catalog()
+    found = {}
+    for name in defenses:
+        if name not in catalog:
+            found[name] = "a defense outside the built-in catalog: see its own declaration"
+            continue
+        for metric in catalog[name].metrics:
+            found[f"{name}.{metric.name}"] = metric.description or "no description declared"
+    return found
 
 
 def _crosswalk(

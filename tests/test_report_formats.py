@@ -291,3 +291,23 @@ def test_a_real_browser_renders_the_page_and_its_plot(tmp_path: Path) -> None:
     broken = tmp_path / "broken.html"  # the check can fail: a page whose image does not load
     broken.write_text(re.sub(r"base64,[^\"]+", "base64,AAAA", page.read_text()))
     assert _plot_pixels(broken, tmp_path / "broken.png") < 50
+
+
+def test_reports_say_how_each_metric_was_measured_and_name_the_alternatives(fake_record) -> None:
+    from defcon.catalog import builtin_catalog
+    from defcon.renderers import markdown
+
+    text = _report(str(RECORD), "--format", "md")
+    section = text.split("## How each metric was measured", 1)[1].split("## Versions")[0]
+    rmia = builtin_catalog()["dp_sgd"].metrics[0].description
+    assert (
+        f"- `dp_sgd.mia_auc`: {rmia}" in section
+        and "adversarial_training.robust_accuracy" in section
+    )
+    assert "How each metric was measured" in _report(str(RECORD), "--format", "html")
+    forced = fake_record().model_copy(
+        update={"alternatives": (("model_watermark", "explanations"),)}
+    )
+    assert "alternatives for the same risks, in order: model_watermark → explanations" in (
+        markdown([build_report(forced)])
+    )
