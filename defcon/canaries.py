@@ -24,7 +24,7 @@ from torch import nn
 
 from defcon.data import Split
 from defcon.dp_audit import audit_from_scores
-from defcon.models import predict_proba
+from defcon.rmia import true_class_prob
 from defcon.seeds import derived_seed
 
 MAX_SHARE = 0.2  # at most this share of the training split is taken for canaries
@@ -66,9 +66,6 @@ def audited_epsilon(
     (taking the best of several shares would need a multiple-testing correction)."""
     if canaries is None or len(canaries) < 4:
         return math.nan
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else None
-    x = canaries.split.x if device is None else canaries.split.x.to(device)
-    probs = predict_proba(model, x).cpu()
-    chosen = probs[torch.arange(len(canaries)), canaries.split.y.long()]
-    scores = torch.log(chosen.clamp_min(1e-12)).numpy()
+    chosen = true_class_prob(model, canaries.split)  # the planted label is the split's label
+    scores = np.log(np.clip(chosen, 1e-12, None))
     return audit_from_scores(scores, canaries.included, guesses=len(canaries) // 2, delta=delta)

@@ -788,36 +788,15 @@ def start_run(
     if own_checks is not None:
         own_checks()
     err = safe_console(stderr=True)
-    composer = run_composer(
-        source, trained_with, options.cache or options.out / "cache", options.data_dir, specs,
-        model_name, chosen_device, err, (options.epochs, options.seed_start), configs,
-    )  # fmt: skip
-    return composer, err, most
-
-
-def run_composer(
-    source: Any,
-    profile: Any,
-    cache_dir: Path,
-    data_dir: Path | None,
-    specs: Any,
-    model_name: str | None,
-    device: Any,
-    err: Console,
-    fitting: tuple[int | None, int],
-    configs: Any = None,
-) -> Any:
-    """The Composer compose and audit run on, its progress lines dimmed on stderr; `fitting`
-    is (--epochs, first seed): a user's data without --epochs gets early stopping."""
     from defcon.composer import Composer
 
     composer = Composer(
-        source, profile=profile, cache_dir=cache_dir, data_dir=data_dir,
-        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), catalog=specs,
-        model=model_name, device=device, configs=configs,
+        source, profile=trained_with, cache_dir=options.cache or options.out / "cache",
+        data_dir=options.data_dir, log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
+        catalog=specs, model=model_name, device=chosen_device, configs=configs,
     )  # fmt: skip
-    fit_to_user_data(composer, source, *fitting)
-    return composer
+    fit_to_user_data(composer, source, options.epochs, options.seed_start)
+    return composer, err, most
 
 
 def fit_to_user_data(composer: Any, source: Any, epochs: int | None, seed: int) -> None:

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
 
 from defcon.arms import COMBINED, Arm, ArmComparison
 from defcon.data import UserData
 from defcon.defense import InTrainingDefense
+from defcon.devices import device_of
 from defcon.fingerprint import code_of
 from defcon.models import build_model, predict
 from defcon.notices import ACTED, CHANGED, CHANGED_VS_COMBINED, Notice, Notices
@@ -114,22 +112,10 @@ class ChangedPredictions:
 
 def changed_share(result: PipelineResult, other: PipelineResult) -> float:
     """The share of the test rows on which the two served models predict different classes."""
-
-    with _no_grad():
-        test = result.env.dataset.test
-        mine = predict(result.model, test.x.to(_device(result.model))).cpu()
-        theirs = predict(other.model, test.x.to(_device(other.model))).cpu()
+    test = result.env.dataset.test  # predict runs without gradients
+    mine = predict(result.model, test.x.to(device_of(result.model))).cpu()
+    theirs = predict(other.model, test.x.to(device_of(other.model))).cpu()
     return float((mine != theirs).float().mean()) if len(mine) else float("nan")
-
-
-def _no_grad() -> Any:
-
-    return torch.no_grad()
-
-
-def _device(model: Any) -> Any:
-
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def acted_notices(arms: ArmComparison, order: Sequence[str]) -> Notices:
