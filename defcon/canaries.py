@@ -4,9 +4,13 @@ Steinke, Nasr, Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 
 canaries are each included in training with probability 1/2, independently; after training the
 auditor scores every canary, guesses "in" for the highest scores and "out" for the lowest, and
 the share of right guesses bounds ε from below (`defcon.dp_audit`). Canaries here are training
-records of the owner's data with a seeded wrong label (mislabeled records are the strongest
-black-box canaries: Jagielski, Ullman, Oprea, NeurIPS 2020); the excluded half is left out of
-training altogether, so an excluded canary is a record the model never saw.
+records with a seeded wrong label (mislabeled records are the strongest black-box canaries:
+Jagielski, Ullman, Oprea, NeurIPS 2020), drawn from the dataset's reserve (training records the
+profile's cap left out) and *added* to the training split, so the owner's training records stay
+as they are and the audit costs the task only the included canaries' label noise. Without a
+large enough reserve (a user's uncapped data) they replace training records instead, at most
+`MAX_SHARE` of them. Either way the excluded half never reaches training, so an excluded canary
+is a record the model never saw.
 
 Planted in every arm of a run that measures membership (no defense, alone and combined), the
 same way the BadNets poisoner is: one threat scenario for every arm. A planted canary is not an
@@ -41,20 +45,31 @@ class Canaries:
         return len(self.split)
 
 
-def plant_canaries(train: Split, count: int, num_classes: int, seed: int) -> tuple[Split, Canaries]:
-    """The training split with `count` records relabelled as canaries, each kept with
-    probability 1/2 (the others removed), and the canaries for the audit."""
+def plant_canaries(
+    train: Split, count: int, num_classes: int, seed: int, reserve: Split | None = None
+) -> tuple[Split, Canaries]:
+    """The training split with `count` canaries planted, each kept with probability 1/2, and
+    the canaries for the audit. Canaries come from `reserve` and are added when it holds
+    `count` records; otherwise training records are relabelled and the excluded ones removed."""
     rng = np.random.default_rng(derived_seed(seed, "membership-audit:canaries"))
-    count = min(count, int(len(train) * MAX_SHARE))
-    picked = np.sort(rng.choice(len(train), size=count, replace=False))
+    from_reserve = reserve is not None and len(reserve) >= count
+    source = reserve if from_reserve and reserve is not None else train
+    if not from_reserve:
+        count = min(count, int(len(train) * MAX_SHARE))
+    picked = np.sort(rng.choice(len(source), size=count, replace=False))
     shift = torch.as_tensor(rng.integers(1, num_classes, size=count), dtype=train.y.dtype)
-    chosen = train.subset(picked)
-    canaries = chosen.with_(y=(chosen.y + shift) % num_classes)
+    chosen = source.subset(picked)
+    canaries = chosen.with_(
+        y=(chosen.y + shift) % num_classes,
+        origin=torch.full((count,), -1, dtype=torch.long),  # no owner's record: its own person
+    )
     included = rng.random(count) < 0.5
+    kept = canaries.subset(np.flatnonzero(included))
+    if from_reserve:
+        return train.concat(kept), Canaries(canaries, included)
     keep = np.ones(len(train), dtype=bool)
     keep[picked] = False
-    planted = train.subset(np.flatnonzero(keep)).concat(canaries.subset(np.flatnonzero(included)))
-    return planted, Canaries(canaries, included)
+    return train.subset(np.flatnonzero(keep)).concat(kept), Canaries(canaries, included)
 
 
 def audited_epsilon(

@@ -188,6 +188,9 @@ class Dataset:
     test: Split
     sensitive_attribute: str | None = None
     feature_groups: tuple[FeatureGroup, ...] = ()
+    # Training records of the source left out by the profile's cap (at most RESERVE_ROWS, seeded):
+    # records the owner holds but never trains on, e.g. the membership auditor's canaries.
+    reserve: Split | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -336,12 +339,22 @@ def _split_indices(n: int, fractions: tuple[float, float], seed: int) -> tuple[n
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
+RESERVE_ROWS = 2000  # at most this many left-out training records are kept as the reserve
+
+
 def _cap(split: Split, limit: int | None, seed: int) -> Split:
     """A seeded random subset of at most `limit` rows (the whole split when no limit)."""
+    return _cap_with_reserve(split, limit, seed)[0]
+
+
+def _cap_with_reserve(split: Split, limit: int | None, seed: int) -> tuple[Split, Split | None]:
+    """`_cap`, and up to RESERVE_ROWS of the rows it left out (None when it left none out)."""
     if limit is None or len(split) <= limit:
-        return split
-    chosen = split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:limit]))
-    return chosen.with_(origin=None)  # a fresh split: row i is record i
+        return split, None
+    order = np.random.default_rng(seed).permutation(len(split))
+    chosen = split.subset(np.sort(order[:limit])).with_(origin=None)  # row i is record i
+    reserve = split.subset(np.sort(order[limit : limit + RESERVE_ROWS])).with_(origin=None)
+    return chosen, reserve
 
 
 def _to_split(x: np.ndarray, y: np.ndarray, s: np.ndarray | None, index: np.ndarray) -> Split:
@@ -455,9 +468,11 @@ def load_dataset(
         raise DefconError(f"data folder '{data_dir}' does not exist")
     else:
         dataset = LOADERS[name](seed, Path(data_dir) if data_dir else None)
+    train, reserve = _cap_with_reserve(dataset.train, max_train, seed)
     return replace(
         dataset,
-        train=_cap(dataset.train, max_train, seed),
+        train=train,
+        reserve=reserve,
         val=_cap(dataset.val, max_eval, seed + 1),
         test=_cap(dataset.test, max_eval, seed + 2),
     )

@@ -293,8 +293,9 @@ class PipelineRunner:
             train_split, _ = poisoner.poison(train_split, pipeline.seed)
         if self.profile.canaries:  # the membership auditor's, in every arm alike
             train_split, env.canaries = plant_canaries(
-                train_split, self.profile.canaries, dataset.num_classes, pipeline.seed
-            )
+                train_split, self.profile.canaries, dataset.num_classes, pipeline.seed,
+                reserve=dataset.reserve,
+            )  # fmt: skip
         front: InputLayer | None = None  # the pre-training defenses' transform of every input
         for defense in pipeline.pre:
             train_split = defense_call(defense, "apply", train_split, env, returns=Split)

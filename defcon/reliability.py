@@ -24,15 +24,20 @@ def underfit_reasons(
 ) -> tuple[str, ...]:
     """Why the undefended model is underfit (empty: it is not), from its training facts per
     seed and its clean test accuracy per seed against the majority-class rate. On a small
-    validation split (`val_rows`) a gain of one row is noise, not a model still learning.
+    validation split (`val_rows`) a gain of one row is noise, not a model still learning; nor is
+    a gain no larger than the model's own largest fall between epochs (an overfit model's
+    validation accuracy swings up and down; a steadily learning one never falls).
 
     Where early stopping chose the epochs (`early_stopping`: the record's facts of
     `defcon.fitting`), the chosen epoch is by construction one whose epoch still gained, so
     convergence is read from the stopping itself: patience ran out before the cap, or not."""
     reasons: list[str] = []
-    threshold = max(CONVERGED_GAIN, 1.5 / val_rows) if val_rows else CONVERGED_GAIN
+    floor = max(CONVERGED_GAIN, 1.5 / val_rows) if val_rows else CONVERGED_GAIN
+    # (gain, threshold) per seed: a gain within the model's own epoch-to-epoch swing is noise
     gains = [
-        f["training.last_epoch_val_gain"] for f in facts if "training.last_epoch_val_gain" in f
+        (f["training.last_epoch_val_gain"], max(floor, f.get("training.val_swing", 0.0)))
+        for f in facts
+        if "training.last_epoch_val_gain" in f
     ]
     if early_stopping and "early_stopping.epochs_run" in early_stopping:
         run, cap = early_stopping["early_stopping.epochs_run"], early_stopping["early_stopping.cap"]
@@ -41,10 +46,12 @@ def underfit_reasons(
                 f"the undefended model is not converged: early stopping reached its cap of "
                 f"{cap:.0f} epochs while validation accuracy was still improving; raise --epochs"
             )
-    elif gains and max(gains) > threshold:
+    elif still := [(gain, limit) for gain, limit in gains if gain > limit]:
+        gain, limit = max(still)
         reasons.append(
-            f"the undefended model is not converged (its last epoch still added {max(gains):.3f} "
-            f"validation accuracy on some seed, > {threshold:.3f}); train longer (--epochs)"
+            f"the undefended model is not converged (its last epoch beat the best of the epochs "
+            f"before it by {gain:.3f} validation accuracy on some seed, > {limit:.3f}, the larger "
+            "of the noise floor and its own epoch-to-epoch swing); train longer (--epochs)"
         )
     if clean and min(clean) <= majority + CLEAR_MARGIN:
         reasons.append(

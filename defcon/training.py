@@ -45,6 +45,7 @@ from defcon.user_code import UserCodeError, defense_call
 from defcon.vocabulary import Slot
 
 CONVERGED_GAIN = 0.01  # a last epoch that still adds more validation accuracy is not converged
+CONVERGENCE_WINDOW = 10  # epochs whose validation accuracy the convergence check reads
 
 
 State = TypeVar("State")  # what a defense keeps for one training run
@@ -199,7 +200,7 @@ def train(
                 best = (current, epoch + 1, copy.deepcopy(run.model.state_dict()))
             elif epoch + 1 - best[1] >= patience:
                 break
-        elif epoch >= run.epochs - 2:  # convergence check: the last epoch's validation gain
+        elif epoch >= run.epochs - CONVERGENCE_WINDOW:  # convergence check (see below)
             val_accuracy.append(_val_accuracy(run))
     if best[2] is not None:
         run.model.load_state_dict(best[2])
@@ -224,9 +225,16 @@ def train(
     record = dict(run.record)
     if val_accuracy:
         record["training.val_accuracy"] = val_accuracy[-1]
+        # Still learning when the last epoch beats every epoch of the window before it: an
+        # overfit model's validation accuracy swings from epoch to epoch, and a swing back up
+        # after a dip is not a model that has not converged.
         record["training.last_epoch_val_gain"] = (
-            val_accuracy[-1] - val_accuracy[0] if len(val_accuracy) > 1 else 0.0
+            val_accuracy[-1] - max(val_accuracy[:-1]) if len(val_accuracy) > 1 else 0.0
         )
+        # The largest fall between consecutive epochs of the window: how far validation accuracy
+        # swings by itself. A steadily learning model never falls, so its swing is 0.
+        falls = [a - b for a, b in zip(val_accuracy[:-2], val_accuracy[1:-1], strict=True)]
+        record["training.val_swing"] = max([0.0, *falls])
     return TrainedModel(model=run.model, arch=arch, record=record)
 
 

@@ -21,20 +21,46 @@ def _split(rows: int, classes: int = 3) -> Split:
     return Split(x, torch.arange(rows) % classes)
 
 
+def _rows_of(split: Split) -> list[float]:
+    return split.x[:, 0].tolist()  # each test record's input is its own row number
+
+
 def test_planting_relabels_keeps_about_half_and_drops_the_rest() -> None:
+    """Without a reserve, canaries replace training records (at most a fifth of them)."""
     train = _split(1000)
     planted, canaries = plant_canaries(train, 100, 3, seed=0)
     assert len(canaries) == 100 and 30 < canaries.included.sum() < 70
     assert len(planted) == 1000 - 100 + int(canaries.included.sum())
-    original = train.y[canaries.split.origins]
+    source = [int(v) for v in _rows_of(canaries.split)]
+    original = train.y[torch.as_tensor(source)]
     assert bool((canaries.split.y != original).all())  # every canary carries a wrong label
-    kept = set(planted.origins.tolist())
-    for origin, inside in zip(canaries.split.origins.tolist(), canaries.included, strict=True):
-        assert (origin in kept) == bool(inside)  # an excluded canary is never trained on
+    trained = _rows_of(planted)
+    for row, inside in zip(source, canaries.included, strict=True):
+        copies = trained.count(float(row))
+        assert copies == (1 if inside else 0)  # relabelled when kept, gone when excluded
     assert len(planted.unchanged_rows(train)) == 900  # canaries are never members
+    assert bool((canaries.split.origins == -1).all())  # each canary is its own person
     again, same = plant_canaries(train, 100, 3, seed=0)
     assert torch.equal(again.x, planted.x) and np.array_equal(same.included, canaries.included)
     assert len(plant_canaries(train, 10_000, 3, seed=0)[1]) == 200  # at most a fifth
+
+
+def test_canaries_from_the_reserve_are_added_and_leave_the_training_records_alone() -> None:
+    train, reserve = (
+        _split(1000),
+        Split(torch.arange(5000, 5300.0).reshape(-1, 1), torch.zeros(300, dtype=torch.long)),
+    )
+    planted, canaries = plant_canaries(train, 100, 3, seed=0, reserve=reserve)
+    assert len(planted) == 1000 + int(canaries.included.sum())
+    assert torch.equal(planted.x[:1000], train.x) and torch.equal(planted.y[:1000], train.y)
+    assert len(planted.unchanged_rows(train)) == 1000  # every owner's record is still a member
+    assert all(row >= 5000 for row in _rows_of(canaries.split))  # drawn from the reserve
+    assert bool((canaries.split.y != 0).all())  # with a wrong label
+    added = sorted(_rows_of(planted)[1000:])
+    kept = sorted(r for r, i in zip(_rows_of(canaries.split), canaries.included, strict=True) if i)
+    assert added == kept  # only the included half reaches training
+    small = Split(reserve.x[:50], reserve.y[:50])  # too small a reserve: back to replacing
+    assert len(plant_canaries(train, 100, 3, seed=0, reserve=small)[0]) < 1000 + 50
 
 
 class _Table(nn.Module):

@@ -46,6 +46,11 @@ def test_underfit_reasons():
     assert "majority class" in reason
     # one row of a 60-row validation split (0.0167) is noise, not a model still learning
     assert underfit_reasons([{"training.last_epoch_val_gain": 1 / 60}], [0.9], 0.6, 60) == ()
+    # an overfit model that swings: a rise no larger than its own fall between epochs is noise
+    swinging = {"training.last_epoch_val_gain": 0.014, "training.val_swing": 0.02}
+    assert underfit_reasons([swinging], [0.9], 0.6) == ()
+    (reason,) = underfit_reasons([{**swinging, "training.val_swing": 0.0}], [0.9], 0.6)
+    assert "0.014" in reason and "swing" in reason  # a steady learner never falls: not noise
     # epochs chosen by early stopping: its best epoch gained by construction; only the cap counts
     still_learning = [{"training.last_epoch_val_gain": 0.05}]
     stopped = {"early_stopping.epochs_run": 53.0, "early_stopping.cap": 200.0}
