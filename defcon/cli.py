@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 from defcon.catalog import Catalog, load_catalog
 from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
+from defcon.orders import check_order_choice
 from defcon.storage import writable_folder, writable_target
 from defcon.terminal import console as safe_console
 from defcon.terminal import say, warn
@@ -825,6 +826,47 @@ def dataset_source(name: str, target: str | None, sensitive: str | None, kind: s
     return name
 
 
+def compose_every_order(
+    composer: Any,
+    names: list[str],
+    seeds: int,
+    max_seeds: int,
+    seed_start: int,
+    force: bool,
+    tolerances: dict[str, float],
+    out: Path,
+    json_path: Path | None,
+    err: Console,
+) -> None:
+    """`compose --order all`: one record per order of the same-stage defenses, then which order
+    did better (`defcon.orders`). With `--json -` the records go to stdout as a JSON list and
+    every table and line to stderr."""
+    from defcon.orders import order_lines, stage_orders
+    from defcon.reports import bar_chart, print_report, record_stem, save_record
+
+    specs, verdict = composer.plan(names, force=force)  # validated once, before any training
+    view = safe_console(stderr=True, min_width=120) if json_path == STDOUT else stdout()
+    measured: dict[tuple[str, ...], str] = {}
+    records = []
+    for given in stage_orders({spec.name: spec for spec in specs}, names):
+        record = composer.compose(
+            list(given), seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
+            tolerances=tolerances, order="given",
+        )  # fmt: skip
+        stem = record_stem(record)
+        made_here(out, "records", "plots")
+        path = save_record(record, out / "records" / f"{stem}.json")
+        bar_chart(record, out / "plots" / f"{stem}.png")
+        print_report(record, view)
+        err.print(f"record: {escape(str(path))}")
+        measured[tuple(record.order)] = "unreliable" if record.unreliable else record.label
+        records.append(record)
+    for line in order_lines(measured, verdict.order):
+        view.print(escape(line))
+    if json_path is not None:
+        emit_json("[" + ",\n".join(r.model_dump_json(indent=2) for r in records) + "]", json_path)
+
+
 @app.command("compose")
 def compose_command(
     names: Annotated[
@@ -852,6 +894,14 @@ def compose_command(
     force: Annotated[
         bool, typer.Option("--force", help="Measure even when Def\\Con predicts a conflict.")
     ] = False,
+    order: Annotated[
+        str,
+        typer.Option(
+            "--order",
+            help="Within each stage: the checker's order, the order given, or all orders "
+            "(one record each, and which did better).",
+        ),
+    ] = "checker",
     out: Annotated[
         Path, typer.Option("--out", help="Folder for records, plots and the cache.")
     ] = Path("defcon-runs"),
@@ -890,6 +940,8 @@ def compose_command(
 
     def own_checks() -> None:
         tolerances.update(parse_tolerances(tolerance))
+        if check_order_choice(order) == "all" and save_model is not None:
+            raise DefconError("--save-model saves one model; use it with --order checker or given")
         if save_model is not None:
             from defcon.artefact import check_target
 
@@ -898,9 +950,13 @@ def compose_command(
     composer, err, max_seeds = start_run(options, max_seeds, own_checks)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
+    if order == "all":
+        compose_every_order(composer, names or [], seeds, max_seeds, seed_start, force,
+                            tolerances, out, json_path, err)  # fmt: skip
+        return
     record = composer.compose(
         names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
-        tolerances=tolerances, save_model=save_model,
+        tolerances=tolerances, save_model=save_model, order=order,  # type: ignore[arg-type]
     )  # fmt: skip
     stem = record_stem(record)
     made_here(out, "records", "plots")

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -41,10 +41,12 @@ from defcon.effectiveness import (
     judge,
     seed_plan,
 )
+from defcon.errors import DefconError
 from defcon.fingerprint import core_code
 from defcon.model_notices import ChangedPredictions, acted_notices, data_and_model_notices
 from defcon.models import ArchConfig, ModelFactory, check_model, factory_name
 from defcon.notices import ACTED
+from defcon.orders import given_order
 from defcon.pipelines import (
     CLEAN_ACCURACY,
     NO_DEFENSE,
@@ -266,13 +268,16 @@ class Composer:
         force: bool = False,
         tolerances: Mapping[str, float] | None = None,
         save_model: Path | str | None = None,
+        order: Literal["checker", "given"] = "checker",
     ) -> CompositionRecord:
         """Measure a combination: no defense, each defense alone, combined, under one scenario.
 
         Starts with `seeds` seeds (seed_start, seed_start + 1, …) and adds one at a time, up to
         `max_seeds` (default: `seeds`, i.e. no extra seeds), while a verdict is inconclusive.
         `save_model`: an empty folder to save the combined model of the first seed in, as served
-        (`defcon.artefact`; `defcon.load_pipeline` reads it).
+        (`defcon.artefact`; `defcon.load_pipeline` reads it). `order`: the checker's order
+        within each stage, or the order of `names` (`defcon.orders`; measured even where the
+        checker would order them otherwise, which the log says).
         """
         from defcon.artefact import check_target, save_pipeline
 
@@ -286,6 +291,7 @@ class Composer:
                 seed_start=seed_start,
                 force=force,
                 tolerances=tolerances,
+                order_choice=order,
             )
             if save_model is not None:
                 save_pipeline(self, record, save_model)  # in the regime the model was trained in
@@ -341,6 +347,7 @@ class Composer:
         seed_start: int,
         force: bool,
         tolerances: Mapping[str, float] | None,
+        order_choice: Literal["checker", "given"] = "checker",
     ) -> CompositionRecord:
         started = time.perf_counter()
         before = dict(self.cache.seconds)
@@ -348,6 +355,14 @@ class Composer:
         specs = list(planned.specs)
         tolerances = validate_tolerances(tolerances, specs)
         order = planned.order
+        if order_choice == "given":
+            order = given_order({spec.name: spec for spec in specs}, names)
+            if order != planned.order:
+                self.log(f"the given order {' → '.join(order)}; the checker's would be "
+                         f"{' → '.join(planned.order)}")  # fmt: skip
+        elif order_choice != "checker":
+            raise DefconError(f"unknown order '{order_choice}'; accepted: checker, given")
+        ordered_specs = tuple(sorted(specs, key=lambda spec: order.index(spec.name)))
         if not planned.verdict.effective:  # measured anyway (--force): say what would not conflict
             from defcon.planner import advice
 
@@ -370,7 +385,7 @@ class Composer:
             arms.add_seed(seed_start + done)
             if len(arms.seeds) < seeds:
                 continue
-            judged = self._judge(planned.ordered_specs, arms, tolerances)
+            judged = self._judge(ordered_specs, arms, tolerances)
             undecided = [
                 f"{v.defense}.{v.metric}"
                 for _, verdicts in judged
@@ -414,6 +429,7 @@ class Composer:
         return CompositionRecord(
             defenses=tuple(names),
             order=order,
+            order_choice=order_choice,
             dataset=self.dataset_name,
             profile=self.profile.name,
             seeds=tuple(arms.seeds),

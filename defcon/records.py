@@ -59,6 +59,10 @@ class CompositionRecord(BaseModel):
     )
     defenses: tuple[str, ...]
     order: tuple[str, ...]
+    order_choice: Literal["checker", "given"] = Field(
+        default="checker",
+        description="who chose the order within each stage: the checker, or the user (--order)",
+    )
     dataset: str
     profile: str
     seeds: tuple[int, ...]

@@ -1,0 +1,68 @@
+"""The order within a stage: every order to measure, the better measured one, `compose --order`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import assert_one_line_error, run
+
+from defcon.catalog import builtin_catalog
+from defcon.errors import DefconError
+from defcon.orders import better_order, check_order_choice, given_order, order_lines, stage_orders
+
+CATALOG = builtin_catalog()
+
+
+def test_orders_keep_stages_in_pipeline_order_and_permute_within_them() -> None:
+    names = ["backdoor_pruning", "data_watermark", "model_watermark", "output_watermark"]
+    assert given_order(CATALOG, names) == (
+        "data_watermark", "model_watermark", "backdoor_pruning", "output_watermark",
+    )  # fmt: skip
+    orders = stage_orders(CATALOG, names)
+    assert len(orders) == 4  # 2 pre orders × 2 post orders
+    assert orders[0] == given_order(CATALOG, names)  # the given order first
+    assert len(set(orders)) == 4
+    for order in orders:
+        assert set(order[:2]) == {"data_watermark", "model_watermark"}  # pre before post
+    assert stage_orders(CATALOG, ["dp_sgd", "backdoor_pruning"]) == [("dp_sgd", "backdoor_pruning")]
+
+
+def test_the_better_order_is_the_single_best_label_and_a_shared_best_is_a_tie() -> None:
+    ab, ba = ("a", "b"), ("b", "a")
+    assert better_order({ab: "ineffective", ba: "effective"}) == ba
+    assert better_order({ab: "inconclusive", ba: "ineffective"}) == ab
+    assert better_order({ab: "effective", ba: "effective"}) is None  # a tie
+    assert better_order({ab: "not_effective_alone", ba: "effective"}) is None  # does not compare
+    assert better_order({ab: "unreliable", ba: "effective"}) is None
+    lines = order_lines({ab: "ineffective", ba: "effective"}, ab)
+    assert lines[-1] == "measured better: b → a (not the checker's)"
+    assert order_lines({ab: "effective", ba: "effective"}, ab)[-1].startswith("no order")
+
+
+def test_an_unknown_order_choice_is_one_error() -> None:
+    assert check_order_choice("given") == "given"
+    with pytest.raises(DefconError, match="accepted: checker, given, all"):
+        check_order_choice("random")
+    result = run("compose", "data_watermark", "model_watermark", "--order", "random")
+    assert_one_line_error(result, "--order 'random'", "checker, given, all")
+    result = run("compose", "data_watermark", "model_watermark", "--order", "all",
+                 "--save-model", "somewhere")  # fmt: skip
+    assert_one_line_error(result, "--save-model saves one model", "--order checker or given")
+
+
+@pytest.mark.slow
+def test_compose_order_all_measures_each_order_and_says_which_did_better(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run(
+        "compose", "model_watermark", "data_watermark", "--order", "all", "--profile", "tiny",
+        "--seeds", "2", "--out", str(out), "--json", str(tmp_path / "all.json"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "all.json").read_text())
+    assert [tuple(r["order"]) for r in records] == [
+        ("model_watermark", "data_watermark"), ("data_watermark", "model_watermark"),
+    ]  # fmt: skip
+    assert {r["order_choice"] for r in records} == {"given"}
+    assert "the checker's order: data_watermark → model_watermark" in result.output
+    assert len(list((out / "records").glob("*.json"))) == 2  # one record per order
