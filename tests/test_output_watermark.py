@@ -16,6 +16,7 @@ from pipeline_stages.post_training.output_watermark import (
     WatermarkedAPI,
     find_api,
     keyed_choice,
+    watermark_evidence,
     watermark_key,
 )
 
@@ -48,6 +49,27 @@ def test_extracted_model_carries_the_watermark_unlike_an_unprotected_one(trained
     assert unprotected < 0.15  # no watermark: the surrogate copies honest answers
     # A later wrapper around the API does not hide it.
     assert defense.measure(_Outer(api), env)["extracted_watermark_accuracy"] == protected
+
+
+def test_watermark_evidence_is_the_binomial_test_against_an_independent_models_chance_rate():
+    # 10 classes, no disagreement on 1000 unmarked queries: the null rate is the upper 95 %
+    # Clopper-Pearson bound 1 - 0.05 ** (1 / 1000) = 0.0030, over 9 wrong classes = 0.00033
+    # 3 of 50 marked queries agreeing: P(X >= 3) = C(50,3) p^3 (1 + O(p)) ≈ 7.1e-7
+    assert watermark_evidence(3, 50, 0, 1000, 10) == pytest.approx(6.15, abs=0.05)
+    # as often as chance allows: no evidence (a surrogate disagreeing on 10 % of queries lands
+    # on the keyed label of a binary task 10 % of the time)
+    assert watermark_evidence(5, 50, 100, 1000, 2) < 0.5
+    assert watermark_evidence(0, 50, 0, 1000, 10) == 0.0
+    assert watermark_evidence(50, 50, 0, 1000, 10) == 10.0  # capped, as dataset inference's
+    assert watermark_evidence(3, 0, 0, 1000, 10) != watermark_evidence(3, 0, 0, 1000, 10)  # NaN
+
+
+def test_the_early_stopping_thief_still_leaves_evidence_an_honest_copy_does_not(trained):
+    env, model = trained
+    defense = OutputWatermark()
+    protected = defense.measure(defense.apply(model, env), env)["watermark_evidence"]
+    unprotected = defense.measure(model, env)["watermark_evidence"]
+    assert unprotected < 1.0 < protected
 
 
 def test_the_thief_early_stops_on_its_held_out_queries_and_keeps_its_best_epoch(trained):

@@ -23,8 +23,10 @@ the dataset's default (`arch_for`, BatchNorm) whatever the victim uses (DP-SGD's
 owner's choice, unknown to the thief). The thief trains like a practitioner: it holds out a seeded
 share (`thief_holdout`) of its own queries, measures after each epoch the surrogate's agreement
 with the API's answers on them, stops after `patience` epochs without improvement (at most
-`surrogate_epochs`) and keeps the best epoch's weights. The reported
-`extracted_watermark_accuracy` is the share of the watermarked queries the surrogate was trained
+`surrogate_epochs`) and keeps the best epoch's weights. The judged
+`watermark_evidence` is DAWN's verification: the binomial test that the surrogate agrees with the
+watermark labels more often than a model independent of the key would (`watermark_evidence`);
+`extracted_watermark_accuracy`, a diagnostic, is the share of the watermarked queries the surrogate was trained
 on (recomputed from the key, derived from the seed) on which the surrogate outputs the watermark
 label. The watermark label is computed from the prediction of the unprotected model inside the
 API (found in the served pipeline); when the given model carries no DAWN API (no defense, or the
@@ -44,12 +46,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import Field
+from scipy import stats
 from torch import nn
 
 from defcon.data import Split
@@ -125,6 +129,36 @@ def watermark_labels(
 ) -> torch.Tensor:
     """The wrong label DAWN answers: never the model's own prediction."""
     return (predictions + 1 + offsets % (num_classes - 1)) % num_classes
+
+
+EVIDENCE_CAP = 10.0  # as dataset inference's: beyond p = 1e-10 more evidence changes no dispute
+
+
+def watermark_evidence(
+    agreed: int, marked: int, disagreed: int, unmarked: int, num_classes: int
+) -> float:
+    """min(10, −log10 p) for the p-value that a suspect model independent of the key agrees with the
+    watermark labels on `agreed` of the `marked` queries (DAWN's verification is this binomial
+    test; Szyller et al., ACM MM 2021, Sec. 5).
+
+    Null rate: the key picks the watermark label uniformly among the C − 1 wrong classes and
+    marks queries independently of their content, so an independent suspect lands on it only
+    when it disagrees with the model (as often on marked queries as on unmarked ones) and then
+    with probability 1/(C − 1). The disagreement rate is the upper 95 % Clopper–Pearson bound
+    of `disagreed`/`unmarked` (conservative: the evidence is never overstated by its estimate).
+    """
+    if marked <= 0 or unmarked <= 0:
+        return float("nan")
+    rate = (
+        float(stats.beta.ppf(0.95, disagreed + 1, unmarked - disagreed))
+        if disagreed < unmarked
+        else 1.0
+    )
+    null = min(1.0, rate / (num_classes - 1))
+    if agreed <= 0 or null >= 1.0:
+        return 0.0
+    log_p = float(stats.binom.logsf(agreed - 1, marked, null))  # ln P(X ≥ agreed)
+    return min(EVIDENCE_CAP, max(0.0, -log_p / math.log(10)))
 
 
 class WatermarkedAPI(ServingWrapper):
@@ -219,11 +253,22 @@ class OutputWatermark(PostTrainingDefense):
             stolen.x, watermark_key(env.seed), cfg.fraction, cfg.decimals
         )
         if not bool(marked.any()):
-            return {"extracted_watermark_accuracy": float("nan")}
+            return {
+                "extracted_watermark_accuracy": float("nan"),
+                "watermark_evidence": float("nan"),
+            }
         surrogate = self.steal(stolen, held_out, env).model
         api = find_api(model)
         reference = api.model if api is not None else model
-        honest = predict(reference, stolen.x[marked])
-        expected = watermark_labels(honest, offsets[marked], env.dataset.num_classes)
-        copied = predict(surrogate, stolen.x[marked])
-        return {"extracted_watermark_accuracy": float((copied == expected).float().mean())}
+        honest = predict(reference, stolen.x)
+        copied = predict(surrogate, stolen.x)
+        classes = env.dataset.num_classes
+        expected = watermark_labels(honest[marked], offsets[marked], classes)
+        agreed = int((copied[marked] == expected).sum())
+        disagreed = int((copied[~marked] != honest[~marked]).sum())
+        return {
+            "extracted_watermark_accuracy": agreed / int(marked.sum()),
+            "watermark_evidence": watermark_evidence(
+                agreed, int(marked.sum()), disagreed, int((~marked).sum()), classes
+            ),
+        }
