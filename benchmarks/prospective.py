@@ -71,10 +71,12 @@ def _canonical(value: object) -> object:
 def spec_hash(spec: DefenseSpec) -> str:
     """Hash of a declaration as the techniques read it (everything but the mechanism's path)."""
     dumped = _canonical(spec.model_dump(mode="json", exclude={"implementation"}))
-    for field in ("moves", "depends_on"):  # `reads` came later: unset, it hashes as before
+    later = {"reads": False, "data_kinds": None, "scope_reason": "", "contested": ""}
+    for field in ("moves", "depends_on"):  # fields that came later: unset, they hash as before
         for claim in dumped.get(field, []):
-            if claim.get("reads") is False:
-                del claim["reads"]
+            for name, default in later.items():
+                if name in claim and claim[name] == default:
+                    del claim[name]
     return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -279,6 +279,11 @@ class FactorClaim(_Frozen):
         "`scope_reason`, with its reference",
     )
     scope_reason: str = Field(default="", description="why the arrow holds only on `data_kinds`")
+    contested: str = Field(
+        default="",
+        description="evidence against the arrow, with its reference (e.g. the factor probes "
+        "measuring the opposite shift): a label that rests on a contested arrow is uncertain",
+    )
 
     @model_validator(mode="after")
     def _scoped(self) -> FactorClaim:
@@ -294,10 +299,13 @@ class FactorClaim(_Frozen):
         return f"{self.factor.value}{self.direction.symbol}"
 
     def applies_to(self, kind: DataKind | None) -> bool | None:
-        """Whether the arrow is claimed for `kind`: None when it is scoped and the kind unknown."""
-        if self.data_kinds is None:
-            return True
-        return None if kind is None else kind in self.data_kinds
+        """Whether the arrow is claimed for `kind`: None when it is in doubt there (contested,
+        or scoped while the kind is unknown)."""
+        if self.data_kinds is not None and kind is not None and kind not in self.data_kinds:
+            return False
+        if self.contested or (self.data_kinds is not None and kind is None):
+            return None
+        return True
 
 
 class SlotExclusion(_Frozen):

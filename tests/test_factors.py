@@ -73,9 +73,11 @@ def test_adversarial_training_with_dp_sgd_is_a_conflict_through_the_boundary_dis
 
 
 def test_cli_names_the_factor_and_the_chain() -> None:
-    result = run_cli("check", "adversarial_training", "dp_sgd", "--technique", "factors")
+    result = run_cli(
+        "check", "adversarial_training", "dp_sgd", "--technique", "factors", "--data-kind", "image"
+    )
     assert result.exit_code == 0
-    assert "CONFLICT" in result.output
+    assert "CONFLICT" in result.output and "UNCERTAIN" not in result.output
     assert "dp_sgd moves O3↓" in result.output
     assert "adversarial_training's effectiveness rises with O3" in result.output
 
@@ -248,6 +250,23 @@ def test_a_claim_scoped_to_a_data_kind_counts_only_there_and_is_uncertain_unscop
             factor=Factor.O3, direction=Arrow.DOWN, reference="r", reason="w",
             data_kinds=frozenset({"image"}),
         )  # fmt: skip
+
+
+def test_a_label_resting_on_a_contested_claim_is_uncertain() -> None:
+    widens_gap = FactorClaim(
+        factor=Factor.O2_1, direction=Arrow.UP, reference="ref", reason="why",
+        contested="the probes measure the opposite",
+    )  # fmt: skip
+    mover = spec("mover", "in", moves=(widens_gap,))
+    reads_gap = spec("private", "post", depends_on=(claim("O2.1", "down", reads=True),))
+    verdict = check([mover, reads_gap], technique="factors", data_kind="image")
+    assert verdict.reported == "uncertain" and verdict.label == "ineffective"
+    assert "contested by contrary evidence" in verdict.explanation
+    # an uncontested harmful chain beside it decides: no longer uncertain
+    also = spec("also", "in", moves=(widens_gap, claim("O3", "down")))
+    needs = spec("needs", "post", depends_on=(claim("O2.1", "down", reads=True), claim("O3", "up")))
+    decided = check([also, needs], technique="factors", data_kind="image")
+    assert decided.label == "ineffective" and not decided.uncertain
 
 
 def test_dp_sgd_narrowing_the_margin_is_claimed_on_images_only() -> None:

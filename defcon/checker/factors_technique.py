@@ -26,8 +26,9 @@ docs/factors.md ("The rules, argued"); none cites a measured label:
   leaves it silent, so the technique abstains (`uncertain`) rather than guess. A chain through
   data and model factors alone counts, with a lower confidence: the SoK ranks those factors
   below the objective's.
-A claim scoped to data kinds (`data_kinds`) is left out on another kind; where the kind is not
-given, a label that depends on a scoped claim is `uncertain`.
+A claim scoped to data kinds (`data_kinds`) is left out on another kind; a label that rests on
+a claim in doubt (`contested` by contrary evidence, or scoped while the kind is not given) is
+`uncertain`.
 
 No rule here names a defense: everything comes from the declarations.
 """
@@ -83,8 +84,9 @@ def reaches(
 
 
 def _in_scope(claim: FactorClaim, kind: DataKind | None, unscoped: bool) -> bool:
-    """Whether a claim counts: on a known kind, as scoped; on an unknown kind, a scoped claim
-    counts iff `unscoped` (the technique weighs both and abstains where they differ)."""
+    """Whether a claim counts: not where it is scoped out; a claim in doubt (contested, or
+    scoped while the kind is unknown) counts iff `unscoped` (the technique weighs both ways
+    and abstains where the labels differ)."""
     applies = claim.applies_to(kind)
     return unscoped if applies is None else applies
 
@@ -216,11 +218,11 @@ class FactorsTechnique:
         ordered = [by_name[name] for name in risk_verdict.order]
         weighing = weigh_pairs(ordered, risk_verdict.order, kind)
         label, confidence, uncertain = _judge(risk_verdict, weighing)
-        contested = False
-        if kind is None:  # would the label differ without the scoped claims?
-            without = weigh_pairs(ordered, risk_verdict.order, kind, unscoped=False)
-            if _judge(risk_verdict, without)[0] != label:
-                contested, uncertain, confidence = True, True, ABSTAIN
+        # would the label differ without the claims in doubt (contested, or scoped out of sight)?
+        without = weigh_pairs(ordered, risk_verdict.order, kind, unscoped=False)
+        contested = _judge(risk_verdict, without)[0] != label
+        if contested:
+            uncertain, confidence = True, ABSTAIN
         explanation = _explain(risk_verdict, weighing)
         if uncertain:
             explanation += _uncertain_text(label, contested)
@@ -248,8 +250,9 @@ def _judge(risk_verdict: Verdict, weighing: Weighing) -> tuple[Label, float, boo
 
 def _uncertain_text(label: str, contested: bool) -> str:
     why = (
-        "the label rests on a factor claim scoped to some data kinds, and the data kind was not "
-        "given (--data-kind, or check(..., data_kind=...))"
+        "the label rests on a factor claim in doubt: contested by contrary evidence (defcon show "
+        "NAME), or scoped to some data kinds while the data kind was not given (--data-kind, or "
+        "check(..., data_kind=...))"
         if contested
         else "the SoK's guideline ties over some pair's shared factors"
     )
