@@ -4,6 +4,7 @@ changed, and the analysis functions on tiny inputs whose values are checked by h
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_the_score_step_refuses_before_reading_anything(repo, monkeypatch):
     with pytest.raises(DefconError, match="tag prospective-2 does not exist"):
         script.main(["score", "--round", "2"])
     done = subprocess.run(
-        ["python", str(ROOT / "benchmarks/prospective.py"), "triples"],
+        [sys.executable, str(ROOT / "benchmarks/prospective.py"), "triples"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.strip().startswith("error:")
@@ -168,3 +169,29 @@ def test_the_analysis_prints_coverage_mcnemar_and_chains_from_the_frozen_file():
     assert "| naive | 1 | 0.00 [0.00, 0.00] | 1.00 | 1 |" in text
     assert "| factors | naive | 1 | 0 | 1 |" in text and "| factors | defcon | 0 | 0 | 1 |" in text
     assert "pilot is apart" in text
+
+
+PREDICTIONS2 = ROOT / "benchmarks/results/prospective2/predictions.json"
+
+
+@pytest.mark.skipif(not PREDICTIONS2.exists(), reason="round 2 not pre-registered yet")
+def test_the_pre_registered_file_lists_what_the_protocol_requires():
+    import json
+
+    document = json.loads(PREDICTIONS2.read_text())
+    assert "pilot" not in document["techniques"] and "pilot" in document["not_predicting"]
+    entries = document["combinations"]
+    for dataset in ("fmnist", "adult"):
+        mine = [e for e in entries if e["dataset"] == dataset]
+        assert sum(e["size"] == 3 for e in mine) >= 15
+        for entry in mine:
+            assert set(entry["defenses"]) & set(document["new_defenses"])
+            for technique in document["techniques"]:
+                assert 0.0 <= entry["confidence"][technique] <= 1.0
+                assert entry["predicted"][technique] in ("effective", "ineffective")
+    for item in document["orders"]:
+        assert len(item["orders"]) >= 2 and all(
+            item["proposed"][t] in item["orders"] for t in document["techniques"]
+        )
+    with pytest.raises(DefconError, match="never edited"):
+        load_script("prospective").predict_round2(PREDICTIONS2)
