@@ -12,6 +12,17 @@ defenses apply, with a hash of every declaration it read. It refuses to overwrit
 a technique improved later is scored on the next new defenses, not on these. `score` reads the
 labels from the file, never re-predicts, and says whether the declarations still hash the same
 and which commits touched the file.
+
+Round 2 is pre-registered in git: the triples are drawn by a seeded rule, the predictions are
+committed, and the commit is tagged `prospective-2` before any of its combinations is measured:
+
+    python benchmarks/prospective.py triples --round 2   # prospective2_triples.toml; commit it
+    python benchmarks/prospective.py predict --round 2   # results/prospective2/predictions.json
+    git tag prospective-2                                # the pre-registration
+    python benchmarks/prospective.py measure --round 2
+    python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed
+
+`pilot` is a quick measurement, not a prediction: it is listed apart, never predicted here.
 """
 
 from __future__ import annotations
