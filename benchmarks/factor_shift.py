@@ -54,6 +54,28 @@ def measured_arrow(lower: float, upper: float) -> str:
     return "–"
 
 
+def probe_shift(
+    by_probe: dict[str, dict[int, float]], probe: str
+) -> tuple[float, float, float, int, str]:
+    """(mean, lower, upper, seeds, measured arrow) of one probe's paired shifts, turned to the
+    factor's direction (a probe in INVERTED falls when its factor rises)."""
+    values = list(by_probe[probe].values())
+    sign = -1.0 if probe in INVERTED else 1.0
+    mean, lower, upper = interval([sign * v for v in values])
+    if sign < 0:
+        lower, upper = min(lower, upper), max(lower, upper)
+    arrow = measured_arrow(lower, upper) if len(values) > 1 else "–"
+    return mean, lower, upper, len(values), arrow
+
+
+def defense_shifts(
+    shifts: dict[Key, dict[str, dict[int, float]]], dataset: str, defense: str
+) -> dict[str, dict[int, float]]:
+    """One defense's probe shifts on `dataset`: the clean scenario where it has one."""
+    poisoned = (dataset, defense, False) not in shifts
+    return shifts.get((dataset, defense, poisoned), {})
+
+
 def table(records: list[CompositionRecord], folders: Sequence[str] = DEFAULT) -> str:
     catalog = builtin_catalog()
     shifts = paired_shifts(records)
@@ -72,19 +94,13 @@ def table(records: list[CompositionRecord], folders: Sequence[str] = DEFAULT) ->
     agree = disagree = untested = 0
     keys = sorted({(d, name) for d, name, _ in shifts})
     for dataset, defense in keys:
-        poisoned = (dataset, defense, False) not in shifts
-        by_probe = shifts[(dataset, defense, poisoned)]
+        by_probe = defense_shifts(shifts, dataset, defense)
         declared = {claim.factor: claim.direction for claim in catalog[defense].moves}
         for probe, factor_id in PROBES.items():
             if probe not in by_probe:
                 continue
             factor = Factor(factor_id)
-            values = list(by_probe[probe].values())
-            sign = -1.0 if probe in INVERTED else 1.0
-            mean, lower, upper = interval([sign * v for v in values])
-            if sign < 0:
-                lower, upper = min(lower, upper), max(lower, upper)
-            arrow = measured_arrow(lower, upper) if len(values) > 1 else "–"
+            mean, lower, upper, seeds, arrow = probe_shift(by_probe, probe)
             claim = declared.get(factor)
             if claim is None:
                 verdict = "(not declared)"
@@ -100,7 +116,7 @@ def table(records: list[CompositionRecord], folders: Sequence[str] = DEFAULT) ->
             lines.append(
                 f"| {dataset} | {defense} | {factor.value} ({probe}) | "
                 f"{claim.symbol if claim else '—'} | {mean:+.4g} [{lower:+.3g}, {upper:+.3g}] | "
-                f"{len(values)} | {arrow} | {verdict} |"
+                f"{seeds} | {arrow} | {verdict} |"
             )
     lines += [
         "",

@@ -292,10 +292,13 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "",
         "The scores below count only conclusive labels: read them with the coverage and the "
         "reproducible share above. Balanced accuracy with a bootstrap 95 % interval "
-        f"({RESAMPLES} resamples of the scored combinations, seed {BOOTSTRAP_SEED}).",
+        f"({RESAMPLES} resamples of the scored combinations, seed {BOOTSTRAP_SEED}), with a "
+        "technique's lean where it reports `uncertain`; coverage is the share it decides, and "
+        "the next column its balanced accuracy there (n).",
         "",
-        "| dataset | technique | n | accuracy | balanced accuracy [95 % CI] | confusion (measured → predicted) |",
-        "|---|---|---|---|---|---|",
+        "| dataset | technique | n | accuracy | balanced accuracy [95 % CI] | coverage | "
+        "balanced accuracy where it decides | confusion (measured → predicted) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, by_technique in scores.items():
         for technique, s in by_technique.items():
@@ -303,7 +306,8 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             lines.append(
                 f"| {dataset} | {technique} | {s.n} | {score_text(s.accuracy)} | "
                 f"{score_text(s.balanced_accuracy)}{interval_text(s.balanced_accuracy_ci)} | "
-                f"{confusion} |"
+                f"{score_text(s.coverage)} | {score_text(s.decided_balanced_accuracy)} "
+                f"({s.decided}) | {confusion} |"
             )
     lines += [
         "",

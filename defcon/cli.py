@@ -264,6 +264,15 @@ def check_command(
     batch_size: BatchSizeOption = None,
     set_values: SetOption = None,
     settings_file: SettingsOption = None,
+    data_kind: Annotated[
+        str | None,
+        typer.Option(
+            "--data-kind",
+            help="image or tabular: the data the combination runs on (factor claims scoped to "
+            "other kinds are left out; without it such a label is reported uncertain).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
     catalog_specs = catalog_from(catalog)
@@ -298,7 +307,9 @@ def check_command(
         chosen = get_technique(technique)
     if json_path is not None and json_path != STDOUT:
         writable_file(json_path, "--json")
-    verdict = chosen.check(specs)
+    from defcon.checker.api import check_kind, run_technique
+
+    verdict = run_technique(chosen, specs, check_kind(data_kind, "--data-kind"))
     if json_path is not None:
         emit_json(json.dumps(verdict.model_dump(mode="json"), indent=2), json_path)
         if json_path == STDOUT:

@@ -28,7 +28,8 @@ from torch import nn
 from defcon.arms import COMBINED, ArmComparison, Reading, quiet_libraries
 from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog
-from defcon.checker import TECHNIQUES, Verdict, check
+from defcon.checker import Verdict
+from defcon.checker.api import predictions
 from defcon.combination_plan import Plan, plan_combination
 from defcon.data import Dataset, UserData, is_data_file, open_data_file
 from defcon.defense import Defense, Environment
@@ -407,9 +408,7 @@ class Composer:
             )
             for spec, verdicts in judged
         )
-        predicted = {
-            name: check(specs, technique=name, catalog=self.catalog).label for name in TECHNIQUES
-        }
+        predicted, abstained = predictions(specs, self.catalog, self.dataset(seed_start).kind)
         notes = degenerate_models(
             self.dataset(seed_start),
             {COMBINED: arms.clean[COMBINED], **{f"{n} alone": arms.clean[n] for n in order}},
@@ -442,6 +441,7 @@ class Composer:
             factor_probes=probe_summaries(arms, [NO_DEFENSE, COMBINED, *order]),
             label=combination_label([r.outcome for r in results]),
             predicted=predicted,
+            abstained=abstained,
             forced=force,
             tolerances=tolerances,
             configs={name: dict(cfg) for name, cfg in self.configs.items() if name in order},

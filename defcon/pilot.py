@@ -120,7 +120,14 @@ class PilotTechnique:
                 f"measured {measured}. The {self.fallback} technique, from the declarations "
                 f"alone, predicts {base.label}."
             )
-            evidence = {"conflicts": (), "factor_chains": (), "weak_chains": ()}
+            # a measured label, not weighed evidence: confidence 1 (the fallback's otherwise)
+            evidence = {
+                "conflicts": (),
+                "factor_chains": (),
+                "weak_chains": (),
+                "confidence": 1.0,
+                "uncertain": False,
+            }
         else:
             said = (
                 f"The pilot's short run ({seeds}, {seconds:.0f} s) could not tell ({measured}); "

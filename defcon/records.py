@@ -79,6 +79,11 @@ class CompositionRecord(BaseModel):
     )
     label: Label
     predicted: dict[str, Prediction]
+    abstained: tuple[str, ...] = Field(
+        default=(),
+        description="techniques that reported `uncertain`: their `predicted` label is only "
+        "their lean (records before abstention: none)",
+    )
     forced: bool
     tolerances: dict[str, float]
     configs: dict[str, dict] = Field(default_factory=dict)
@@ -180,18 +185,20 @@ def versions() -> dict[str, str]:
 
 def repredicted(record: CompositionRecord) -> CompositionRecord:
     """The record with every registered technique's prediction recomputed from the built-in
-    declarations (a prediction is a pure function of the specs, so a technique added or
+    declarations and the dataset kind (a prediction is a pure function of them, so a technique added or
     re-declared after the measurement is scored on it). Records of defenses outside the
     built-in catalog keep their stored predictions."""
     from defcon.catalog import builtin_catalog
-    from defcon.checker import TECHNIQUES, check
+    from defcon.checker.api import predictions
+    from defcon.dataset_info import DATASETS
 
     catalog = builtin_catalog()
     if not all(name in catalog for name in record.defenses):
         return record
     specs = catalog.resolve(record.defenses)
-    predicted = {name: check(specs, technique=name, catalog=catalog).label for name in TECHNIQUES}
-    return record.model_copy(update={"predicted": predicted})
+    kind = next((info.kind for info in DATASETS if info.name == record.dataset), None)
+    predicted, abstained = predictions(specs, catalog, kind)
+    return record.model_copy(update={"predicted": predicted, "abstained": abstained})
 
 
 def rejudged(record: CompositionRecord) -> CompositionRecord:

@@ -48,6 +48,12 @@ class TechniqueScore(BaseModel):
     balanced_accuracy_ci: tuple[float, float] | None = None
     confusion: dict[str, dict[str, int]]  # measured label → predicted label → count
     misses: tuple[Miss, ...]
+    # Abstention: the scored combinations where the technique did not report `uncertain`
+    # (defaults keep scores stored before abstention loadable).
+    decided: int | None = None
+    coverage: float | None = None  # decided / n (None: nothing scored)
+    decided_accuracy: float | None = None
+    decided_balanced_accuracy: float | None = None
 
 
 def balanced_accuracy_interval(
@@ -133,8 +139,10 @@ def evidence(record: CompositionRecord) -> str:
 def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScore:
     """Accuracy, balanced accuracy, confusion matrix and misses of `technique` on the
     conclusively labelled `records` that hold its prediction (the others are not scored; the
-    bench recomputes every technique's prediction for built-in defenses, see `repredicted`)."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+    bench recomputes every technique's prediction for built-in defenses, see `repredicted`).
+    Scored twice: on every label with the technique's lean where it abstained, and on the
+    combinations it decided (`decided_*`), with its coverage (the share it decided)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix
 
     records = [r for r in records if r.conclusive and technique in r.predicted]
     measured = [record.label for record in records]
@@ -155,15 +163,30 @@ def score(technique: str, records: Sequence[CompositionRecord]) -> TechniqueScor
         for record, guess in zip(records, predicted, strict=True)
         if guess != record.label
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one measured class only: sklearn warns, value is defined
-        balanced = float(balanced_accuracy_score(measured, predicted)) if records else None
+    kept = [i for i, record in enumerate(records) if technique not in record.abstained]
+    kept_measured = [measured[i] for i in kept]
+    kept_predicted = [predicted[i] for i in kept]
     return TechniqueScore(
         technique=technique,
         n=len(records),
         accuracy=float(accuracy_score(measured, predicted)) if records else None,
-        balanced_accuracy=balanced,
+        balanced_accuracy=balanced_accuracy(measured, predicted),
         balanced_accuracy_ci=balanced_accuracy_interval(measured, predicted),
         confusion=confusion,
         misses=misses,
+        decided=len(kept),
+        coverage=len(kept) / len(records) if records else None,
+        decided_accuracy=float(accuracy_score(kept_measured, kept_predicted)) if kept else None,
+        decided_balanced_accuracy=balanced_accuracy(kept_measured, kept_predicted),
     )
+
+
+def balanced_accuracy(measured: Sequence[str], predicted: Sequence[str]) -> float | None:
+    """Mean recall over the measured classes present (scikit-learn's), None when empty."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    if not measured:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one measured class only: sklearn warns, value is defined
+        return float(balanced_accuracy_score(measured, predicted))

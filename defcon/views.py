@@ -141,7 +141,10 @@ def verdict_view(verdict: Verdict) -> RenderableType:
     for stage, names in verdict.stages.items():
         order.add_row("", _STAGE_NAMES[Stage(stage)], " → ".join(names))
     word = "NO CONFLICT" if verdict.effective else "CONFLICT"
-    note = f"technique: {verdict.technique}"
+    note = f"technique: {verdict.technique}; confidence {verdict.confidence:.2f}"
+    if verdict.uncertain:
+        word, style = "UNCERTAIN", "bold yellow"
+        note += f"; leans {verdict.label}"
     if not verdict.composable:  # the label is a prediction were they composable: never the headline
         word, style = "CANNOT SHARE A TRAINING LOOP", "bold red"
         note += f"; were they composable: {verdict.label}"
@@ -169,7 +172,7 @@ def verdict_view(verdict: Verdict) -> RenderableType:
     if verdict.weak_chains:
         parts.append(
             _bullets(
-                "weak chains, not counted (data and model factors alone do not decide)",
+                "harmful chains not counted (outweighed or tied under the SoK's guideline)",
                 [chain.sentence() for chain in verdict.weak_chains],
             )
         )

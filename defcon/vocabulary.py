@@ -273,9 +273,39 @@ class FactorClaim(_Frozen):
         description="depends_on only, objective factors only: the defense's metric is computed "
         "from this factor, so a move against it lowers the metric by definition",
     )
+    data_kinds: frozenset[DataKind] | None = Field(
+        default=None,
+        description="the data kinds the arrow is claimed for (None: every kind); a scope needs "
+        "`scope_reason`, with its reference",
+    )
+    scope_reason: str = Field(default="", description="why the arrow holds only on `data_kinds`")
+    contested: str = Field(
+        default="",
+        description="evidence against the arrow, with its reference (e.g. the factor probes "
+        "measuring the opposite shift): a label that rests on a contested arrow is uncertain",
+    )
+
+    @model_validator(mode="after")
+    def _scoped(self) -> FactorClaim:
+        if self.data_kinds is not None and (not self.data_kinds or not self.scope_reason):
+            raise ValueError(
+                f"the {self.arrow()} claim scopes data_kinds without a scope_reason (or to no "
+                "kind); a scope names one or more of image, tabular and says why, with its "
+                "reference"
+            )
+        return self
 
     def arrow(self) -> str:
         return f"{self.factor.value}{self.direction.symbol}"
+
+    def applies_to(self, kind: DataKind | None) -> bool | None:
+        """Whether the arrow is claimed for `kind`: None when it is in doubt there (contested,
+        or scoped while the kind is unknown)."""
+        if self.data_kinds is not None and kind is not None and kind not in self.data_kinds:
+            return False
+        if self.contested or (self.data_kinds is not None and kind is None):
+            return None
+        return True
 
 
 class SlotExclusion(_Frozen):

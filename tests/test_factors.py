@@ -19,6 +19,7 @@ from defcon.catalog import builtin_catalog, load_catalog_file
 from defcon.checker import check
 from defcon.checker.factors_technique import FactorsTechnique, chains
 from defcon.data import Split
+from defcon.errors import DefconError
 from defcon.probes import (
     boundary_distance,
     capacity,
@@ -72,9 +73,11 @@ def test_adversarial_training_with_dp_sgd_is_a_conflict_through_the_boundary_dis
 
 
 def test_cli_names_the_factor_and_the_chain() -> None:
-    result = run_cli("check", "adversarial_training", "dp_sgd", "--technique", "factors")
+    result = run_cli(
+        "check", "adversarial_training", "dp_sgd", "--technique", "factors", "--data-kind", "image"
+    )
     assert result.exit_code == 0
-    assert "CONFLICT" in result.output
+    assert "CONFLICT" in result.output and "UNCERTAIN" not in result.output
     assert "dp_sgd moves O3↓" in result.output
     assert "adversarial_training's effectiveness rises with O3" in result.output
 
@@ -185,20 +188,103 @@ def test_a_move_against_a_factor_the_metric_reads_decides_over_a_tie() -> None:
     assert [(c.mover, c.factor, c.dependent) for c in found] == [("d", Factor.O3, "e")]
 
 
-def test_a_chain_through_data_and_model_factors_alone_is_weak_not_a_conflict() -> None:
+def test_a_chain_through_data_and_model_factors_alone_counts_with_less_confidence() -> None:
     adds_a_key_set = spec("keys", "pre", moves=(claim("D2", "up"),))
     needs_short_tail = spec("margin", "in", depends_on=(claim("D2", "down"), claim("M1", "up")))
     verdict = FactorsTechnique().check([adds_a_key_set, needs_short_tail])
-    assert verdict.label == "effective"
-    assert not verdict.factor_chains
-    assert [(c.mover, c.factor, c.dependent) for c in verdict.weak_chains] == [
+    assert verdict.label == "ineffective" and not verdict.uncertain
+    assert [(c.mover, c.factor, c.dependent) for c in verdict.factor_chains] == [
         ("keys", Factor.D2, "margin")
     ]
-    assert "Not counted" in verdict.explanation and "keys moves D2↑" in verdict.explanation
-    # the same data factor beside a harmful objective factor is a conflict
+    # the same data factor beside a harmful objective factor: the objective's level
     also_objective = spec("both", "pre", moves=(claim("D2", "up"), claim("O3", "down")))
     needs_margin = spec("margin2", "in", depends_on=(claim("D2", "down"), claim("O3", "up")))
-    assert FactorsTechnique().check([also_objective, needs_margin]).label == "ineffective"
+    objective = FactorsTechnique().check([also_objective, needs_margin])
+    assert objective.label == "ineffective"
+    assert objective.confidence > verdict.confidence
+
+
+def test_a_tie_under_the_guideline_is_uncertain_and_outweighed_links_are_not_counted() -> None:
+    tie = spec("tie", "in", moves=(claim("O3", "down"), claim("O1", "up")))
+    needs_both = spec("needs", "post", depends_on=(claim("O3", "up"), claim("O1", "up")))
+    verdict = FactorsTechnique().check([tie, needs_both])
+    assert verdict.uncertain and verdict.reported == "uncertain"
+    assert verdict.label == "effective" and verdict.confidence == 0.5
+    assert "Uncertain: the SoK's guideline ties" in verdict.explanation
+    assert [(c.mover, c.factor) for c in verdict.weak_chains] == [("tie", Factor.O3)]
+    # two helpful objective factors outweigh one harmful: no conflict, not uncertain
+    mostly = spec(
+        "mostly", "in", moves=(claim("O3", "down"), claim("O1", "up"), claim("O2.1", "up"))
+    )
+    needs_three = spec(
+        "three", "post", depends_on=(claim("O3", "up"), claim("O1", "up"), claim("O2.1", "up"))
+    )
+    outweighed = FactorsTechnique().check([mostly, needs_three])
+    assert outweighed.label == "effective" and not outweighed.uncertain
+    assert outweighed.weak_chains and not outweighed.factor_chains
+
+
+def scoped(factor: str, direction: str, kinds: list[str]) -> FactorClaim:
+    return FactorClaim(
+        factor=Factor(factor), direction=Arrow(direction), reference="ref", reason="why",
+        data_kinds=frozenset(kinds), scope_reason="measured only on these kinds",
+    )  # fmt: skip
+
+
+def test_a_claim_scoped_to_a_data_kind_counts_only_there_and_is_uncertain_unscoped() -> None:
+    narrows = spec("narrows", "in", moves=(scoped("O3", "down", ["image"]),))
+    needs_margin = spec("margin", "post", depends_on=(claim("O3", "up", reads=True),))
+    on_images = check([narrows, needs_margin], technique="factors", data_kind="image")
+    assert on_images.label == "ineffective" and not on_images.uncertain
+    on_tables = check([narrows, needs_margin], technique="factors", data_kind="tabular")
+    assert on_tables.label == "effective" and not on_tables.factor_chains
+    unknown = check([narrows, needs_margin], technique="factors")
+    assert unknown.reported == "uncertain" and unknown.label == "ineffective"
+    assert "scoped to some data kinds" in unknown.explanation
+    # a technique that reads no data kind predicts the same on every kind
+    assert check([narrows, needs_margin], data_kind="tabular").label == "effective"
+    with pytest.raises(DefconError, match="takes one of image, tabular, got 'text'"):
+        check([narrows, needs_margin], technique="factors", data_kind="text")
+    with pytest.raises(ValidationError, match="without a scope_reason"):
+        FactorClaim(
+            factor=Factor.O3, direction=Arrow.DOWN, reference="r", reason="w",
+            data_kinds=frozenset({"image"}),
+        )  # fmt: skip
+
+
+def test_a_label_resting_on_a_contested_claim_is_uncertain() -> None:
+    widens_gap = FactorClaim(
+        factor=Factor.O2_1, direction=Arrow.UP, reference="ref", reason="why",
+        contested="the probes measure the opposite",
+    )  # fmt: skip
+    mover = spec("mover", "in", moves=(widens_gap,))
+    reads_gap = spec("private", "post", depends_on=(claim("O2.1", "down", reads=True),))
+    verdict = check([mover, reads_gap], technique="factors", data_kind="image")
+    assert verdict.reported == "uncertain" and verdict.label == "ineffective"
+    assert "contested by contrary evidence" in verdict.explanation
+    # an uncontested harmful chain beside it decides: no longer uncertain
+    also = spec("also", "in", moves=(widens_gap, claim("O3", "down")))
+    needs = spec("needs", "post", depends_on=(claim("O2.1", "down", reads=True), claim("O3", "up")))
+    decided = check([also, needs], technique="factors", data_kind="image")
+    assert decided.label == "ineffective" and not decided.uncertain
+
+
+def test_dp_sgd_narrowing_the_margin_is_claimed_on_images_only() -> None:
+    on_images = check(["dp_sgd", "randomized_smoothing"], technique="factors", data_kind="image")
+    assert on_images.label == "ineffective"
+    assert ("dp_sgd", Factor.O3) in {(c.mover, c.factor) for c in on_images.factor_chains}
+    on_tables = check(["dp_sgd", "randomized_smoothing"], technique="factors", data_kind="tabular")
+    assert on_tables.label == "effective"
+    result = run_cli("check", "dp_sgd", "randomized_smoothing", "-t", "factors")
+    assert (
+        result.exit_code == 0
+        and "UNCERTAIN" in result.output
+        and "leans ineffective" in result.output
+    )
+    result = run_cli("check", "dp_sgd", "randomized_smoothing", "-t", "factors", "--data-kind", "x")
+    assert (
+        result.exit_code == 2 and "error: --data-kind takes one of image, tabular" in result.output
+    )
 
 
 def test_reads_is_only_for_dependencies_on_objective_factors() -> None:

@@ -60,6 +60,27 @@ def test_scores_on_constructed_labels() -> None:
     assert "a.watermark_accuracy dropped" in missed_conflict.evidence
 
 
+def test_abstentions_score_the_lean_and_apart_the_decided_share_with_coverage() -> None:
+    guess = {"factors": "ineffective"}
+    records = [
+        record(("a", "b"), True, guess),
+        record(("a", "c"), False, guess).model_copy(update={"abstained": ("factors",)}),
+        record(("a", "d"), False, {"factors": "effective"}),
+        record(("a", "e"), True, {"factors": "effective"}),
+    ]
+    result = score("factors", records)
+    assert result.n == 4 and result.accuracy == pytest.approx(0.5)  # the lean, everywhere
+    assert result.decided == 3 and result.coverage == pytest.approx(0.75)
+    # decided: (a,b) right, (a,d) right, (a,e) wrong → recall 1/2 on conflicts, 1/1 on effective
+    assert result.decided_accuracy == pytest.approx(2 / 3)
+    assert result.decided_balanced_accuracy == pytest.approx((0.5 + 1.0) / 2)
+    # a record written before abstention has none, so every label is decided
+    old = CompositionRecord.model_validate(
+        {k: v for k, v in records[0].model_dump().items() if k != "abstained"}
+    )
+    assert old.abstained == () and score("factors", [old]).coverage == 1.0
+
+
 def test_inconclusive_combinations_are_not_scored() -> None:
     records = [
         record(("a", "b"), True, {"defcon": "ineffective", "naive": "effective"}),

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from defcon.catalog import Catalog, builtin_catalog, load_catalog
 from defcon.checker.base import get_technique
-from defcon.checker.verdict import Verdict
+from defcon.checker.verdict import Label, Verdict
 from defcon.errors import DefconError
-from defcon.vocabulary import DefenseSpec
+from defcon.vocabulary import DataKind, DefenseSpec
 
 
 def check(
     names_or_specs: Iterable[str | DefenseSpec],
     technique: str = "defcon",
     catalog: Mapping[str, DefenseSpec] | Path | str | None = None,
+    data_kind: str | None = None,
 ) -> Verdict:
     """Predict whether a combination of two or more defenses stays effective.
 
@@ -25,7 +27,10 @@ def check(
     Names are looked up in `catalog`: a mapping of specs, or the path of a user catalog file
     (TOML/YAML/JSON) added to the built-in defenses; by default the built-in catalog. Specs
     are used as given (they win over a catalog entry of the same name), so a declared defense
-    needs no catalog at all. Raises `DefconError` (one line) on bad input.
+    needs no catalog at all. `data_kind` (image or tabular) is the kind of data the combination
+    runs on: a technique that reads it (factors) leaves out claims scoped to other kinds, and
+    without it may report `uncertain` (`Verdict.reported`). Raises `DefconError` (one line) on
+    bad input.
 
     >>> check(["model_watermark", "backdoor_pruning"]).label
     'ineffective'
@@ -44,7 +49,25 @@ def check(
     merged = Catalog([*(s for n, s in lookup.items() if n not in given), *given.values()])
     names = [item if isinstance(item, str) else item.name for item in items]
     specs = merged.resolve(names)  # at least two, none repeated, every name known
-    return get_technique(technique).check(specs)
+    return run_technique(get_technique(technique), specs, check_kind(data_kind))
+
+
+def run_technique(chosen: object, specs: list[DefenseSpec], kind: DataKind | None) -> Verdict:
+    """`chosen.check(specs)`, with the data kind for a technique whose `check` takes one (a
+    technique that does not read it predicts the same on every kind)."""
+    if kind is not None and "data_kind" in inspect.signature(chosen.check).parameters:  # type: ignore[attr-defined]
+        return chosen.check(specs, data_kind=kind)  # type: ignore[attr-defined]
+    return chosen.check(specs)  # type: ignore[attr-defined]
+
+
+def check_kind(data_kind: object, where: str = "check(data_kind=...)") -> DataKind | None:
+    """The data kind checked at the boundary: one DefconError naming the accepted kinds."""
+    if data_kind is None:
+        return None
+    accepted = ", ".join(kind.value for kind in DataKind)
+    if not isinstance(data_kind, str) or data_kind not in {kind.value for kind in DataKind}:
+        raise DefconError(f"{where} takes one of {accepted}, got {data_kind!r}")
+    return DataKind(data_kind)
 
 
 _ACCEPTED = "a list of defense names (str, as `defcon list` shows them) or DefenseSpec objects"
@@ -75,3 +98,22 @@ def _check_catalog(catalog: object) -> None:
                 f"check(catalog=...) takes {accepted}; entry {name!r} is a "
                 f"{type(spec).__name__}, not a DefenseSpec"
             )
+
+
+def predictions(
+    specs: list[DefenseSpec],
+    catalog: Mapping[str, DefenseSpec] | None = None,
+    data_kind: str | None = None,
+) -> tuple[dict[str, Label], tuple[str, ...]]:
+    """Every registered technique's label for `specs`, and the techniques that abstain
+    (`uncertain`: their label is only their lean), as a record stores them."""
+    from defcon.checker.base import TECHNIQUES
+
+    verdicts = {
+        name: check(specs, technique=name, catalog=catalog, data_kind=data_kind)
+        for name in TECHNIQUES
+    }
+    return (
+        {name: verdict.label for name, verdict in verdicts.items()},
+        tuple(sorted(name for name, verdict in verdicts.items() if verdict.uncertain)),
+    )

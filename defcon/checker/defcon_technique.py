@@ -87,7 +87,11 @@ def _sort_key(item: Conflict) -> tuple:
 
 
 class DefConTechnique:
-    """Def\\Con with a choice of search for the within-stage ordering (results are identical)."""
+    """Def\\Con with a choice of search for the within-stage ordering (results are identical).
+
+    Confidence: always 1.0, and it never abstains. The rule weighs no evidence (a declared risk
+    is used and later mitigated, or not), so the number says only that the rule applied.
+    """
 
     summary = "Def\\Con: an earlier defense that uses a risk a later defense mitigates conflicts"
 

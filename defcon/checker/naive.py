@@ -13,6 +13,8 @@ from defcon.vocabulary import DefenseSpec
 
 
 class NaiveTechnique:
+    """Confidence: always 1.0, never abstains (a stage is shared or not; nothing is weighed)."""
+
     name = "naive"
     summary = "naive baseline: two defenses acting in the same stage conflict"
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from defcon.vocabulary import FACTOR_DESCRIPTIONS, Arrow, Factor, Risk, Slot, Stage
 
 Label = Literal["effective", "ineffective"]
+Reported = Literal["effective", "ineffective", "uncertain"]
 
 
 class _Frozen(BaseModel):
@@ -113,12 +114,22 @@ class Verdict(_Frozen):
     precedences: tuple[Precedence, ...] = ()  # the same-stage constraints that fixed the order
     clashes: tuple[StructuralClash, ...] = ()
     factor_chains: tuple[FactorChain, ...] = ()  # the `factors` technique's evidence
-    weak_chains: tuple[FactorChain, ...] = ()  # harmful through data and model factors only
+    weak_chains: tuple[FactorChain, ...] = ()  # harmful chains not counted (outweighed, tied)
     explanation: str
+    # How strongly the technique's own evidence supports `label` (each technique documents its
+    # scale; not a calibrated probability). Defaults keep verdicts stored before it loadable.
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    # True: the evidence is too weak to decide; `label` is then only the technique's lean.
+    uncertain: bool = False
 
     @property
     def effective(self) -> bool:
         return self.label == "effective"
+
+    @property
+    def reported(self) -> Reported:
+        """What `check` reports: the label, or `uncertain` where the technique abstains."""
+        return "uncertain" if self.uncertain else self.label
 
     @property
     def composable(self) -> bool:
