@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from defcon.bench import BenchResult
@@ -226,16 +227,45 @@ def _stats(values: Sequence[float]) -> str:
     return f"{mean:.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
-def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> str:
-    """The RESULTS.md text: scores first, then labels, stability, time, every combination."""
-    records = result.records
-    techniques = list(TECHNIQUES)
-    scores = scores_by_dataset(records)
+@dataclass(frozen=True)
+class BenchSummary:
+    """What RESULTS.md and scores.json say, computed once from the records: each section of
+    RESULTS.md is a function of this value (`SECTIONS`), so computing and rendering stay apart."""
+
+    result: BenchResult
+    repeat: BenchResult | None
+    techniques: tuple[str, ...]
+    scores: dict[str, dict[str, TechniqueScore]]
+    leave_one_out: dict[str, dict[str, TechniqueScore]]
+    stability: dict | None
+    seconds: dict[str, float]
+
+    @classmethod
+    def of(cls, result: BenchResult, repeat: BenchResult | None = None) -> BenchSummary:
+        records = result.records
+        return cls(
+            result=result,
+            repeat=repeat,
+            techniques=tuple(TECHNIQUES),
+            scores=scores_by_dataset(records),
+            leave_one_out=leave_one_out(records),
+            stability=stability(records, repeat.records) if repeat is not None else None,
+            seconds=time_breakdown(records),
+        )
+
+    @property
+    def records(self) -> list[CompositionRecord]:
+        return list(self.result.records)
+
+
+def _overview(summary: BenchSummary) -> list[str]:
+    """Title, the verdict rule quoted from the code, and what was measured, when and how fast."""
+    result, records = summary.result, summary.records
     trained = sum(r.cache["models_trained"] for r in records)
     reused = sum(r.cache["models_reused"] for r in records)
     compute = sum(r.wall_time_s for r in records)
     seeds_used = [len(r.seeds) for r in records]
-    lines = [
+    return [
         "# defcon benchmark: predicted vs measured",
         "",
         f"Profile `{result.profile}`; seeds from {result.seed_start}, {result.seeds} per "
@@ -274,21 +304,32 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         ],
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "
         f"({reused / max(1, trained + reused):.0%} of all model requests)",
+    ]
+
+
+def _labels(summary: BenchSummary) -> list[str]:
+    """How many combinations got each label, per dataset."""
+    lines = [
         "",
         "## Measured labels",
         "",
         "| dataset | " + " | ".join(MEASURED_LABELS) + " |",
         "|---|" + "---|" * len(MEASURED_LABELS),
     ]
-    for dataset, row in label_counts(records).items():
+    for dataset, row in label_counts(summary.records).items():
         lines.append(
             f"| {dataset} | " + " | ".join(str(row[label]) for label in MEASURED_LABELS) + " |"
         )
-    lines += [
+    return lines
+
+
+def _scores(summary: BenchSummary) -> list[str]:
+    """Coverage and reproducibility first, then each technique's scores per dataset."""
+    lines = [
         "",
         "## Technique scores (conclusive labels only)",
         "",
-        *headline(records, repeat),
+        *headline(summary.records, summary.repeat),
         "",
         "The scores below count only conclusive labels: read them with the coverage and the "
         "reproducible share above. Balanced accuracy with a bootstrap 95 % interval "
@@ -300,7 +341,7 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "balanced accuracy where it decides | confusion (measured → predicted) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for dataset, by_technique in scores.items():
+    for dataset, by_technique in summary.scores.items():
         for technique, s in by_technique.items():
             confusion = "; ".join(f"{m}→{p}: {s.confusion[m][p]}" for m in LABELS for p in LABELS)
             lines.append(
@@ -309,7 +350,13 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
                 f"{score_text(s.coverage)} | {score_text(s.decided_balanced_accuracy)} "
                 f"({s.decided}) | {confusion} |"
             )
-    lines += [
+    return lines
+
+
+def _leave_one_out(summary: BenchSummary) -> list[str]:
+    """Each technique's balanced accuracy without the combinations of one defense."""
+    techniques = summary.techniques
+    lines = [
         "",
         "## Leave one defense out (balanced accuracy [bootstrap 95 % CI] on the combinations "
         "without it, all datasets)",
@@ -317,7 +364,7 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "| left out | n | " + " | ".join(techniques) + " |",
         "|---|---|" + "---|" * len(techniques),
     ]
-    for left, by_technique in leave_one_out(records).items():
+    for left, by_technique in summary.leave_one_out.items():
         n = next(iter(by_technique.values())).n
         lines.append(
             f"| {left} | {n} | "
@@ -328,43 +375,48 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             )
             + " |"
         )
-    if repeat is not None:
-        st = stability(records, repeat.records)
-        rate = st["label_flip_rate"]
-        lines += [
-            "",
-            "## Stability: the same benchmark on a disjoint seed set",
-            "",
-            f"Seeds {st['first_seeds'][0] if st['first_seeds'] else '-'}… vs "
-            f"{st['second_seeds'][0] if st['second_seeds'] else '-'}… "
-            + (
-                ""
-                if repeat.report_only
-                else f"({repeat.wall_time_s:.0f} s wall time for the repeat). "
-            )
-            + f"{st['combinations_in_both']} combinations in both runs, "
-            f"{st['conclusive_in_both']} conclusive in both; label flips among those: "
-            f"{st['label_flips']} (label_flip_rate "
-            f"{'n/a' if rate is None else f'{rate:.3f}'}); same label overall (any of the four): "
-            f"{st['same_label_any']}; conclusive in either run: {st['conclusive_in_either']}, "
-            f"of which conclusive with the same label in both: {st['reproduced']} "
-            f"(reproducible_share {_share(st['reproducible_share'])})."
-            + (f" Not measured yet in the repeat: {repeat.pending}." if repeat.pending else ""),
-            "",
-        ]
-        lines += [
-            f"- flipped: {f['dataset']}: {' → '.join(f['combination'])}: {f['first']} → "
-            f"{f['second']}"
-            for f in st["flipped"]
-        ]
-        lines += [
-            f"- conclusive in one run only: {f['dataset']}: {' → '.join(f['combination'])}: "
-            f"{f['first']} vs {f['second']}"
-            for f in st["changed_conclusiveness"]
-        ]
-    breakdown = time_breakdown(records)
-    total = sum(breakdown.values())
+    return lines
+
+
+def _stability(summary: BenchSummary) -> list[str]:
+    """The same benchmark on a disjoint seed set: flips and what stayed conclusive."""
+    repeat, st = summary.repeat, summary.stability
+    if repeat is None or st is None:
+        return []
+    rate = st["label_flip_rate"]
+    lines = [
+        "",
+        "## Stability: the same benchmark on a disjoint seed set",
+        "",
+        f"Seeds {st['first_seeds'][0] if st['first_seeds'] else '-'}… vs "
+        f"{st['second_seeds'][0] if st['second_seeds'] else '-'}… "
+        + ("" if repeat.report_only else f"({repeat.wall_time_s:.0f} s wall time for the repeat). ")
+        + f"{st['combinations_in_both']} combinations in both runs, "
+        f"{st['conclusive_in_both']} conclusive in both; label flips among those: "
+        f"{st['label_flips']} (label_flip_rate "
+        f"{'n/a' if rate is None else f'{rate:.3f}'}); same label overall (any of the four): "
+        f"{st['same_label_any']}; conclusive in either run: {st['conclusive_in_either']}, "
+        f"of which conclusive with the same label in both: {st['reproduced']} "
+        f"(reproducible_share {_share(st['reproducible_share'])})."
+        + (f" Not measured yet in the repeat: {repeat.pending}." if repeat.pending else ""),
+        "",
+    ]
     lines += [
+        f"- flipped: {f['dataset']}: {' → '.join(f['combination'])}: {f['first']} → {f['second']}"
+        for f in st["flipped"]
+    ]
+    lines += [
+        f"- conclusive in one run only: {f['dataset']}: {' → '.join(f['combination'])}: "
+        f"{f['first']} vs {f['second']}"
+        for f in st["changed_conclusiveness"]
+    ]
+    return lines
+
+
+def _time(summary: BenchSummary) -> list[str]:
+    """Compute seconds by kind of work (cache misses only)."""
+    total = sum(summary.seconds.values())
+    lines = [
         "",
         "## Where the time goes",
         "",
@@ -374,11 +426,15 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "| what | seconds | share |",
         "|---|---|---|",
     ]
-    lines += [
+    return lines + [
         f"| {label} | {seconds:.0f} | {seconds / max(total, 1e-9):.0%} |"
-        for label, seconds in breakdown.items()
+        for label, seconds in summary.seconds.items()
     ]
-    lines += [
+
+
+def _undefended(summary: BenchSummary) -> list[str]:
+    """Every defense metric on the no-defense model: can it fail?"""
+    lines = [
         "",
         "## Undefended readings (can every metric fail?)",
         "",
@@ -389,11 +445,16 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         "| dataset | defense | metric | seeds | no defense: mean (min, max) | alone: mean (min, max) |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [
+    return lines + [
         f"| {dataset} | {defense} | {metric} | {n} | {_stats(none)} | {_stats(alone)} |"
-        for dataset, defense, metric, n, none, alone in undefended_readings(records)
+        for dataset, defense, metric, n, none, alone in undefended_readings(summary.records)
     ]
-    lines += ["", "## Combinations", ""]
+
+
+def _combinations(summary: BenchSummary) -> list[str]:
+    """One row per combination: per-defense evidence, the label and every prediction."""
+    records, techniques = summary.records, summary.techniques
+    lines = ["", "## Combinations", ""]
     for dataset in sorted({r.dataset for r in records}):
         lines += [
             f"### {dataset}",
@@ -418,15 +479,17 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
                 f"{record.clean_accuracy_combined} | **{record.label}** | {predictions} |"
             )
         lines.append("")
-    lines += [
+    return lines + [
         "Outcome marks: ✓ held, ✗ dropped, ? inconclusive, ∅ not effective alone, · diagnostic "
         "(reported, not judged).",
-        "",
-        "## Misses (prediction ≠ conclusive measurement) with the measured evidence",
-        "",
     ]
-    for technique in techniques:
-        misses = scores["all"][technique].misses
+
+
+def _misses(summary: BenchSummary) -> list[str]:
+    """Each technique's wrong predictions with the measured evidence."""
+    lines = ["", "## Misses (prediction ≠ conclusive measurement) with the measured evidence", ""]
+    for technique in summary.techniques:
+        misses = summary.scores["all"][technique].misses
         lines.append(f"### {technique} ({len(misses)})")
         lines.append("")
         lines += [
@@ -435,7 +498,13 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
             for m in misses
         ] or ["- none"]
         lines.append("")
-    flagged = [r for r in records if r.warnings]
+    return lines
+
+
+def _notes(summary: BenchSummary) -> list[str]:
+    """Warnings, combinations that could not run together, and skipped ones."""
+    result, lines = summary.result, []
+    flagged = [r for r in summary.records if r.warnings]
     if flagged:
         lines += ["## Warnings", ""]
         lines += [
@@ -450,7 +519,23 @@ def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> 
         lines += ["## Skipped combinations", ""]
         lines += [f"- {s.dataset}: {' + '.join(s.defenses)}: {s.reason}" for s in result.skipped]
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+SECTIONS: tuple[Callable[[BenchSummary], list[str]], ...] = (
+    _overview, _labels, _scores, _leave_one_out, _stability, _time, _undefended, _combinations,
+    _misses, _notes,
+)  # fmt: skip
+
+
+def render(summary: BenchSummary) -> str:
+    """The RESULTS.md text of a computed summary: its sections in order."""
+    return "\n".join(line for section in SECTIONS for line in section(summary))
+
+
+def results_markdown(result: BenchResult, repeat: BenchResult | None = None) -> str:
+    """The RESULTS.md text: scores first, then labels, stability, time, every combination."""
+    return render(BenchSummary.of(result, repeat))
 
 
 def summary_plot(result: BenchResult, path: Path | str) -> Path:
@@ -484,29 +569,30 @@ def write_results(
     """Write RESULTS.md, the summary plot and scores.json (with `stability` when repeated)."""
     out = Path(out)
     markdown = out / "RESULTS.md"
-    atomic_write_text(markdown, results_markdown(result, repeat) + "\n")
+    computed = BenchSummary.of(result, repeat)
+    atomic_write_text(markdown, render(computed) + "\n")
     plot = summary_plot(result, out / "summary.png")
     summary: dict = {
         name: {t: s.model_dump(mode="json", exclude={"misses"}) for t, s in by.items()}
-        for name, by in scores_by_dataset(result.records).items()
+        for name, by in computed.scores.items()
     }
     summary["labels"] = label_counts(result.records)
     cover = coverage(result.records)
     summary["coverage"] = cover["all"]["coverage"] if cover else None
     summary["coverage_by_dataset"] = cover
     summary["reproducible_share"] = (
-        stability(result.records, repeat.records)["reproducible_share"] if repeat else None
+        computed.stability["reproducible_share"] if computed.stability else None
     )
     summary["leave_one_defense_out"] = {
         left: {t: s.model_dump(mode="json", exclude={"misses", "confusion"}) for t, s in by.items()}
-        for left, by in leave_one_out(result.records).items()
+        for left, by in computed.leave_one_out.items()
     }
-    summary["seconds"] = {k: round(v, 1) for k, v in time_breakdown(result.records).items()}
+    summary["seconds"] = {k: round(v, 1) for k, v in computed.seconds.items()}
     summary["wall_time_s"] = result.wall_time_s
     summary["measuring_runs"] = [run.model_dump() for run in result.runs]
-    if repeat is not None:
+    if repeat is not None and computed.stability is not None:
         summary["stability"] = {
-            **stability(result.records, repeat.records),
+            **computed.stability,
             "coverage": coverage(repeat.records),
             "wall_time_s": repeat.wall_time_s,
             "measuring_runs": [run.model_dump() for run in repeat.runs],
