@@ -28,9 +28,9 @@ from torch import nn
 from defcon.arms import COMBINED, ArmComparison, Reading, quiet_libraries
 from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog
-from defcon.checker import TECHNIQUES, Verdict, check
+from defcon.checker import Verdict, check, techniques
 from defcon.combination_plan import Plan, plan_combination
-from defcon.data import Dataset, UserData, is_data_file, open_data_file
+from defcon.data import Dataset, UserData, dataset_source
 from defcon.defense import Defense, Environment
 from defcon.devices import resolve_device
 from defcon.effectiveness import (
@@ -112,8 +112,7 @@ class Composer:
         """`dataset`: a built-in name, a .npz path, or `UserData` (`defcon.data.from_arrays`,
         `read_csv`); `model`: a factory (input_shape, num_classes) → nn.Module, or its
         'module:function' name (default: defcon's CNN / MLP); `device`: auto, cpu, cuda[:N]."""
-        if isinstance(dataset, str) and is_data_file(dataset):
-            dataset = open_data_file(dataset)
+        dataset = dataset_source(dataset)
         resolved_profile = get_profile(profile) if isinstance(profile, str) else profile
         self.log = log or (lambda message: None)
         self.fitted: dict[str, float] = {}  # early stopping's facts (defcon.fitting)
@@ -408,7 +407,7 @@ class Composer:
             for spec, verdicts in judged
         )
         predicted = {
-            name: check(specs, technique=name, catalog=self.catalog).label for name in TECHNIQUES
+            name: check(specs, technique=name, catalog=self.catalog).label for name in techniques()
         }
         notes = degenerate_models(
             self.dataset(seed_start),

@@ -184,13 +184,13 @@ def repredicted(record: CompositionRecord) -> CompositionRecord:
     re-declared after the measurement is scored on it). Records of defenses outside the
     built-in catalog keep their stored predictions."""
     from defcon.catalog import builtin_catalog
-    from defcon.checker import TECHNIQUES, check
+    from defcon.checker import check, techniques
 
     catalog = builtin_catalog()
     if not all(name in catalog for name in record.defenses):
         return record
     specs = catalog.resolve(record.defenses)
-    predicted = {name: check(specs, technique=name, catalog=catalog).label for name in TECHNIQUES}
+    predicted = {name: check(specs, technique=name, catalog=catalog).label for name in techniques()}
     return record.model_copy(update={"predicted": predicted})
 
 

@@ -1,7 +1,8 @@
 """The technique protocol, its registry, and the helpers every technique shares.
 
 A new technique is a class with a `name`, a one-line `summary` and a `check` method, made
-available everywhere (CLI `--technique`, benchmark) by one `register(...)` call.
+available everywhere (CLI `--technique`, benchmark) by one `register(...)` call; an installed
+package's, by an entry point in the group `defcon.techniques` naming the object (`techniques()`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from defcon.checker.verdict import StructuralClash, Verdict
 from defcon.errors import DefconError, unknown
+from defcon.plugins import installed_plugins, wrong_plugin
 from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 
@@ -24,7 +26,8 @@ class Technique(Protocol):
     def check(self, specs: Sequence[DefenseSpec]) -> Verdict: ...
 
 
-TECHNIQUES: dict[str, Technique] = {}
+TECHNIQUE_GROUP = "defcon.techniques"
+TECHNIQUES: dict[str, Technique] = {}  # defcon's own, and plug-ins once `techniques()` ran
 
 
 def register(technique: Technique) -> Technique:
@@ -35,11 +38,41 @@ def register(technique: Technique) -> Technique:
     return technique
 
 
+def technique_problem(technique: object) -> str | None:
+    """Why `technique` cannot be registered (None when it can)."""
+    if not isinstance(technique, Technique) or not callable(technique.check):
+        return f"{type(technique).__name__} {technique!r:.60} has no name, summary and check"
+    name = technique.name
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not isinstance(technique.summary, str)
+    ):
+        return f"its name {name!r:.40} must be a word and its summary a string"
+    if name in TECHNIQUES or name == "pilot":  # pilot: the CLI's training technique
+        return f"technique '{name}' is already registered"
+    return None
+
+
+def techniques() -> dict[str, Technique]:
+    """Every technique by name: defcon's own, then those of installed packages (entry-point
+    group `defcon.techniques`, each naming a Technique object), loaded once."""
+    for name, value in installed_plugins(TECHNIQUE_GROUP):
+        if any(value is known for known in TECHNIQUES.values()):
+            continue  # registered on an earlier call
+        problem = technique_problem(value)
+        if problem is not None:
+            raise wrong_plugin(TECHNIQUE_GROUP, name, value, problem)
+        register(value)
+    return dict(TECHNIQUES)
+
+
 def get_technique(name: str) -> Technique:
+    known = techniques()
     try:
-        return TECHNIQUES[name]
+        return known[name]
     except KeyError:
-        raise unknown("technique", name, TECHNIQUES) from None
+        raise unknown("technique", name, known) from None
 
 
 def validated(specs: Sequence[DefenseSpec]) -> list[DefenseSpec]:
