@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from defcon.errors import DefconError, unknown
-from defcon.plugins import installed_plugins, load_object, wrong_plugin
+from defcon.plugins import load_object, register_plugins
 from defcon.vocabulary import DataKind
 
 DATASET_GROUP = "defcon.datasets"
@@ -102,11 +102,26 @@ _REGISTRY: dict[str, DatasetEntry] = {}  # defcon's own, registered below
 _PLUGGED: dict[str, DatasetEntry] = {}  # installed packages', registered by `datasets()`
 
 
-def register_dataset(entry: DatasetEntry, *, into: dict[str, DatasetEntry] = _REGISTRY) -> None:
-    """Make `entry` known by its name everywhere (--dataset, profiles, plan); once per name."""
+def _entry_problem(entry: object) -> str | None:
+    """Why a plug-in's `entry` cannot be registered (None when it can)."""
+    if not isinstance(entry, DatasetEntry):
+        return f"{type(entry).__name__} {entry!r:.60} is not a DatasetEntry"
     if entry.name in _REGISTRY or entry.name in _PLUGGED or entry.name == "default":
-        raise DefconError(f"dataset '{entry.name}' is already registered (or is 'default')")
-    into[entry.name] = entry
+        return f"dataset '{entry.name}' is already registered (or is 'default')"
+    return None
+
+
+def register_dataset(entry: DatasetEntry) -> DatasetEntry:
+    """Make `entry` known by its name everywhere (--dataset, profiles, plan); once per name."""
+    return _add(entry, _REGISTRY)
+
+
+def _add(entry: DatasetEntry, registry: dict[str, DatasetEntry]) -> DatasetEntry:
+    problem = _entry_problem(entry)
+    if problem is not None:
+        raise DefconError(problem)
+    registry[entry.name] = entry
+    return entry
 
 
 def builtin_datasets() -> dict[str, DatasetEntry]:
@@ -117,14 +132,12 @@ def builtin_datasets() -> dict[str, DatasetEntry]:
 def plugged_datasets() -> dict[str, DatasetEntry]:
     """The datasets of installed packages (`defcon.datasets`, each entry point naming a
     `DatasetEntry`), loaded and registered once."""
-    for name, value in installed_plugins(DATASET_GROUP):
-        if not isinstance(value, DatasetEntry):
-            raise wrong_plugin(DATASET_GROUP, name, value)
-        if _PLUGGED.get(value.name) == value:
-            continue  # registered on an earlier call
-        if value.name in _REGISTRY or value.name in _PLUGGED or value.name == "default":
-            raise wrong_plugin(DATASET_GROUP, name, value, f"dataset '{value.name}' exists")
-        register_dataset(value, into=_PLUGGED)
+    register_plugins(
+        DATASET_GROUP,
+        lambda value: _PLUGGED.get(getattr(value, "name", None)) == value,
+        _entry_problem,
+        lambda entry: _add(entry, _PLUGGED),
+    )
     return dict(_PLUGGED)
 
 

@@ -14,6 +14,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -143,9 +144,21 @@ def installed_plugins(group: str) -> tuple[tuple[str, Any], ...]:
     return tuple(found)
 
 
-def wrong_plugin(group: str, name: str, value: object, problem: str | None = None) -> DefconError:
-    """The one-line refusal of an entry point that names the wrong kind of thing."""
-    got = problem or f"it names {type(value).__name__} {value!r:.60}"
-    return DefconError(
-        f"plug-in '{name}' of {group} is refused: {got}; it must name {PLUGIN_GROUPS[group]}"
-    )
+def register_plugins(
+    group: str,
+    registered: Callable[[Any], bool],
+    problem: Callable[[Any], str | None],
+    register: Callable[[Any], object],
+) -> None:
+    """Register each installed plug-in of `group` not `registered` yet, after `problem` found
+    nothing wrong with it; a wrong one is a one-line refusal naming its entry point."""
+    for name, value in installed_plugins(group):
+        if registered(value):
+            continue  # registered on an earlier call
+        found = problem(value)
+        if found is not None:
+            raise DefconError(
+                f"plug-in '{name}' of {group} is refused: {found}; it must name "
+                f"{PLUGIN_GROUPS[group]}"
+            )
+        register(value)

@@ -12,7 +12,8 @@ from typing import Protocol, runtime_checkable
 
 from defcon.checker.verdict import StructuralClash, Verdict
 from defcon.errors import DefconError, unknown
-from defcon.plugins import installed_plugins, wrong_plugin
+from defcon.plugins import register_plugins
+from defcon.user_code import call
 from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 
@@ -38,6 +39,19 @@ def register(technique: Technique) -> Technique:
     return technique
 
 
+class PluggedTechnique:
+    """An installed package's technique, called behind the user-code boundary: whatever its
+    `check` raises, or a result that is no Verdict, is one error line naming it."""
+
+    def __init__(self, inner: Technique) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.summary = inner.summary
+
+    def check(self, specs: Sequence[DefenseSpec]) -> Verdict:
+        return call(f"technique '{self.name}'", "check", self.inner.check, specs, returns=Verdict)
+
+
 def technique_problem(technique: object) -> str | None:
     """Why `technique` cannot be registered (None when it can)."""
     if not isinstance(technique, Technique) or not callable(technique.check):
@@ -57,13 +71,12 @@ def technique_problem(technique: object) -> str | None:
 def techniques() -> dict[str, Technique]:
     """Every technique by name: defcon's own, then those of installed packages (entry-point
     group `defcon.techniques`, each naming a Technique object), loaded once."""
-    for name, value in installed_plugins(TECHNIQUE_GROUP):
-        if any(value is known for known in TECHNIQUES.values()):
-            continue  # registered on an earlier call
-        problem = technique_problem(value)
-        if problem is not None:
-            raise wrong_plugin(TECHNIQUE_GROUP, name, value, problem)
-        register(value)
+    register_plugins(
+        TECHNIQUE_GROUP,
+        lambda value: any(value is getattr(t, "inner", t) for t in TECHNIQUES.values()),
+        technique_problem,
+        lambda value: register(PluggedTechnique(value)),
+    )
     return dict(TECHNIQUES)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from defcon.data import Dataset, Split
 from defcon.defense import Environment
 from defcon.errors import DefconError
-from defcon.plugins import installed_plugins, wrong_plugin
+from defcon.plugins import register_plugins
 from defcon.vocabulary import Direction, Risk
 
 
@@ -208,13 +208,9 @@ def register_attack(attack: type[RiskAttack]) -> type[RiskAttack]:
 def risk_attacks() -> dict[Risk, type[RiskAttack]]:
     """Every risk attack: defcon's own, then those of installed packages (entry-point group
     `defcon.risks`, each naming a RiskAttack subclass for a risk none measures), loaded once."""
-    for name, value in installed_plugins(RISK_GROUP):
-        if value in ATTACKS.values():
-            continue  # registered on an earlier call
-        problem = attack_problem(value)
-        if problem is not None:
-            raise wrong_plugin(RISK_GROUP, name, value, problem)
-        register_attack(value)
+    register_plugins(
+        RISK_GROUP, lambda value: value in ATTACKS.values(), attack_problem, register_attack
+    )
     return dict(ATTACKS)
 
 
