@@ -396,9 +396,11 @@ def pilot_technique(
 ) -> Any:
     """The pilot technique on `dataset`, its options checked before anything trains."""
     if dataset is None:
+        from defcon.dataset_info import datasets
+
         raise DefconError(
             "--technique pilot measures the combination on a small slice of a dataset; give "
-            "--dataset NAME (digits, fmnist, adult, compas, or a .npz/.csv file)"
+            f"--dataset NAME ({', '.join(datasets())}, or a .npz/.csv file)"
         )
     cache = cache or Path("defcon-runs/cache")
     writable_folder(cache, "--cache")
