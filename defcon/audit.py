@@ -37,7 +37,7 @@ from defcon.notices import Notices, notice_lines
 from defcon.pipelines import NO_DEFENSE, PipelineResult
 from defcon.planning import plan_audit
 from defcon.records import versions
-from defcon.risks import ATTACKS, UNMEASURED, Lab, RiskAttack, RiskMetric
+from defcon.risks import UNMEASURED, Lab, RiskAttack, RiskMetric, risk_attacks, unmeasured
 from defcon.risks.guideline import SOK, SYMBOL, Prediction, predict_combination
 from defcon.storage import atomic_write_text
 from defcon.vocabulary import Direction, Risk
@@ -126,16 +126,17 @@ def select_attacks(
     dataset: Dataset, risks: Sequence[str] | None
 ) -> tuple[list[RiskAttack], dict[str, str]]:
     """The attacks that apply (all, or the named risks) and why the others are not measured."""
-    skipped = {risk.value: f"no attack: {why}" for risk, why in UNMEASURED.items()}
+    attacks = risk_attacks()
+    skipped = {risk.value: f"no attack: {why}" for risk, why in unmeasured().items()}
     chosen: list[RiskAttack] = []
-    names = list(risks) if risks else [r.value for r in ATTACKS]
+    names = list(risks) if risks else [r.value for r in attacks]
     for name in names:
         if name not in {r.value for r in Risk}:
-            raise unknown("risk", name, [r.value for r in ATTACKS])
+            raise unknown("risk", name, [r.value for r in attacks])
         risk = Risk(name)
-        if risk not in ATTACKS:
+        if risk not in attacks:
             raise DefconError(f"risk '{name}' cannot be measured: {UNMEASURED[risk]}")
-        attack = ATTACKS[risk]()
+        attack = attacks[risk]()
         problem = attack.refusal(dataset)
         if problem is None and attack.named_only and not risks:
             problem = f"measured only when named (--risk {name}): {attack.named_only}"

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defcon.catalog import Catalog, load_catalog
 from defcon.composer import Composer, applicability_problem
-from defcon.data import is_data_file, load_dataset, open_data_file
+from defcon.data import dataset_source, is_data_file, load_dataset
 from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
 from defcon.fitting import fit_epochs
@@ -137,7 +137,7 @@ def combinations_for(
 ) -> tuple[list[tuple[str, ...]], list[Skipped]]:
     """The combinations that apply to `dataset`, and those skipped with the reason."""
     catalog = catalog or load_catalog()
-    source = open_data_file(dataset, **(data_options or {})) if is_data_file(dataset) else dataset
+    source = dataset_source(dataset, **(data_options or {}), refuse_options=False)
     probe = load_dataset(source, seed=0, max_train=1, max_eval=1, data_dir=data_dir)
     runnable = [n for n, s in catalog.items() if s.implementation is not None]
     chosen = list(pairs) if pairs is not None else list(itertools.combinations(sorted(runnable), 2))
@@ -219,11 +219,9 @@ def run_task(task: Task) -> str | None:
     torch.set_num_threads(task.threads)
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     try:
-        source = (
-            open_data_file(task.dataset, target=task.target, sensitive=task.sensitive,
-                           kind=task.kind)
-            if is_data_file(task.dataset)
-            else task.dataset
+        source = dataset_source(
+            task.dataset, target=task.target, sensitive=task.sensitive, kind=task.kind,
+            refuse_options=False,
         )  # fmt: skip
         composer = Composer(
             source, profile=task.training.applied_to(task.profile), cache_dir=task.cache_dir,

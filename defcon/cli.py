@@ -407,9 +407,11 @@ def pilot_technique(
 ) -> Any:
     """The pilot technique on `dataset`, its options checked before anything trains."""
     if dataset is None:
+        from defcon.dataset_info import datasets
+
         raise DefconError(
             "--technique pilot measures the combination on a small slice of a dataset; give "
-            "--dataset NAME (digits, fmnist, adult, compas, or a .npz/.csv file)"
+            f"--dataset NAME ({', '.join(datasets())}, or a .npz/.csv file)"
         )
     cache = cache or Path("defcon-runs/cache")
     writable_folder(cache, "--cache")
@@ -426,10 +428,11 @@ def pilot_technique(
 @app.command("datasets")
 def datasets_command(json_path: JsonOption = None) -> None:
     """List the built-in datasets, where their data comes from, and how to bring Fashion-MNIST."""
-    from defcon.dataset_info import DATASETS, availability, fmnist_folder
+    from defcon.dataset_info import datasets, fmnist_folder
 
+    entries = list(datasets().values())
     if json_path is not None:
-        listing = [{**d.as_dict(), "available": availability(d.name)} for d in DATASETS]
+        listing = [{**d.listing(), "available": d.available()} for d in entries]
         emit_json(json.dumps(listing), json_path)
         if json_path == STDOUT:
             return
@@ -439,10 +442,10 @@ def datasets_command(json_path: JsonOption = None) -> None:
     for column in ("name", "kind", "classes", "input", "sensitive attribute", "source",
                    "available"):  # fmt: skip
         table.add_column(column, no_wrap=column in {"name", "kind", "classes"})
-    for d in DATASETS:
+    for d in entries:
         table.add_row(
-            d.name, d.kind, str(d.classes), d.input, d.sensitive or "—", escape(d.source),
-            escape(availability(d.name)),
+            d.name, d.kind.value, str(d.num_classes), d.input, d.sensitive or "—",
+            escape(d.source), escape(d.available()),
         )  # fmt: skip
     console = stdout()
     console.print(table)
@@ -821,20 +824,13 @@ def fit_to_user_data(composer: Any, source: Any, epochs: int | None, seed: int) 
 
 def dataset_source(name: str, target: str | None, sensitive: str | None, kind: str | None) -> Any:
     """A built-in dataset name, or a user's .npz/.csv file read into `UserData`."""
-    from defcon.data import is_data_file, open_data_file
+    from defcon.data import dataset_source as source_of
     from defcon.vocabulary import DataKind
 
     if kind is not None and kind not in {k.value for k in DataKind}:
         raise DefconError(f"--kind '{kind}' is not accepted; expected image or tabular")
-    if is_data_file(name):
-        # what reading changed in the data is printed as notes before the report's table
-        return open_data_file(name, target=target, sensitive=sensitive, kind=kind)
-    if target is not None or sensitive is not None or kind is not None:
-        raise DefconError(
-            f"--target, --sensitive and --kind apply to your own .csv/.npz files, not to the "
-            f"built-in dataset '{name}'"
-        )
-    return name
+    # what reading a file changed in the data is printed as notes before the report's table
+    return source_of(name, target=target, sensitive=sensitive, kind=kind)
 
 
 def compose_every_order(

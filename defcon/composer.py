@@ -31,7 +31,7 @@ from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import Verdict
 from defcon.checker.api import predictions
 from defcon.combination_plan import Plan, plan_combination
-from defcon.data import Dataset, UserData, is_data_file, open_data_file
+from defcon.data import Dataset, UserData, dataset_source
 from defcon.defense import Defense, Environment
 from defcon.devices import resolve_device
 from defcon.effectiveness import (
@@ -113,8 +113,7 @@ class Composer:
         """`dataset`: a built-in name, a .npz path, or `UserData` (`defcon.data.from_arrays`,
         `read_csv`); `model`: a factory (input_shape, num_classes) → nn.Module, or its
         'module:function' name (default: defcon's CNN / MLP); `device`: auto, cpu, cuda[:N]."""
-        if isinstance(dataset, str) and is_data_file(dataset):
-            dataset = open_data_file(dataset)
+        dataset = dataset_source(dataset)
         resolved_profile = get_profile(profile) if isinstance(profile, str) else profile
         self.log = log or (lambda message: None)
         self.fitted: dict[str, float] = {}  # early stopping's facts (defcon.fitting)

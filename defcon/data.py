@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -35,18 +35,22 @@ from defcon.data_checks import (
     check_table,
     drop_missing,
 )
+from defcon.dataset_info import (
+    DATA_SUFFIXES,
+    FMNIST_DEFAULT,
+    FMNIST_STEMS,
+    dataset_entry,
+    is_data_file,
+)
 from defcon.encoding import encode_groups, encode_labels, split_spec
-from defcon.errors import DefconError, unknown
+from defcon.errors import DefconError
 from defcon.notices import Notice, Notices
+from defcon.plugins import load_object
+from defcon.user_code import call
 from defcon.vocabulary import DataKind
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
+FMNIST_DIR = FMNIST_DEFAULT
+FMNIST_FILES = dict(zip(("train_x", "train_y", "test_x", "test_y"), FMNIST_STEMS, strict=True))
 
 
 @dataclass(frozen=True)
@@ -439,12 +443,6 @@ def _load_compas(seed: int, data_dir: Path | None) -> Dataset:
     )  # fmt: skip
 
 
-LOADERS: dict[str, Callable[[int, Path | None], Dataset]] = {
-    "digits": _load_digits,
-    "fmnist": _load_fmnist,
-    "adult": _load_adult,
-    "compas": _load_compas,
-}
 DEFAULT_DATASET = "digits"
 
 
@@ -458,16 +456,11 @@ def load_dataset(
 ) -> Dataset:
     """Load `name` (a built-in name, a .npz file, or a user's `UserData`) with splits fixed by
     `seed`; optionally cap the split sizes (seeded subsets)."""
-    if isinstance(name, str) and is_data_file(name):
-        name = open_data_file(name)
+    name = dataset_source(name, refuse_options=False)
     if isinstance(name, UserData):
         dataset = name.dataset(seed)
-    elif name not in LOADERS:
-        raise unknown("dataset", name, [*LOADERS, "PATH.npz", "PATH.csv (with --target)"])
-    elif data_dir is not None and not Path(data_dir).is_dir():
-        raise DefconError(f"data folder '{data_dir}' does not exist")
     else:
-        dataset = LOADERS[name](seed, Path(data_dir) if data_dir else None)
+        dataset = _registered(name, seed, data_dir)
     train, reserve = _cap_with_reserve(dataset.train, max_train, seed)
     return replace(
         dataset,
@@ -478,16 +471,48 @@ def load_dataset(
     )
 
 
+def _registered(name: str, seed: int, data_dir: Path | str | None) -> Dataset:
+    """The registered dataset `name` by its entry's loader (defcon.dataset_info)."""
+    entry = dataset_entry(name)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DefconError(f"data folder '{data_dir}' does not exist")
+    folder = Path(data_dir) if data_dir else None
+    loader = load_object(entry.loader, f"dataset '{name}' loader")
+    if entry.loader.startswith("defcon."):
+        return loader(seed, folder)
+    return call(
+        f"dataset '{name}'", f"loader {entry.loader}", loader, seed, folder, returns=Dataset
+    )
+
+
+def dataset_source(
+    name: str | UserData,
+    *,
+    target: str | None = None,
+    sensitive: str | None = None,
+    kind: DataKind | str | None = None,
+    refuse_options: bool = True,
+) -> str | UserData:
+    """What a --dataset value stands for: a user's .npz/.csv file read into `UserData`, or a
+    registered name (checked when it is loaded). The one place "file or name?" is acted on;
+    `refuse_options`: --target, --sensitive and --kind given with a name are an error (a
+    benchmark over several datasets applies them to its files only)."""
+    if not isinstance(name, str):
+        return name
+    if is_data_file(name):
+        return open_data_file(name, target=target, sensitive=sensitive, kind=kind)
+    if refuse_options and (target is not None or sensitive is not None or kind is not None):
+        raise DefconError(
+            f"--target, --sensitive and --kind apply to your own .csv/.npz files, not to the "
+            f"built-in dataset '{name}'"
+        )
+    return name
+
+
 # --------------------------------------------------------------------------- a user's own data
 
-DATA_SUFFIXES = (".npz", ".csv")
 VAL_FRACTION = 0.1  # of the training split, when a user gives no validation split
 CSV_FRACTIONS = (0.15, 0.2)  # validation and test shares of a single CSV table
-
-
-def is_data_file(name: str) -> bool:
-    """Whether a --dataset value names a file rather than a built-in dataset."""
-    return Path(name).suffix.lower() in DATA_SUFFIXES
 
 
 @dataclass(frozen=True, eq=False)

@@ -27,6 +27,7 @@ from defcon.cache import ModelCache
 from defcon.canaries import plant_canaries
 from defcon.catalog import Catalog
 from defcon.data import Dataset, Split, UserData, load_dataset
+from defcon.dataset_info import reads_data_dir
 from defcon.defense import (
     Defense,
     Environment,
@@ -193,7 +194,7 @@ class PipelineRunner:
             else self.dataset_name,
             # the folder only matters where the loader reads it; resolved, so ./x == /abs/x
             "data_dir": str(Path(self.data_dir).resolve())
-            if self.data_dir and self.dataset_name == "fmnist"
+            if self.data_dir and reads_data_dir(self.dataset_name)
             else None,
             "seed": seed,
             "profile": self.profile.model_dump(mode="json"),

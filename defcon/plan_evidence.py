@@ -1,6 +1,6 @@
 """What `defcon plan` knows beyond declarations: the dataset's facts and past measurements.
 
-Both are read without torch: a built-in dataset's facts come from `defcon.dataset_info`'s table
+Both are read without torch: a built-in dataset's facts come from `defcon.dataset_info`'s registry
 (nothing is loaded), and composition records are plain JSON. A measurement outranks a
 prediction of the same confidence, so a combination measured `effective` is offered before an
 unmeasured one, and one measured `ineffective` is not offered at all (the record is named).
@@ -15,20 +15,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from defcon.dataset_info import DATASETS
+from defcon.dataset_info import datasets
 from defcon.errors import DefconError
 from defcon.planning import DataFacts
 from defcon.records import CompositionRecord, readable
-from defcon.vocabulary import DataKind
 
 
 def builtin_facts(name: str) -> DataFacts:
     """A built-in dataset's kind and sensitive attribute, read from its description (no loading)."""
-    for info in DATASETS:
-        if info.name == name:
-            sensitive = info.sensitive.split()[0] if info.sensitive else None
-            return DataFacts(info.name, DataKind(info.kind), sensitive)
-    accepted = ", ".join(info.name for info in DATASETS)
+    known = datasets()
+    if name in known:
+        return DataFacts.of(known[name])
+    accepted = ", ".join(known)
     raise DefconError(
         f"--dataset '{name}' is not a built-in dataset; plan reads the facts of {accepted} "
         "without loading them"

@@ -1,7 +1,8 @@
 """Import what a user named ('module:attribute'), and nothing else.
 
 The one door for user code that is loaded by name: a `--model` factory, a catalog's
-`implementation`. Low in the package (it needs only the error vocabulary and the user-code
+`implementation`; and the entry-point doors (`installed_plugins`) through which an installed
+package adds a risk attack, a technique or a dataset. Low in the package (it needs only the error vocabulary and the user-code
 boundary), so models, fingerprints and the defense registry can all use it without importing
 each other.
 """
@@ -13,11 +14,14 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from defcon.errors import DefconError
+from defcon.errors import DefconError, unknown
 from defcon.user_code import boundary, describe
 
 
@@ -96,3 +100,65 @@ def load_object(path: str, what: str) -> Any:
         except (ImportError, AttributeError) as error:
             raise DefconError(f"{what} '{path}' cannot be loaded ({describe(error)})") from error
     return value
+
+
+# --------------------------------------------------------------------------- entry-point doors
+
+# The entry-point groups through which an installed package adds a kind of thing, and what each
+# entry point must name. Defense catalogs have their own door (`defcon.catalog`), which returns
+# specs rather than objects.
+PLUGIN_GROUPS: dict[str, str] = {
+    "defcon.risks": "a RiskAttack subclass (one attack for a risk no attack measures yet)",
+    "defcon.techniques": "a Technique object (name, summary, check)",
+    "defcon.datasets": "a DatasetEntry (name, loader 'module:function', kind, classes, …)",
+}
+
+
+def entry_points_of(group: str) -> list[metadata.EntryPoint]:
+    """The installed entry points of `group`, by name (the order they are registered in)."""
+    return sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)
+
+
+@cache
+def installed_plugins(group: str) -> tuple[tuple[str, Any], ...]:
+    """Each installed entry point of `group` as (its name, the object it names), loaded once.
+
+    Loading an entry point imports the module it names, as any installed package is imported
+    (nothing is added to `sys.path`, nothing runs from the working folder); only that import
+    and the attribute lookup run here. A module that fails to import, or a name it lacks, is
+    one error line naming the package's entry point; the registry that asks checks the type
+    of what came back and registers it.
+    """
+    if group not in PLUGIN_GROUPS:
+        raise unknown("plug-in group", group, PLUGIN_GROUPS)
+    found = []
+    for entry_point in entry_points_of(group):
+        with boundary(f"plug-in '{entry_point.name}' ({group})", f"loading {entry_point.value}"):
+            try:
+                found.append((entry_point.name, entry_point.load()))
+            except (ImportError, AttributeError) as error:
+                raise DefconError(
+                    f"plug-in '{entry_point.name}' of {group} ({entry_point.value}) cannot be "
+                    f"loaded ({describe(error)}); it must name {PLUGIN_GROUPS[group]}"
+                ) from error
+    return tuple(found)
+
+
+def register_plugins(
+    group: str,
+    registered: Callable[[Any], bool],
+    problem: Callable[[Any], str | None],
+    register: Callable[[Any], object],
+) -> None:
+    """Register each installed plug-in of `group` not `registered` yet, after `problem` found
+    nothing wrong with it; a wrong one is a one-line refusal naming its entry point."""
+    for name, value in installed_plugins(group):
+        if registered(value):
+            continue  # registered on an earlier call
+        found = problem(value)
+        if found is not None:
+            raise DefconError(
+                f"plug-in '{name}' of {group} is refused: {found}; it must name "
+                f"{PLUGIN_GROUPS[group]}"
+            )
+        register(value)

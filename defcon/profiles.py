@@ -1,13 +1,20 @@
 """Run profiles: how much data, how many epochs and attack steps a run uses.
 
+A dataset's own sizes under each profile are declared in its registry entry
+(`defcon.dataset_info`); a profile holds its budgets and the defaults for any other dataset.
+
 `quick` is sized for 2 CPU cores (minutes per combination); `paper` is sized for a GPU machine
 (full data, more epochs, 40-step attacks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from defcon.dataset_info import DatasetEntry, builtin_datasets, plugged_datasets
 from defcon.errors import unknown
 
 
@@ -82,12 +89,25 @@ class Profile(BaseModel):
         )
 
 
+def _sized(profile: str, field: str, entries: Iterable[DatasetEntry] | None = None,
+           **default: int | None) -> dict[str, Any]:  # fmt: skip
+    """One size of a profile per dataset, as each dataset's registry entry declares it (only
+    those that declare it), then the profile's own `default` for the others."""
+    chosen = builtin_datasets().values() if entries is None else entries
+    declared = {
+        entry.name: getattr(entry.sizes[profile], field)
+        for entry in chosen
+        if profile in entry.sizes and field in entry.sizes[profile].model_fields_set
+    }
+    return {**declared, **default}
+
+
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
-        max_train={"fmnist": 1000, "adult": 2000, "compas": 2000, "digits": None, "default": 2000},
-        max_eval={"fmnist": 500, "adult": 1000, "compas": 1000, "digits": None, "default": 1000},
-        epochs={"default": 4, "digits": 8},
+        max_train=_sized("tiny", "max_train", default=2000),
+        max_eval=_sized("tiny", "max_eval", default=1000),
+        epochs=_sized("tiny", "epochs", default=4),
         batch_size=64,
         lr=3e-3,
         width=8,
@@ -102,9 +122,9 @@ PROFILES: dict[str, Profile] = {
         # test accuracy; each training records a convergence check) yet a benchmark of every
         # pair fits 2 CPU cores. Adult's full test split keeps group-rate estimates steady.
         name="quick",
-        max_train={"fmnist": 10000, "adult": None, "compas": None, "digits": None},
-        max_eval={"fmnist": 2000, "adult": None, "compas": None, "digits": None},
-        epochs={"default": 4, "fmnist": 6, "digits": 15, "adult": 5, "compas": 10},
+        max_train=_sized("quick", "max_train"),
+        max_eval=_sized("quick", "max_eval"),
+        epochs=_sized("quick", "epochs", default=4),
         batch_size=128,
         lr=2e-3,
         width=16,
@@ -119,9 +139,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "paper": Profile(
         name="paper",
-        max_train={},
-        max_eval={},
-        epochs={"default": 20, "digits": 30},
+        max_train=_sized("paper", "max_train"),
+        max_eval=_sized("paper", "max_eval"),
+        epochs=_sized("paper", "epochs", default=20),
         batch_size=256,
         lr=1e-3,
         width=32,
@@ -133,6 +153,16 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(name: str) -> Profile:
+    """The profile `name`, sized for the installed packages' datasets too (`defcon.datasets`)."""
     if name not in PROFILES:
         raise unknown("profile", name, PROFILES)
-    return PROFILES[name]
+    profile = PROFILES[name]
+    plugged = plugged_datasets().values()
+    if not plugged:
+        return profile
+    return profile.model_copy(
+        update={
+            field: {**_sized(name, field, plugged), **getattr(profile, field)}
+            for field in ("max_train", "max_eval", "epochs")
+        }
+    )

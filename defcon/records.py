@@ -190,14 +190,14 @@ def repredicted(record: CompositionRecord) -> CompositionRecord:
     built-in catalog keep their stored predictions."""
     from defcon.catalog import builtin_catalog
     from defcon.checker.api import predictions
-    from defcon.dataset_info import DATASETS
+    from defcon.dataset_info import datasets
 
     catalog = builtin_catalog()
     if not all(name in catalog for name in record.defenses):
         return record
     specs = catalog.resolve(record.defenses)
-    kind = next((info.kind for info in DATASETS if info.name == record.dataset), None)
-    predicted, abstained = predictions(specs, catalog, kind)
+    entry = datasets().get(record.dataset)
+    predicted, abstained = predictions(specs, catalog, entry.kind if entry else None)
     return record.model_copy(update={"predicted": predicted, "abstained": abstained})
 
 

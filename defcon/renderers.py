@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 import yaml
 
+from defcon.dataset_info import datasets
 from defcon.report_model import Estimate, Report
+from defcon.vocabulary import DataKind
 
 FORMATS = ("text", "md", "html", "model-card", "cyclonedx")  # html: defcon.html_report
 
@@ -72,6 +74,12 @@ def _metric_value(estimate: Estimate) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 6)
 
 
+def _is_images(dataset: str) -> bool:
+    """Whether a record's dataset is a registered image dataset (a user's file reads as tabular)."""
+    entry = datasets().get(dataset)
+    return entry is not None and entry.kind is DataKind.IMAGE
+
+
 def model_card(reports: Sequence[Report]) -> str:
     """Hugging Face model card: `model-index` holds every finite metric mean (∞ and n/a stay in
     the body, which writes them out)."""
@@ -101,7 +109,7 @@ def model_card(reports: Sequence[Report]) -> str:
             {
                 "task": {
                     "type": "image-classification"
-                    if report.dataset in {"digits", "fmnist"}
+                    if _is_images(report.dataset)
                     else "tabular-classification"
                 },
                 "dataset": {"name": report.dataset, "type": report.dataset},

@@ -1,9 +1,12 @@
-"""Every defense of the catalog honours the stage contract (defcon/defense.py).
+"""Every defense of the catalog honours the stage contract (defcon/defense.py); every risk
+attack and every technique honours its own.
 
 Parametrised over the installed catalog, so a new defense is covered by adding its module and
 spec: its class resolves from the spec; stage and slots agree with the hooks it overrides;
 `apply` (or training with it) leaves its input untouched and is deterministic for a seed;
-`measure` returns exactly the declared metrics, the same twice.
+`measure` returns exactly the declared metrics, the same twice. Parametrised over the registered
+risk attacks and techniques (a plug-in's too): an attack declares directed, sized metrics and
+returns exactly them; a technique gives a Verdict on every pair of the built-in catalog.
 """
 
 from __future__ import annotations
@@ -11,12 +14,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
+import json
 import math
+from typing import Any, get_args
 
 import pytest
 import torch
 
+from defcon.attacks import BadNets
 from defcon.catalog import builtin_catalog
+from defcon.checker import Verdict, get_technique, techniques
+from defcon.checker.verdict import Label
 from defcon.defense import (
     Environment,
     InTrainingDefense,
@@ -26,8 +35,9 @@ from defcon.defense import (
 )
 from defcon.models import predict
 from defcon.registry import defense_class, make_defense
+from defcon.risks import AttackConfig, RiskAttack, risk_attacks
 from defcon.training import supply_reference_models, train
-from defcon.vocabulary import DataKind, DefenseSpec, Stage
+from defcon.vocabulary import DataKind, DefenseSpec, Risk, Stage
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 RUNNABLE = [spec for spec in builtin_catalog().values() if spec.implementation is not None]
@@ -126,3 +136,76 @@ def test_apply_keeps_its_input_is_deterministic_and_measure_is_as_declared(spec:
     assert set(metrics) == {m.name for m in spec.metrics}
     assert all(isinstance(v, float) for v in metrics.values())
     assert _same_metrics(metrics, defense.measure(model, env))
+
+
+# --------------------------------------------------------------------------- risk attacks
+# One config generates the tests of every registered risk attack (defcon's own and an installed
+# package's, `defcon.risks`): the cheap settings each runs with here (an attack not listed runs
+# with its defaults). Each runs on digits, or on compas (tabular, with groups) where it refuses
+# digits; a poisoner's attack on a model trained under BadNets.
+RISK_SETTINGS: dict[Risk, dict[str, Any]] = {
+    Risk.EVASION: {"samples": 64},
+    Risk.MODEL_THEFT: {"max_epochs": 2},
+    Risk.MEMBERSHIP_INFERENCE: {"samples": 100},
+    Risk.ATTRIBUTE_INFERENCE: {"samples": 100},
+    Risk.DISTRIBUTION_INFERENCE: {"victims": 2, "shadows": 2, "size": 100, "steps": 5},
+    Risk.DATA_RECONSTRUCTION: {"steps": 5},
+}
+ATTACKS = list(risk_attacks().values())
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.risk.value)
+def test_attack_declares_directed_sized_metrics(attack: type[RiskAttack]):
+    names = [m.name for m in attack.metrics]
+    assert len(names) == len(set(names)) > 0
+    assert sum(m.primary for m in attack.metrics) == 1
+    assert attack().primary.riskier is not None  # the risk's arrow needs a direction
+    for metric in attack.metrics:  # a direction without a practical size calls noise a change
+        assert (metric.riskier is None) == (metric.min_effect is None), metric.name
+    assert attack.reference.strip()
+    configured = attack(RISK_SETTINGS.get(attack.risk, {}))
+    assert isinstance(configured.config, AttackConfig)
+    json.dumps(configured.cache_key(), sort_keys=True)  # part of every measurement's cache key
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.risk.value)
+def test_attack_returns_exactly_its_declared_metrics(attack: type[RiskAttack]):
+    configured = attack(RISK_SETTINGS.get(attack.risk, {}))
+    dataset = "digits" if configured.refusal(_env("digits").dataset) is None else "compas"
+    env = _env(dataset)
+    assert configured.refusal(env.dataset) is None
+    if attack.poisoned:
+        env.poisoner = BadNets.for_dataset(env.dataset, 0)
+        env.train_data, _ = env.poisoner.poison(env.dataset.train, 0)
+        model = train(env, env.train_data, epochs=2).model
+    else:
+        env.train_data = env.dataset.train
+        model = _base(dataset)[1]
+    values = configured.run(model, env)
+    declared = {m.name: m for m in configured.metrics_for(env.dataset)}
+    assert set(values) == set(declared)
+    assert set(declared) | set(configured.unreported(env.dataset)) <= {
+        m.name for m in attack.metrics
+    }
+    for name, value in values.items():
+        assert isinstance(value, float), name
+        assert not math.isnan(value) or declared[name].undefined, f"{name} is NaN undeclared"
+
+
+# --------------------------------------------------------------------------- techniques
+# Every registered technique (defcon's own and an installed package's, `defcon.techniques`) on
+# every pair of the built-in catalog: a Verdict of the vocabulary's labels, about that pair.
+PAIRS = list(itertools.combinations(sorted(builtin_catalog()), 2))
+
+
+@pytest.mark.parametrize("name", list(techniques()))
+def test_technique_gives_a_verdict_on_every_pair_of_the_catalog(name: str):
+    technique = get_technique(name)
+    catalog = builtin_catalog()
+    assert PAIRS and technique.name == name and technique.summary.strip()
+    for pair in PAIRS:
+        verdict = technique.check(catalog.resolve(pair))
+        assert isinstance(verdict, Verdict), pair
+        assert verdict.label in get_args(Label), pair
+        assert verdict.technique == name and verdict.defenses == pair, pair
+        assert sorted(verdict.order) == list(pair) and verdict.explanation, pair

@@ -190,16 +190,6 @@ def test_check_rejects_wrong_types_at_the_boundary(args, kwargs, message) -> Non
         defcon.check(*args, **kwargs)
 
 
-def test_dataset_listing_matches_the_loaders() -> None:
-    from defcon.data import LOADERS
-    from defcon.dataset_info import DATASETS, FMNIST_DEFAULT, FMNIST_STEMS
-
-    assert [d.name for d in DATASETS] == list(LOADERS)
-    from defcon.data import FMNIST_DIR, FMNIST_FILES
-
-    assert FMNIST_DEFAULT == FMNIST_DIR and set(FMNIST_STEMS) == set(FMNIST_FILES.values())
-
-
 def test_a_declared_slot_exclusion_is_reported_and_refused_before_training(tmp_path) -> None:
     """certified_watermark + dp_sgd: check says why; compose refuses before any training."""
     from defcon import check

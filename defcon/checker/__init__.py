@@ -4,7 +4,7 @@
 by name in `TECHNIQUES`; a new one plugs in with a single `register(...)` call.
 """
 
-from defcon.checker.base import TECHNIQUES, Technique, get_technique, register
+from defcon.checker.base import TECHNIQUES, Technique, get_technique, register, techniques
 from defcon.checker.defcon_technique import DefConTechnique
 from defcon.checker.factors_technique import FactorsTechnique
 from defcon.checker.naive import NaiveTechnique
@@ -30,4 +30,5 @@ __all__ = [
     "check",
     "get_technique",
     "register",
+    "techniques",
 ]

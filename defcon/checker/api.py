@@ -107,11 +107,11 @@ def predictions(
 ) -> tuple[dict[str, Label], tuple[str, ...]]:
     """Every registered technique's label for `specs`, and the techniques that abstain
     (`uncertain`: their label is only their lean), as a record stores them."""
-    from defcon.checker.base import TECHNIQUES
+    from defcon.checker.base import techniques
 
     verdicts = {
         name: check(specs, technique=name, catalog=catalog, data_kind=data_kind)
-        for name in TECHNIQUES
+        for name in techniques()
     }
     return (
         {name: verdict.label for name, verdict in verdicts.items()},

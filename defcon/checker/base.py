@@ -1,7 +1,8 @@
 """The technique protocol, its registry, and the helpers every technique shares.
 
 A new technique is a class with a `name`, a one-line `summary` and a `check` method, made
-available everywhere (CLI `--technique`, benchmark) by one `register(...)` call.
+available everywhere (CLI `--technique`, benchmark) by one `register(...)` call; an installed
+package's, by an entry point in the group `defcon.techniques` naming the object (`techniques()`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 from defcon.checker.verdict import StructuralClash, Verdict
 from defcon.errors import DefconError, unknown
+from defcon.plugins import register_plugins
+from defcon.user_code import call
 from defcon.vocabulary import DefenseSpec, Slot, Stage
 
 
@@ -24,7 +27,8 @@ class Technique(Protocol):
     def check(self, specs: Sequence[DefenseSpec]) -> Verdict: ...
 
 
-TECHNIQUES: dict[str, Technique] = {}
+TECHNIQUE_GROUP = "defcon.techniques"
+TECHNIQUES: dict[str, Technique] = {}  # defcon's own, and plug-ins once `techniques()` ran
 
 
 def register(technique: Technique) -> Technique:
@@ -35,11 +39,53 @@ def register(technique: Technique) -> Technique:
     return technique
 
 
+class PluggedTechnique:
+    """An installed package's technique, called behind the user-code boundary: whatever its
+    `check` raises, or a result that is no Verdict, is one error line naming it."""
+
+    def __init__(self, inner: Technique) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.summary = inner.summary
+
+    def check(self, specs: Sequence[DefenseSpec]) -> Verdict:
+        return call(f"technique '{self.name}'", "check", self.inner.check, specs, returns=Verdict)
+
+
+def technique_problem(technique: object) -> str | None:
+    """Why `technique` cannot be registered (None when it can)."""
+    if not isinstance(technique, Technique) or not callable(technique.check):
+        return f"{type(technique).__name__} {technique!r:.60} has no name, summary and check"
+    name = technique.name
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not isinstance(technique.summary, str)
+    ):
+        return f"its name {name!r:.40} must be a word and its summary a string"
+    if name in TECHNIQUES or name == "pilot":  # pilot: the CLI's training technique
+        return f"technique '{name}' is already registered"
+    return None
+
+
+def techniques() -> dict[str, Technique]:
+    """Every technique by name: defcon's own, then those of installed packages (entry-point
+    group `defcon.techniques`, each naming a Technique object), loaded once."""
+    register_plugins(
+        TECHNIQUE_GROUP,
+        lambda value: any(value is getattr(t, "inner", t) for t in TECHNIQUES.values()),
+        technique_problem,
+        lambda value: register(PluggedTechnique(value)),
+    )
+    return dict(TECHNIQUES)
+
+
 def get_technique(name: str) -> Technique:
+    known = techniques()
     try:
-        return TECHNIQUES[name]
+        return known[name]
     except KeyError:
-        raise unknown("technique", name, TECHNIQUES) from None
+        raise unknown("technique", name, known) from None
 
 
 def validated(specs: Sequence[DefenseSpec]) -> list[DefenseSpec]:

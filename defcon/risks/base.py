@@ -12,6 +12,7 @@ listed as not measured, with that reason, otherwise.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch import nn
 from defcon.data import Dataset, Split
 from defcon.defense import Environment
 from defcon.errors import DefconError
+from defcon.plugins import register_plugins
 from defcon.vocabulary import Direction, Risk
 
 
@@ -154,12 +156,68 @@ class RiskAttack(ABC):
         """The metrics (names as in `metrics`); the model is in eval mode."""
 
     def cache_key(self) -> dict[str, Any]:
-        from defcon.fingerprint import risks_code
+        from defcon.fingerprint import code_of, risks_code
 
+        # an installed package's attack: its own source too, so a new version re-measures
+        plugged = {} if type(self).__module__.startswith("defcon.") else {
+            "plugin_code": code_of(type(self))
+        }  # fmt: skip
         return {
             "risk": self.risk.value, "config": self.config.model_dump(mode="json"),
-            "code": risks_code(),
+            "code": risks_code(), **plugged,
         }  # fmt: skip
+
+
+RISK_GROUP = "defcon.risks"
+ATTACKS: dict[Risk, type[RiskAttack]] = {}  # filled by `register_attack`, in audit order
+# Risks no attack measures, and why (listed as not measured unless a plug-in covers one).
+UNMEASURED: dict[Risk, str] = {
+    Risk.DATA_MISUSE: "a property of how a dataset is used, not of a model an attacker can probe",
+    Risk.OPACITY: "a property of what is explained to people, not of a model an attacker can probe",
+}
+
+
+def attack_problem(attack: object) -> str | None:
+    """Why `attack` cannot be registered (None when it can)."""
+    if not (isinstance(attack, type) and issubclass(attack, RiskAttack)):
+        return f"{type(attack).__name__} {attack!r:.60} is not a RiskAttack subclass"
+    if inspect.isabstract(attack):
+        return f"{attack.__name__} leaves abstract methods unimplemented"
+    risk = getattr(attack, "risk", None)
+    if not isinstance(risk, Risk):
+        return f"{attack.__name__}.risk is {risk!r:.40}, expected a Risk of defcon.vocabulary"
+    if risk in ATTACKS:
+        return f"risk '{risk.value}' is already measured by {ATTACKS[risk].__name__}"
+    metrics = getattr(attack, "metrics", ())
+    if not metrics or not all(isinstance(m, RiskMetric) for m in metrics):
+        return f"{attack.__name__}.metrics must be a non-empty tuple of RiskMetric"
+    if sum(m.primary for m in metrics) != 1:
+        return f"{attack.__name__}.metrics must have exactly one primary metric"
+    return None
+
+
+def register_attack(attack: type[RiskAttack]) -> type[RiskAttack]:
+    """Make `attack` the one that measures its risk in every audit; one attack per risk."""
+    problem = attack_problem(attack)
+    if problem is not None:
+        raise DefconError(f"risk attack refused: {problem}")
+    ATTACKS[attack.risk] = attack
+    return attack
+
+
+def risk_attacks() -> dict[Risk, type[RiskAttack]]:
+    """Every risk attack: defcon's own, then those of installed packages (entry-point group
+    `defcon.risks`, each naming a RiskAttack subclass for a risk none measures), loaded once."""
+    register_plugins(
+        RISK_GROUP, lambda value: value in ATTACKS.values(), attack_problem, register_attack
+    )
+    return dict(ATTACKS)
+
+
+def unmeasured() -> dict[Risk, str]:
+    """The risks no registered attack measures, and why."""
+    attacks = risk_attacks()
+    return {risk: why for risk, why in UNMEASURED.items() if risk not in attacks}
 
 
 def needs_sensitive_attribute(dataset: Dataset) -> str | None:
