@@ -22,12 +22,12 @@ def test_settings_override_the_profile_and_change_its_cache_identity():
 
 
 @pytest.mark.parametrize(
-    ("args", "option"), [((0, None, None), "--epochs"), ((None, -1.0, None), "--lr"),
-                         ((None, None, 0), "--batch-size")],
+    ("values", "option"), [({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),
+                           ({"batch_size": 0}, "--batch-size")],
 )  # fmt: skip
-def test_bad_settings_name_the_option(args, option):
+def test_bad_settings_name_the_option(values, option):
     with pytest.raises(DefconError, match=option):
-        RunSettings.checked(*args)
+        RunSettings.checked(**values)
 
 
 def test_bad_epochs_on_the_cli_is_one_line():
