@@ -197,6 +197,117 @@ def present(
         emit_json(record.model_dump_json(indent=2), json_path)
 
 
+def option(kind: Any, *names: str, **info: Any) -> Any:
+    """A typer option declaration (`Annotated[kind, typer.Option(...)]`)."""
+    return Annotated[kind, typer.Option(*names, **info)]
+
+
+# Every run option, declared once. A name is a `defcon.settings.RunSettings` field (its default
+# is the field's), except --set/--settings (read by `RunSettings.resolved`). compose, audit,
+# bench and the pilot take them through `run_options`; a new option is one field there and one
+# entry here.
+RUN_OPTIONS: dict[str, Any] = {
+    "dataset": option(
+        str, "--dataset", "-d",
+        help="digits (embedded), fmnist, adult, compas, or your own PATH.npz / PATH.csv.",
+    ),
+    "seeds": option(
+        int, "--seeds", "-s", help="Seeds per arm, combination by combination (at least 1)."
+    ),
+    "max_seeds": option(
+        int | None, "--max-seeds", show_default=False,
+        help="Add seeds one at a time, up to this many, while a verdict is inconclusive "
+        "(default: --seeds, no extra seeds).",
+    ),
+    "seed_start": option(int, "--seed-start", help="First seed (seeds are START, START+1, ...)."),
+    "profile": option(
+        str, "--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."
+    ),
+    "data_dir": option(
+        Path | None, "--data-dir", help="Folder with the four Fashion-MNIST IDX files.",
+        show_default=False,
+    ),
+    "catalog": CatalogOption,
+    "model": option(
+        str | None, "--model", metavar="MODULE:FACTORY", show_default=False,
+        help="Your architecture: a function (input_shape, num_classes) -> torch nn.Module "
+        "(default: defcon's CNN for images, MLP for tables).",
+    ),
+    "device": option(
+        str, "--device", help="Where models compute: auto (a GPU when visible), cpu, cuda or cuda:N."
+    ),
+    "target": option(
+        str | None, "--target", metavar="COL[:VALUE]", show_default=False,
+        help="A CSV dataset's label column; COL:VALUE makes VALUE the positive class (1) of two.",
+    ),
+    "sensitive": option(
+        str | None, "--sensitive", metavar="COL[:BINS]", show_default=False,
+        help="A CSV dataset's sensitive-attribute column (for fairness defenses); bin a numeric "
+        "one as COL:qN (N quantile groups) or COL:E1,E2 (cut at those values).",
+    ),
+    "kind": option(
+        str | None, "--kind", show_default=False,
+        help="image or tabular, where the shapes of a .npz dataset are ambiguous.",
+    ),
+    "epochs": option(
+        int | None, "--epochs", help="Training epochs (default: the profile's).",
+        show_default=False,
+    ),
+    "lr": option(
+        float | None, "--lr", help="Learning rate (default: the profile's).", show_default=False
+    ),
+    "batch_size": option(
+        int | None, "--batch-size", help="Batch size (default: the profile's).",
+        show_default=False,
+    ),
+    "set_values": option(
+        list[str] | None, "--set", metavar="NAME.FIELD=VALUE", show_default=False,
+        help="A defense setting, e.g. dp_sgd.noise_multiplier=1.2 (repeatable; `defcon show "
+        "NAME` lists them).",
+    ),
+    "settings_file": option(
+        Path | None, "--settings", metavar="FILE.toml", show_default=False,
+        help="Defense settings: one \\[NAME] table per defense (--set overrides it).",
+    ),
+}  # fmt: skip
+SEED_OPTIONS = ("seeds", "max_seeds", "seed_start")
+
+
+def run_options(*left_out: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command every run option of `RUN_OPTIONS` but `left_out`; it receives their values
+    as one `options` mapping (for `checked_settings`) after its own parameters."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != "options"
+        ]
+        fields = RunSettings.model_fields
+        shared = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=declared,
+                default=fields[name].default if name in fields else None,
+            )  # fmt: skip
+            for name, declared in RUN_OPTIONS.items()
+            if name not in left_out
+        ]
+
+        @functools.wraps(command)
+        def with_options(**values: Any) -> None:
+            options = {name: values.pop(name) for name in RUN_OPTIONS if name in values}
+            command(options=options, **values)
+
+        parameters = [*own, *shared]
+        with_options.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_options
+
+    return decorate
+
+
 @app.command("list")
 def list_command(catalog: CatalogOption = None) -> None:
     """List the defenses by stage: what each mitigates, uses and which slots it fills."""
@@ -227,7 +338,11 @@ def show_command(
         stdout().print(settings_table(spec.name, config_class(spec.name, catalog_from(catalog))))
 
 
+PILOT_OPTIONS = ("data_dir", "device", "epochs", "lr", "batch_size", "set_values", "settings_file")
+
+
 @app.command("check")
+@run_options(*(name for name in RUN_OPTIONS if name not in PILOT_OPTIONS))
 def check_command(
     names: Annotated[
         list[str] | None,
@@ -258,15 +373,12 @@ def check_command(
             show_default=False,
         ),
     ] = None,
-    data_dir: DataDirOption = None,
-    device: DeviceOption = "auto",
-    epochs: EpochsOption = None,
-    lr: LrOption = None,
-    batch_size: BatchSizeOption = None,
-    set_values: SetOption = None,
-    settings_file: SettingsOption = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
+    given = dict(options or {})
+    epochs, lr, batch_size = given["epochs"], given["lr"], given["batch_size"]
+    set_values, settings_file = given["set_values"], given["settings_file"]
     catalog_specs = catalog_from(catalog)
     specs = catalog_specs.resolve(names or [])  # before a pilot loads any data
     for spec in specs:  # declared before anything trains: the pilot would measure nothing
@@ -282,7 +394,13 @@ def check_command(
         trained_with = training.applied_to(PILOT_PROFILE)
         configs = defense_configs(set_values, settings_file, catalog_specs, echo=True)
         chosen: Any = pilot_technique(
-            dataset, cache, data_dir, device, catalog_specs, trained_with, configs
+            dataset,
+            cache,
+            given["data_dir"],
+            given["device"],
+            catalog_specs,
+            trained_with,
+            configs,
         )
     elif (
         dataset is not None
@@ -606,124 +724,11 @@ def made_here(out: Path, *folders: str) -> None:
         safe_folder(out / folder, out)
 
 
-DatasetOption = Annotated[
-    str,
-    typer.Option(
-        "--dataset",
-        "-d",
-        help="digits (embedded), fmnist, adult, compas, or your own PATH.npz / PATH.csv.",
-    ),
-]
-SeedsOption = Annotated[
-    int,
-    typer.Option("--seeds", "-s", help="Seeds per arm, combination by combination (at least 1)."),
-]
-ProfileOption = Annotated[
-    str,
-    typer.Option("--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."),
-]
 CacheOption = Annotated[
     Path | None,
     typer.Option(
         "--cache",
         help="Model cache folder (default: OUT/cache); share it between runs.",
-        show_default=False,
-    ),
-]
-MaxSeedsOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-seeds",
-        help="Add seeds one at a time, up to this many, while a verdict is inconclusive "
-        "(default: --seeds, no extra seeds).",
-        show_default=False,
-    ),
-]
-SeedStartOption = Annotated[
-    int, typer.Option("--seed-start", help="First seed (seeds are START, START+1, ...).")
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Folder with the four Fashion-MNIST IDX files.", show_default=False
-    ),
-]
-EpochsOption = Annotated[
-    int | None,
-    typer.Option("--epochs", help="Training epochs (default: the profile's).", show_default=False),
-]
-LrOption = Annotated[
-    float | None,
-    typer.Option("--lr", help="Learning rate (default: the profile's).", show_default=False),
-]
-BatchSizeOption = Annotated[
-    int | None,
-    typer.Option("--batch-size", help="Batch size (default: the profile's).", show_default=False),
-]
-
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        metavar="NAME.FIELD=VALUE",
-        help="A defense setting, e.g. dp_sgd.noise_multiplier=1.2 (repeatable; `defcon show NAME` "
-        "lists them).",
-        show_default=False,
-    ),
-]
-SettingsOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--settings",
-        metavar="FILE.toml",
-        help="Defense settings: one \\[NAME] table per defense (--set overrides it).",
-        show_default=False,
-    ),
-]
-
-
-DeviceOption = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        help="Where models compute: auto (a GPU when visible), cpu, cuda or cuda:N.",
-    ),
-]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        metavar="MODULE:FACTORY",
-        help="Your architecture: a function (input_shape, num_classes) -> torch nn.Module "
-        "(default: defcon's CNN for images, MLP for tables).",
-        show_default=False,
-    ),
-]
-TargetOption = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        metavar="COL[:VALUE]",
-        help="A CSV dataset's label column; COL:VALUE makes VALUE the positive class (1) of two.",
-        show_default=False,
-    ),
-]
-SensitiveOption = Annotated[
-    str | None,
-    typer.Option(
-        "--sensitive",
-        metavar="COL[:BINS]",
-        help="A CSV dataset's sensitive-attribute column (for fairness defenses); bin a numeric "
-        "one as COL:qN (N quantile groups) or COL:E1,E2 (cut at those values).",
-        show_default=False,
-    ),
-]
-KindOption = Annotated[
-    str | None,
-    typer.Option(
-        "--kind",
-        help="image or tabular, where the shapes of a .npz dataset are ambiguous.",
         show_default=False,
     ),
 ]
@@ -740,62 +745,6 @@ def defense_configs(
     if echo and configs:
         typer.echo(f"settings: {settings_text(configs)}", err=True)
     return configs
-
-
-# Every run option, declared once: its typer declaration and default. A name is a
-# `defcon.settings.RunSettings` field, except --set/--settings (read by `RunSettings.resolved`).
-# compose, audit and bench take them through `run_options`, as one `RunSettings`.
-RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "dataset": (DatasetOption, "digits"),
-    "seeds": (SeedsOption, 3),
-    "max_seeds": (MaxSeedsOption, None),
-    "seed_start": (SeedStartOption, 0),
-    "profile": (ProfileOption, "quick"),
-    "data_dir": (DataDirOption, None),
-    "catalog": (CatalogOption, None),
-    "model": (ModelOption, None),
-    "device": (DeviceOption, "auto"),
-    "target": (TargetOption, None),
-    "sensitive": (SensitiveOption, None),
-    "kind": (KindOption, None),
-    "epochs": (EpochsOption, None),
-    "lr": (LrOption, None),
-    "batch_size": (BatchSizeOption, None),
-    "set_values": (SetOption, None),
-    "settings_file": (SettingsOption, None),
-}
-SEED_OPTIONS = ("seeds", "max_seeds", "seed_start")
-
-
-def run_options(*left_out: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command every run option of `RUN_OPTIONS` but `left_out`; it receives their values
-    as one `options` mapping (for `checked_settings`) after its own parameters."""
-
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        own = [
-            p
-            for p in inspect.signature(command, eval_str=True).parameters.values()
-            if p.name != "options"
-        ]
-        shared = [
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default
-            )
-            for name, (kind, default) in RUN_OPTIONS.items()
-            if name not in left_out
-        ]
-
-        @functools.wraps(command)
-        def with_options(**values: Any) -> None:
-            options = {name: values.pop(name) for name in RUN_OPTIONS if name in values}
-            command(options=options, **values)
-
-        parameters = [*own, *shared]
-        with_options.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-        with_options.__annotations__ = {p.name: p.annotation for p in parameters}
-        return with_options
-
-    return decorate
 
 
 def checked_settings(options: Mapping[str, Any]) -> RunSettings:
