@@ -297,7 +297,7 @@ def run_options(*left_out: str) -> Callable[[Callable[..., None]], Callable[...,
 
         @functools.wraps(command)
         def with_options(**values: Any) -> None:
-            options = {name: values.pop(name) for name in RUN_OPTIONS if name in values}
+            options = {p.name: values.pop(p.name) for p in shared}
             command(options=options, **values)
 
         parameters = [*own, *shared]
