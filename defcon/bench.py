@@ -386,6 +386,10 @@ def run_bench(
         keep, skip = combinations_for(dataset, pairs, triples, data_dir, catalog, data_options)
         skipped += skip
         label = Path(dataset).name if is_data_file(dataset) else dataset
+        # --target, --sensitive and --kind read the files among the datasets, not the built-ins
+        task_data = {"dataset": dataset}
+        if not is_data_file(dataset):
+            task_data |= dict.fromkeys(data_options)
         for names in keep:
             seed_set = f"seeds{seed_start}+{seeds}to{max_seeds}"
             identity = task_identity(dataset, names, catalog, model, data_options)
@@ -398,12 +402,12 @@ def run_bench(
                 continue
             tasks.append(
                 Task(
-                    settings=settings.model_copy(update={"dataset": dataset}),
+                    settings=settings.model_copy(update=task_data),
                     defenses=names,
                     cache_dir=str(cache_dir),
                     record_path=str(path),
                     threads=threads,
-                )  # fmt: skip
+                )
             )
     if measure:  # a missing package is the user's to install, not a finding about a pair
         require_for_defenses({name for task in tasks for name in task.defenses}, catalog)

@@ -59,9 +59,9 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
 
 def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monkeypatch) -> None:
     from defcon.bench import Task, run_task
-    from defcon.settings import RunSettings
     from defcon.composer import Composer
     from defcon.errors import DefconError
+    from defcon.settings import RunSettings
 
     def refuse(self, *args, **kwargs):
         assert torch.get_num_threads() == 3  # the task's own setting while it runs

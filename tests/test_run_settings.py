@@ -203,3 +203,16 @@ def test_committed_records_still_load_with_the_shared_header():
     assert record.schema_version == 1 and "schema_version" in record.model_dump()
     assert "schema_version" not in audit.model_dump()  # an audit record writes none (as before)
     assert list(audit.model_dump())[:5] == ["defenses", "order", "dataset", "profile", "seeds"]
+
+
+def test_bench_tasks_carry_the_settings_unchanged_but_for_their_dataset(tmp_path, monkeypatch):
+    import defcon.bench as bench
+
+    seen: list = []
+    monkeypatch.setattr(bench, "_run_local", lambda tasks, workers, report: seen.extend(tasks))
+    settings = RunSettings(seeds=1, profile="tiny", device="cpu", epochs=2, target="label")
+    bench.run_bench(["digits"], settings, pairs=[("model_watermark", "explanations")], out=tmp_path)
+    (task,) = seen
+    # a built-in dataset ignores the options that read a user's file, as before
+    assert task.settings == settings.model_copy(update={"target": None})
+    assert "-epochs2-" in task.record_path  # the training override names the record
