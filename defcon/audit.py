@@ -36,7 +36,7 @@ from defcon.model_notices import data_and_model_notices
 from defcon.notices import Notices, notice_lines
 from defcon.pipelines import NO_DEFENSE, PipelineResult
 from defcon.planning import plan_audit
-from defcon.records import versions
+from defcon.records import RecordHeader, versions
 from defcon.risks import UNMEASURED, Lab, RiskAttack, RiskMetric, risk_attacks, unmeasured
 from defcon.risks.guideline import SOK, SYMBOL, Prediction, predict_combination
 from defcon.storage import atomic_write_text
@@ -63,16 +63,9 @@ class MetricAudit(BaseModel):
     risk_change: dict[str, Change]  # arm → the risk rose / fell / cannot be told (–)
 
 
-class AuditRecord(BaseModel):
+class AuditRecord(RecordHeader):
     """Everything one audit measured and predicted (written as JSON; enough to redraw it)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    defenses: tuple[str, ...]
-    order: tuple[str, ...]
-    dataset: str
-    profile: str
-    seeds: tuple[int, ...]
     arms: tuple[str, ...]
     checker_label: str | None
     risks: tuple[Risk, ...]
@@ -181,12 +174,15 @@ class Auditor:
         self,
         names: Sequence[str],
         *,
-        seeds: int = 3,
-        seed_start: int = 0,
+        seeds: int | None = None,
+        seed_start: int | None = None,
         risks: Sequence[str] | None = None,
     ) -> AuditRecord:
         """Measure every chosen risk (default: all that apply) on no defense, each defense
-        alone and combined, over `seeds` seeds, and predict each change from the factors."""
+        alone and combined, over `seeds` seeds, and predict each change from the factors.
+        A value not given is the composer's run settings' (else 3 seeds from seed 0)."""
+        plan = self.composer.seed_plan(seeds, None, seed_start)
+        seeds, seed_start = plan.seeds, plan.seed_start
         # A membership risk trains every arm in the profile's membership regime (Composer).
         chosen = select_attacks(self.composer.dataset(0), risks)[0]
         measures = any(a.risk is Risk.MEMBERSHIP_INFERENCE for a in chosen)
@@ -208,10 +204,6 @@ class Auditor:
     def _audit(
         self, names: Sequence[str], *, seeds: int, seed_start: int, risks: Sequence[str] | None
     ) -> AuditRecord:
-        if seeds < 1:
-            raise DefconError(f"--seeds must be at least 1, got {seeds}")
-        if seed_start < 0:
-            raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
         started = time.perf_counter()
         composer = self.composer
         before = dict(composer.cache.seconds)

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -27,11 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from defcon.catalog import Catalog, load_catalog
 from defcon.composer import Composer, applicability_problem
 from defcon.data import dataset_source, is_data_file, load_dataset
-from defcon.effectiveness import seed_plan
 from defcon.errors import DefconError
-from defcon.fitting import fit_epochs
 from defcon.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
-from defcon.profiles import get_profile
 from defcon.records import CompositionRecord, repredicted
 from defcon.registry import require_for_defenses
 from defcon.reports import load_record, save_record
@@ -47,24 +44,15 @@ class Task(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    dataset: str
+    settings: RunSettings  # the bench's, for this task's dataset, its device concrete
     defenses: tuple[str, ...]
-    seeds: int
-    max_seeds: int
-    seed_start: int
-    profile: str
     cache_dir: str
     record_path: str
-    data_dir: str | None = None
     threads: int = 1
-    catalog: str | None = None  # a user's catalog file, added to the installed defenses
-    model: str | None = None  # a user's model factory 'module:function'
-    device: str = "cpu"
-    target: str | None = None  # CSV datasets: label and sensitive columns
-    sensitive: str | None = None
-    kind: str | None = None
-    training: RunSettings = RunSettings()  # --epochs/--lr/--batch-size over the profile
-    configs: dict[str, dict[str, Any]] = {}  # --set/--settings: a user's defense settings
+
+    @property
+    def dataset(self) -> str:
+        return self.settings.dataset
 
 
 class Skipped(BaseModel):
@@ -219,24 +207,8 @@ def run_task(task: Task) -> str | None:
     torch.set_num_threads(task.threads)
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     try:
-        source = dataset_source(
-            task.dataset, target=task.target, sensitive=task.sensitive, kind=task.kind,
-            refuse_options=False,
-        )  # fmt: skip
-        composer = Composer(
-            source, profile=task.training.applied_to(task.profile), cache_dir=task.cache_dir,
-            data_dir=task.data_dir, catalog=load_catalog(task.catalog), model=task.model,
-            device=task.device, configs=task.configs,
-        )  # fmt: skip
-        if task.training.epochs is None and not isinstance(source, str):
-            fit_epochs(composer, task.seed_start)  # a user's data: early stopping
-        record = composer.compose(
-            task.defenses,
-            seeds=task.seeds,
-            max_seeds=task.max_seeds,
-            seed_start=task.seed_start,
-            force=True,
-        )
+        composer = Composer.from_settings(task.settings, cache_dir=task.cache_dir)
+        record = composer.compose(task.defenses, force=True)
     except UserCodeError as error:  # a defense or model that raised is a crash, not a finding
         return f"crashed: {error}"
     except DefconError as error:
@@ -352,31 +324,23 @@ def _load_runs(out: Path) -> list[MeasuringRun]:
 
 def run_bench(
     datasets: Iterable[str],
+    settings: RunSettings | None = None,
     *,
     pairs: Sequence[tuple[str, ...]] | None = None,
     triples: Sequence[tuple[str, ...]] = (),
-    seeds: int = 3,
-    max_seeds: int | None = None,
-    seed_start: int = 0,
-    profile: str = "quick",
     executor: Executor = "local",
     workers: int = 1,
     out: Path | str = "defcon-bench",
     cache_dir: Path | str | None = None,
-    data_dir: str | None = None,
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
     measure: bool = True,
-    catalog_file: str | None = None,
-    model: str | None = None,
-    device: str = "auto",
-    target: str | None = None,
-    sensitive: str | None = None,
-    kind: str | None = None,
-    training: RunSettings | None = None,
-    configs: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
 ) -> BenchResult:
     """Measure every applicable combination on each dataset; resume from records already saved.
+
+    `settings`: the run's, checked at the edge (its dataset is replaced by each of `datasets`);
+    or, from Python, its fields as keywords (`seeds=1, profile="tiny"`), checked here.
 
     With `measure=False` nothing runs: the summaries are rebuilt from what is on disk (records,
     and the reasons of combinations that could not run together), and the combinations not
@@ -386,26 +350,25 @@ def run_bench(
     earlier (possibly wider) runs into the same folder, so the summaries written from it never
     shrink to a narrower rerun's selection.
     """
-    from defcon.devices import resolve_device
-    from defcon.models import factory_name
-
-    max_seeds = seed_plan(seeds, max_seeds, seed_start)
-    get_profile(profile)  # an unknown profile fails here, before anything runs
-    catalog = load_catalog(catalog_file)
-    resolved = str(resolve_device(device))  # workers get the concrete device, checked here
-    model = factory_name(model) if model is not None else None
-    data_options = {"target": target, "sensitive": sensitive, "kind": kind}
+    if settings is None:
+        settings = RunSettings.checked(**options).resolved()
+    elif options:
+        raise TypeError(f"give run_bench settings or their fields, not both: {sorted(options)}")
+    # a user's defense settings without a value change nothing: left out of tasks and names
+    configs = {name: dict(values) for name, values in settings.configs.items() if values}
+    settings = settings.model_copy(update={"configs": configs})
+    catalog = settings.specs()
+    seeds, max_seeds, seed_start = settings.seeds, settings.most_seeds, settings.seed_start
+    profile, model, data_options = settings.profile, settings.model, settings.data_options()
     # a user's settings go into record file names, so runs that differ never share records
-    training = training or RunSettings()
     variant = "".join(
         f"-{label}{value}"
         for label, value in (
-            ("on-", resolved), ("model-", model), ("epochs", training.epochs),
-            ("lr", training.lr), ("batch", training.batch_size),
+            ("on-", settings.device), ("model-", model), ("epochs", settings.epochs),
+            ("lr", settings.lr), ("batch", settings.batch_size),
         )
         if value not in (None, "cpu")
     ).replace(":", "_")  # fmt: skip
-    configs = {name: dict(values) for name, values in (configs or {}).items() if values}
     if configs:  # records of other settings never answer for these
         digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()
         variant += f"-set{digest[:8]}"
@@ -419,9 +382,14 @@ def run_bench(
     threads = max(1, (os.cpu_count() or 1) // workers)
     tasks, skipped, paths = [], [], []
     for dataset in datasets:
+        data_dir = str(settings.data_dir) if settings.data_dir is not None else None
         keep, skip = combinations_for(dataset, pairs, triples, data_dir, catalog, data_options)
         skipped += skip
         label = Path(dataset).name if is_data_file(dataset) else dataset
+        # --target, --sensitive and --kind read the files among the datasets, not the built-ins
+        task_data = {"dataset": dataset}
+        if not is_data_file(dataset):
+            task_data |= dict.fromkeys(data_options)
         for names in keep:
             seed_set = f"seeds{seed_start}+{seeds}to{max_seeds}"
             identity = task_identity(dataset, names, catalog, model, data_options)
@@ -434,23 +402,12 @@ def run_bench(
                 continue
             tasks.append(
                 Task(
-                    dataset=dataset,
+                    settings=settings.model_copy(update=task_data),
                     defenses=names,
-                    seeds=seeds,
-                    max_seeds=max_seeds,
-                    seed_start=seed_start,
-                    profile=profile,
                     cache_dir=str(cache_dir),
                     record_path=str(path),
-                    data_dir=data_dir,
                     threads=threads,
-                    catalog=catalog_file,
-                    model=model,
-                    device=resolved,
-                    training=training,
-                    configs=configs,
-                    **data_options,
-                )  # fmt: skip
+                )
             )
     if measure:  # a missing package is the user's to install, not a finding about a pair
         require_for_defenses({name for task in tasks for name in task.defenses}, catalog)

@@ -8,11 +8,12 @@ This module must not import torch: `defcon check` has to answer instantly.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -25,6 +26,7 @@ from defcon.catalog import Catalog, load_catalog
 from defcon.checker import TECHNIQUES, get_technique
 from defcon.errors import DefconError
 from defcon.orders import check_order_choice
+from defcon.settings import RunSettings
 from defcon.storage import writable_folder, writable_target
 from defcon.terminal import console as safe_console
 from defcon.terminal import say, warn
@@ -196,6 +198,117 @@ def present(
         emit_json(record.model_dump_json(indent=2), json_path)
 
 
+def option(kind: Any, *names: str, **info: Any) -> Any:
+    """A typer option declaration (`Annotated[kind, typer.Option(...)]`)."""
+    return Annotated[kind, typer.Option(*names, **info)]
+
+
+# Every run option, declared once. A name is a `defcon.settings.RunSettings` field (its default
+# is the field's), except --set/--settings (read by `RunSettings.resolved`). compose, audit,
+# bench and the pilot take them through `run_options`; a new option is one field there and one
+# entry here.
+RUN_OPTIONS: dict[str, Any] = {
+    "dataset": option(
+        str, "--dataset", "-d",
+        help="digits (embedded), fmnist, adult, compas, or your own PATH.npz / PATH.csv.",
+    ),
+    "seeds": option(
+        int, "--seeds", "-s", help="Seeds per arm, combination by combination (at least 1)."
+    ),
+    "max_seeds": option(
+        int | None, "--max-seeds", show_default=False,
+        help="Add seeds one at a time, up to this many, while a verdict is inconclusive "
+        "(default: --seeds, no extra seeds).",
+    ),
+    "seed_start": option(int, "--seed-start", help="First seed (seeds are START, START+1, ...)."),
+    "profile": option(
+        str, "--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."
+    ),
+    "data_dir": option(
+        Path | None, "--data-dir", help="Folder with the four Fashion-MNIST IDX files.",
+        show_default=False,
+    ),
+    "catalog": CatalogOption,
+    "model": option(
+        str | None, "--model", metavar="MODULE:FACTORY", show_default=False,
+        help="Your architecture: a function (input_shape, num_classes) -> torch nn.Module "
+        "(default: defcon's CNN for images, MLP for tables).",
+    ),
+    "device": option(
+        str, "--device", help="Where models compute: auto (a GPU when visible), cpu, cuda or cuda:N."
+    ),
+    "target": option(
+        str | None, "--target", metavar="COL[:VALUE]", show_default=False,
+        help="A CSV dataset's label column; COL:VALUE makes VALUE the positive class (1) of two.",
+    ),
+    "sensitive": option(
+        str | None, "--sensitive", metavar="COL[:BINS]", show_default=False,
+        help="A CSV dataset's sensitive-attribute column (for fairness defenses); bin a numeric "
+        "one as COL:qN (N quantile groups) or COL:E1,E2 (cut at those values).",
+    ),
+    "kind": option(
+        str | None, "--kind", show_default=False,
+        help="image or tabular, where the shapes of a .npz dataset are ambiguous.",
+    ),
+    "epochs": option(
+        int | None, "--epochs", help="Training epochs (default: the profile's).",
+        show_default=False,
+    ),
+    "lr": option(
+        float | None, "--lr", help="Learning rate (default: the profile's).", show_default=False
+    ),
+    "batch_size": option(
+        int | None, "--batch-size", help="Batch size (default: the profile's).",
+        show_default=False,
+    ),
+    "set_values": option(
+        list[str] | None, "--set", metavar="NAME.FIELD=VALUE", show_default=False,
+        help="A defense setting, e.g. dp_sgd.noise_multiplier=1.2 (repeatable; `defcon show "
+        "NAME` lists them).",
+    ),
+    "settings_file": option(
+        Path | None, "--settings", metavar="FILE.toml", show_default=False,
+        help="Defense settings: one \\[NAME] table per defense (--set overrides it).",
+    ),
+}  # fmt: skip
+SEED_OPTIONS = ("seeds", "max_seeds", "seed_start")
+
+
+def run_options(*left_out: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command every run option of `RUN_OPTIONS` but `left_out`; it receives their values
+    as one `options` mapping (for `checked_settings`) after its own parameters."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != "options"
+        ]
+        fields = RunSettings.model_fields
+        shared = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=declared,
+                default=fields[name].default if name in fields else None,
+            )  # fmt: skip
+            for name, declared in RUN_OPTIONS.items()
+            if name not in left_out
+        ]
+
+        @functools.wraps(command)
+        def with_options(**values: Any) -> None:
+            options = {p.name: values.pop(p.name) for p in shared}
+            command(options=options, **values)
+
+        parameters = [*own, *shared]
+        with_options.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_options
+
+    return decorate
+
+
 @app.command("list")
 def list_command(catalog: CatalogOption = None) -> None:
     """List the defenses by stage: what each mitigates, uses and which slots it fills."""
@@ -226,7 +339,11 @@ def show_command(
         stdout().print(settings_table(spec.name, config_class(spec.name, catalog_from(catalog))))
 
 
+PILOT_OPTIONS = ("data_dir", "device", "epochs", "lr", "batch_size", "set_values", "settings_file")
+
+
 @app.command("check")
+@run_options(*(name for name in RUN_OPTIONS if name not in PILOT_OPTIONS))
 def check_command(
     names: Annotated[
         list[str] | None,
@@ -257,13 +374,6 @@ def check_command(
             show_default=False,
         ),
     ] = None,
-    data_dir: DataDirOption = None,
-    device: DeviceOption = "auto",
-    epochs: EpochsOption = None,
-    lr: LrOption = None,
-    batch_size: BatchSizeOption = None,
-    set_values: SetOption = None,
-    settings_file: SettingsOption = None,
     data_kind: Annotated[
         str | None,
         typer.Option(
@@ -273,8 +383,12 @@ def check_command(
             show_default=False,
         ),
     ] = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Predict whether a combination conflicts, and in which order to apply it."""
+    given = dict(options or {})
+    epochs, lr, batch_size = given["epochs"], given["lr"], given["batch_size"]
+    set_values, settings_file = given["set_values"], given["settings_file"]
     catalog_specs = catalog_from(catalog)
     specs = catalog_specs.resolve(names or [])  # before a pilot loads any data
     for spec in specs:  # declared before anything trains: the pilot would measure nothing
@@ -286,10 +400,17 @@ def check_command(
     if technique == "pilot":
         from defcon.pilot import PILOT_PROFILE
 
-        trained_with = training_profile(PILOT_PROFILE, epochs, lr, batch_size)
+        training = RunSettings.checked(epochs=epochs, lr=lr, batch_size=batch_size)
+        trained_with = training.applied_to(PILOT_PROFILE)
         configs = defense_configs(set_values, settings_file, catalog_specs, echo=True)
         chosen: Any = pilot_technique(
-            dataset, cache, data_dir, device, catalog_specs, trained_with, configs
+            dataset,
+            cache,
+            given["data_dir"],
+            given["device"],
+            catalog_specs,
+            trained_with,
+            configs,
         )
     elif (
         dataset is not None
@@ -415,11 +536,12 @@ def pilot_technique(
         )
     cache = cache or Path("defcon-runs/cache")
     writable_folder(cache, "--cache")
-    chosen_device, _ = run_settings(device, None)
+    from defcon.devices import resolve_device
     from defcon.pilot import PilotTechnique
 
+    chosen_device = resolve_device(device)
     return PilotTechnique(
-        dataset_source(dataset, None, None, None), cache_dir=cache, data_dir=data_dir,
+        RunSettings(dataset=dataset).source(), cache_dir=cache, data_dir=data_dir,
         catalog=specs, device=chosen_device, configs=configs,
         **({"profile": profile} if profile else {}),
     )  # fmt: skip
@@ -617,66 +739,11 @@ def made_here(out: Path, *folders: str) -> None:
         safe_folder(out / folder, out)
 
 
-ProfileOption = Annotated[
-    str,
-    typer.Option("--profile", help="Run sizes: quick (CPU minutes), paper (GPU), tiny (tests)."),
-]
 CacheOption = Annotated[
     Path | None,
     typer.Option(
         "--cache",
         help="Model cache folder (default: OUT/cache); share it between runs.",
-        show_default=False,
-    ),
-]
-MaxSeedsOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-seeds",
-        help="Add seeds one at a time, up to this many, while a verdict is inconclusive "
-        "(default: --seeds, no extra seeds).",
-        show_default=False,
-    ),
-]
-SeedStartOption = Annotated[
-    int, typer.Option("--seed-start", help="First seed (seeds are START, START+1, ...).")
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Folder with the four Fashion-MNIST IDX files.", show_default=False
-    ),
-]
-EpochsOption = Annotated[
-    int | None,
-    typer.Option("--epochs", help="Training epochs (default: the profile's).", show_default=False),
-]
-LrOption = Annotated[
-    float | None,
-    typer.Option("--lr", help="Learning rate (default: the profile's).", show_default=False),
-]
-BatchSizeOption = Annotated[
-    int | None,
-    typer.Option("--batch-size", help="Batch size (default: the profile's).", show_default=False),
-]
-
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        metavar="NAME.FIELD=VALUE",
-        help="A defense setting, e.g. dp_sgd.noise_multiplier=1.2 (repeatable; `defcon show NAME` "
-        "lists them).",
-        show_default=False,
-    ),
-]
-SettingsOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--settings",
-        metavar="FILE.toml",
-        help="Defense settings: one \\[NAME] table per defense (--set overrides it).",
         show_default=False,
     ),
 ]
@@ -686,7 +753,7 @@ def defense_configs(
     assignments: list[str] | None, file: Path | None, specs: Any, echo: bool = False
 ) -> Any:
     """--set and --settings checked by each defense's config (before any work); `echo` says
-    them on stderr for commands whose output has no place for them (pilot, bench)."""
+    them on stderr for commands whose output has no place for them (the pilot)."""
     from defcon.defense_settings import defense_settings, settings_text
 
     configs = defense_settings(assignments, file, specs)
@@ -695,150 +762,70 @@ def defense_configs(
     return configs
 
 
-def training_profile(
-    profile: str, epochs: int | None, lr: float | None, batch_size: int | None
-) -> Any:
-    """The profile with --epochs/--lr/--batch-size applied (checked before any work)."""
-    from defcon.settings import RunSettings
-
-    return RunSettings.checked(epochs, lr, batch_size).applied_to(profile)
-
-
-# The run options a command that trains models shares (compose, bench; audit can reuse them).
-DeviceOption = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        help="Where models compute: auto (a GPU when visible), cpu, cuda or cuda:N.",
-    ),
-]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        metavar="MODULE:FACTORY",
-        help="Your architecture: a function (input_shape, num_classes) -> torch nn.Module "
-        "(default: defcon's CNN for images, MLP for tables).",
-        show_default=False,
-    ),
-]
-TargetOption = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        metavar="COL[:VALUE]",
-        help="A CSV dataset's label column; COL:VALUE makes VALUE the positive class (1) of two.",
-        show_default=False,
-    ),
-]
-SensitiveOption = Annotated[
-    str | None,
-    typer.Option(
-        "--sensitive",
-        metavar="COL[:BINS]",
-        help="A CSV dataset's sensitive-attribute column (for fairness defenses); bin a numeric "
-        "one as COL:qN (N quantile groups) or COL:E1,E2 (cut at those values).",
-        show_default=False,
-    ),
-]
-KindOption = Annotated[
-    str | None,
-    typer.Option(
-        "--kind",
-        help="image or tabular, where the shapes of a .npz dataset are ambiguous.",
-        show_default=False,
-    ),
-]
-
-
-def run_settings(device: str, model: str | None) -> tuple[Any, str | None]:
-    """Check --device and --model before any work (one `error:` line each when wrong)."""
-    from defcon.devices import resolve_device
-    from defcon.models import factory_name
-
-    return resolve_device(device), factory_name(model) if model is not None else None
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The options compose and audit share, as the command line gave them."""
-
-    dataset: str
-    seeds: int
-    seed_start: int
-    profile: str
-    out: Path
-    json_path: Path | None
-    cache: Path | None
-    data_dir: Path | None
-    catalog: Path | None
-    model: str | None
-    device: str
-    target: str | None
-    sensitive: str | None
-    kind: str | None
-    epochs: int | None
-    lr: float | None
-    batch_size: int | None
-    set_values: list[str] | None
-    settings_file: Path | None
+def checked_settings(options: Mapping[str, Any]) -> RunSettings:
+    """The run options as one `RunSettings`, checked once before any work: the seeds first (a
+    warning about many seeds comes before any refusal), then every other value (one `error:`
+    line for the first wrong one), then what needs I/O (catalog, device, model, --set and
+    --settings, `RunSettings.resolved`)."""
+    values = dict(options)
+    set_values, settings_file = values.pop("set_values", None), values.pop("settings_file", None)
+    seeds = RunSettings.checked(**{k: values[k] for k in SEED_OPTIONS if k in values})
+    warn_about_seeds(seeds.seeds, seeds.most_seeds)
+    return RunSettings.checked(**values).resolved(set_values, settings_file)
 
 
 def start_run(
-    options: RunOptions, max_seeds: int | None, own_checks: Callable[[], None] | None = None
-) -> tuple[Any, Console, int]:
-    """Check every shared option in one order, before any work (a warning first, then each
-    refusal as one `error:` line), then the command's `own_checks`, and build the Composer.
-    Returns it, the progress console and the most seeds the run may use."""
-    from defcon.effectiveness import seed_plan
-
-    most = seed_plan(options.seeds, max_seeds, options.seed_start)
-    warn_about_seeds(options.seeds, most)  # a warning, so it comes before any refusal
-    specs = catalog_from(options.catalog)
-    chosen_device, model_name = run_settings(options.device, options.model)
-    trained_with = training_profile(options.profile, options.epochs, options.lr, options.batch_size)
-    configs = defense_configs(options.set_values, options.settings_file, specs)
-    source = dataset_source(options.dataset, options.target, options.sensitive, options.kind)
-    check_outputs(options.out, options.json_path, options.cache)
+    options: Mapping[str, Any],
+    out: Path,
+    json_path: Path | None,
+    cache: Path | None,
+    own_checks: Callable[[], None] | None = None,
+) -> tuple[Any, Console]:
+    """What compose and audit share before measuring: the settings checked, the data read,
+    the outputs and then the command's `own_checks` checked (each refusal one `error:` line,
+    before any work), and the Composer built from the settings."""
+    settings = checked_settings(options)
+    source = settings.source()
+    check_outputs(out, json_path, cache)
     if own_checks is not None:
         own_checks()
     err = safe_console(stderr=True)
     from defcon.composer import Composer
 
-    composer = Composer(
-        source, profile=trained_with, cache_dir=options.cache or options.out / "cache",
-        data_dir=options.data_dir, log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
-        catalog=specs, model=model_name, device=chosen_device, configs=configs,
+    composer = Composer.from_settings(
+        settings, cache_dir=cache or out / "cache", source=source,
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
     )  # fmt: skip
-    fit_to_user_data(composer, source, options.epochs, options.seed_start)
-    return composer, err, most
+    return composer, err
 
 
-def fit_to_user_data(composer: Any, source: Any, epochs: int | None, seed: int) -> None:
-    """A user's own data without --epochs trains with early stopping (defcon.fitting)."""
-    if epochs is None and not isinstance(source, str):
-        from defcon.fitting import fit_epochs
+def finish_run(
+    record: Any,
+    stem: str,
+    out: Path,
+    json_path: Path | None,
+    where: tuple[str, str],
+    save: Callable[[Any, Path], Path],
+    draw: Callable[[Any, Path], Path],
+    print_table: Callable[[Any, Console], None],
+    err: Console,
+) -> None:
+    """What compose and audit share after measuring: the record saved in OUT/`where[0]`, its
+    plot in OUT/plots, the table (or JSON) shown, and where both went."""
+    folder, plot_name = where
+    made_here(out, folder, "plots")
+    record_path = save(record, out / folder / f"{stem}.json")
+    plot = draw(record, out / "plots" / f"{stem}.png")
+    present(record, json_path, print_table)
+    err.print(f"record: {escape(str(record_path))}   {plot_name}: {escape(str(plot))}")
 
-        fit_epochs(composer, seed)
 
-
-def dataset_source(name: str, target: str | None, sensitive: str | None, kind: str | None) -> Any:
-    """A built-in dataset name, or a user's .npz/.csv file read into `UserData`."""
-    from defcon.data import dataset_source as source_of
-    from defcon.vocabulary import DataKind
-
-    if kind is not None and kind not in {k.value for k in DataKind}:
-        raise DefconError(f"--kind '{kind}' is not accepted; expected image or tabular")
-    # what reading a file changed in the data is printed as notes before the report's table
-    return source_of(name, target=target, sensitive=sensitive, kind=kind)
+OutOption = Annotated[Path, typer.Option("--out", help="Folder for records, plots and the cache.")]
 
 
 def compose_every_order(
     composer: Any,
     names: list[str],
-    seeds: int,
-    max_seeds: int,
-    seed_start: int,
     force: bool,
     tolerances: dict[str, float],
     out: Path,
@@ -856,10 +843,7 @@ def compose_every_order(
     measured: dict[tuple[str, ...], str] = {}
     records = []
     for given in stage_orders({spec.name: spec for spec in specs}, names):
-        record = composer.compose(
-            list(given), seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
-            tolerances=tolerances, order="given",
-        )  # fmt: skip
+        record = composer.compose(list(given), force=force, tolerances=tolerances, order="given")
         stem = record_stem(record)
         made_here(out, "records", "plots")
         path = save_record(record, out / "records" / f"{stem}.json")
@@ -875,6 +859,7 @@ def compose_every_order(
 
 
 @app.command("compose")
+@run_options()
 def compose_command(
     names: Annotated[
         list[str] | None,
@@ -882,18 +867,6 @@ def compose_command(
             help="Two or more defenses to combine (each adds arms to train).", show_default=False
         ),
     ] = None,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset",
-            "-d",
-            help="digits (embedded), fmnist, adult, compas, or your own PATH.npz / PATH.csv.",
-        ),
-    ] = "digits",
-    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds to start with.")] = 3,
-    max_seeds: MaxSeedsOption = None,
-    seed_start: SeedStartOption = 0,
-    profile: ProfileOption = "quick",
     tolerance: Annotated[
         list[str] | None,
         typer.Option("--tolerance", metavar="METRIC=VALUE", help="Override a metric's tolerance."),
@@ -909,23 +882,9 @@ def compose_command(
             "(one record each, and which did better).",
         ),
     ] = "checker",
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for records, plots and the cache.")
-    ] = Path("defcon-runs"),
+    out: OutOption = Path("defcon-runs"),
     json_path: JsonOption = None,
     cache: CacheOption = None,
-    data_dir: DataDirOption = None,
-    catalog: CatalogOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    target: TargetOption = None,
-    sensitive: SensitiveOption = None,
-    kind: KindOption = None,
-    epochs: EpochsOption = None,
-    lr: LrOption = None,
-    batch_size: BatchSizeOption = None,
-    set_values: SetOption = None,
-    settings_file: SettingsOption = None,
     save_model: Annotated[
         Path | None,
         typer.Option(
@@ -936,13 +895,9 @@ def compose_command(
             show_default=False,
         ),
     ] = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Apply defenses in the checker's order and measure each one alone vs combined."""
-    options = RunOptions(
-        dataset, seeds, seed_start, profile, out, json_path, cache, data_dir, catalog, model,
-        device, target, sensitive, kind, epochs, lr, batch_size, set_values, settings_file,
-    )  # fmt: skip
-
     tolerances: dict[str, float] = {}
 
     def own_checks() -> None:
@@ -954,23 +909,18 @@ def compose_command(
 
             check_target(save_model)
 
-    composer, err, max_seeds = start_run(options, max_seeds, own_checks)
+    composer, err = start_run(options or {}, out, json_path, cache, own_checks)
     from defcon.reports import bar_chart, print_report, record_stem, save_record
 
     if order == "all":
-        compose_every_order(composer, names or [], seeds, max_seeds, seed_start, force,
-                            tolerances, out, json_path, err)  # fmt: skip
+        compose_every_order(composer, names or [], force, tolerances, out, json_path, err)
         return
     record = composer.compose(
-        names or [], seeds=seeds, max_seeds=max_seeds, seed_start=seed_start, force=force,
-        tolerances=tolerances, save_model=save_model, order=order,  # type: ignore[arg-type]
+        names or [], force=force, tolerances=tolerances, save_model=save_model,
+        order=order,  # type: ignore[arg-type]
     )  # fmt: skip
-    stem = record_stem(record)
-    made_here(out, "records", "plots")
-    record_path = save_record(record, out / "records" / f"{stem}.json")
-    plot = bar_chart(record, out / "plots" / f"{stem}.png")
-    present(record, json_path, print_report)
-    err.print(f"record: {escape(str(record_path))}   plot: {escape(str(plot))}")
+    finish_run(record, record_stem(record), out, json_path, ("records", "plot"), save_record,
+               bar_chart, print_report, err)  # fmt: skip
     if save_model is not None:
         from defcon.artefact import read_manifest
 
@@ -980,6 +930,7 @@ def compose_command(
 
 
 @app.command("audit")
+@run_options("max_seeds")
 def audit_command(
     names: Annotated[
         list[str] | None,
@@ -988,12 +939,6 @@ def audit_command(
             show_default=False,
         ),
     ] = None,
-    dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="digits (embedded), fmnist, adult or compas.")
-    ] = "digits",
-    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds per arm.")] = 3,
-    seed_start: SeedStartOption = 0,
-    profile: ProfileOption = "quick",
     risk: Annotated[
         list[str] | None,
         typer.Option(
@@ -1003,42 +948,22 @@ def audit_command(
             "distribution_inference, measured only when named because of its cost).",
         ),
     ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for the audit record, heatmap and cache.")
-    ] = Path("defcon-runs"),
+    out: OutOption = Path("defcon-runs"),
     json_path: JsonOption = None,
     cache: CacheOption = None,
-    data_dir: DataDirOption = None,
-    catalog: CatalogOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    target: TargetOption = None,
-    sensitive: SensitiveOption = None,
-    kind: KindOption = None,
-    epochs: EpochsOption = None,
-    lr: LrOption = None,
-    batch_size: BatchSizeOption = None,
-    set_values: SetOption = None,
-    settings_file: SettingsOption = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Measure every risk on no defense, each defense alone and combined; predict each change."""
-    options = RunOptions(
-        dataset, seeds, seed_start, profile, out, json_path, cache, data_dir, catalog, model,
-        device, target, sensitive, kind, epochs, lr, batch_size, set_values, settings_file,
-    )  # fmt: skip
-    composer, err, _ = start_run(options, None)
+    composer, err = start_run(options or {}, out, json_path, cache)
     from defcon.audit import Auditor, audit_stem, heatmap, print_audit, save_audit
 
-    record = Auditor(composer).audit(names or [], seeds=seeds, seed_start=seed_start, risks=risk)
-    stem = audit_stem(record)
-    made_here(out, "audits", "plots")
-    record_path = save_audit(record, out / "audits" / f"{stem}.json")
-    plot = heatmap(record, out / "plots" / f"{stem}.png")
-    present(record, json_path, print_audit)
-    err.print(f"record: {escape(str(record_path))}   heatmap: {escape(str(plot))}")
+    record = Auditor(composer).audit(names or [], risks=risk)
+    finish_run(record, audit_stem(record), out, json_path, ("audits", "heatmap"), save_audit, heatmap, print_audit,
+               err)  # fmt: skip
 
 
 @app.command("bench")
+@run_options("dataset")
 def bench_command(
     datasets: Annotated[
         str,
@@ -1063,9 +988,6 @@ def bench_command(
             show_default=False,
         ),
     ] = None,
-    seeds: Annotated[int, typer.Option("--seeds", "-s", help="Seeds per combination.")] = 3,
-    max_seeds: MaxSeedsOption = None,
-    seed_start: SeedStartOption = 0,
     stability_start: Annotated[
         int | None,
         typer.Option(
@@ -1075,7 +997,6 @@ def bench_command(
             show_default=False,
         ),
     ] = None,
-    profile: ProfileOption = "quick",
     executor: Annotated[
         str, typer.Option("--executor", help="local (process pool) or ray.")
     ] = "local",
@@ -1092,7 +1013,6 @@ def bench_command(
         Path, typer.Option("--out", help="Folder for records, RESULTS.md, plots, cache.")
     ] = Path("defcon-bench"),
     cache: CacheOption = None,
-    data_dir: DataDirOption = None,
     report_only: Annotated[
         bool,
         typer.Option(
@@ -1101,33 +1021,18 @@ def bench_command(
             "(and OUT/stability), counting what is not measured yet.",
         ),
     ] = False,
-    catalog: CatalogOption = None,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    target: TargetOption = None,
-    sensitive: SensitiveOption = None,
-    kind: KindOption = None,
-    epochs: EpochsOption = None,
-    lr: LrOption = None,
-    batch_size: BatchSizeOption = None,
-    set_values: SetOption = None,
-    settings_file: SettingsOption = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Measure every pair (and triples) and score each technique's predictions against it."""
     from defcon.bench import load_triples, pairs_among, parse_pairs, run_bench
     from defcon.bench_report import scores_by_dataset, write_results
-    from defcon.effectiveness import seed_plan
+    from defcon.defense_settings import settings_text
     from defcon.scoring import score_text
 
-    max_seeds = seed_plan(seeds, max_seeds, seed_start)
-    warn_about_seeds(seeds, max_seeds)  # a warning, so it comes before any refusal
-    specs = catalog_from(catalog)
-    run_settings(device, model)
-    from defcon.settings import RunSettings
-
-    training = RunSettings.checked(epochs, lr, batch_size)
-    training.applied_to(profile)  # an unknown profile: one error line before anything runs
-    configs = defense_configs(set_values, settings_file, specs, echo=True)
+    settings = checked_settings(options or {})
+    specs = settings.specs()
+    if settings.configs:  # the bench's output has no place for them
+        typer.echo(f"settings: {settings_text(settings.configs)}", err=True)
     chosen_pairs = parse_pairs(pairs, specs)
     if defenses is not None:
         if chosen_pairs is not None:
@@ -1142,28 +1047,26 @@ def bench_command(
         writable_folder(cache, "--cache")
     err = safe_console(stderr=True)
     common = dict(
-        pairs=chosen_pairs, triples=chosen_triples, seeds=seeds, max_seeds=max_seeds,
-        profile=profile, executor=executor, workers=workers, cache_dir=cache,
-        data_dir=str(data_dir) if data_dir else None, ray_address=ray_address,
-        log=lambda message: err.print(f"[dim]{escape(message)}[/]"),
-        measure=not report_only, catalog_file=str(catalog) if catalog else None, model=model,
-        device=device, target=target, sensitive=sensitive, kind=kind, training=training,
-        configs=configs,
+        pairs=chosen_pairs, triples=chosen_triples, executor=executor, workers=workers,
+        cache_dir=cache, ray_address=ray_address,
+        log=lambda message: err.print(f"[dim]{escape(message)}[/]"), measure=not report_only,
     )  # fmt: skip
+    first, most = settings.seed_start, settings.most_seeds
     if (
         stability_start is not None
-        and stability_start < seed_start + max_seeds
-        and (seed_start < stability_start + max_seeds)
+        and stability_start < first + most
+        and (first < stability_start + most)
     ):
         raise DefconError(
-            f"--stability-start {stability_start} overlaps the seeds {seed_start}.."
-            f"{seed_start + max_seeds - 1}; pick a disjoint seed set"
+            f"--stability-start {stability_start} overlaps the seeds {first}.."
+            f"{first + most - 1}; pick a disjoint seed set"
         )
-    result = run_bench(names, seed_start=seed_start, out=out, **common)
+    result = run_bench(names, settings, out=out, **common)
     repeat = None
     if stability_start is not None:
         err.print(f"[dim]stability: the same benchmark on seeds from {stability_start}[/]")
-        repeat = run_bench(names, seed_start=stability_start, out=out / "stability", **common)
+        again = RunSettings.checked(**{**settings.model_dump(), "seed_start": stability_start})
+        repeat = run_bench(names, again, out=out / "stability", **common)
     markdown, plot = write_results(result, out, repeat=repeat)
     console = stdout()
     for dataset, by_technique in scores_by_dataset(result.records).items():

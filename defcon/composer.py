@@ -40,7 +40,6 @@ from defcon.effectiveness import (
     combination_label,
     defense_outcome,
     judge,
-    seed_plan,
 )
 from defcon.errors import DefconError
 from defcon.fingerprint import core_code
@@ -60,7 +59,7 @@ from defcon.profiles import Profile, get_profile
 from defcon.records import CompositionRecord, DefenseResult, versions
 from defcon.reliability import underfit_reasons
 from defcon.rmia import MEMBERSHIP_METRICS
-from defcon.settings import training_used
+from defcon.settings import RunSettings, training_used
 from defcon.vocabulary import DefenseSpec
 
 __all__ = [
@@ -116,6 +115,7 @@ class Composer:
         dataset = dataset_source(dataset)
         resolved_profile = get_profile(profile) if isinstance(profile, str) else profile
         self.log = log or (lambda message: None)
+        self.settings: RunSettings | None = None  # set by from_settings: the run's seeds
         self.fitted: dict[str, float] = {}  # early stopping's facts (defcon.fitting)
         resolved_device = resolve_device(device)
         model_factory = factory_name(model) if model is not None else None
@@ -128,6 +128,46 @@ class Composer:
         )  # fmt: skip
         self.dataset(0)  # fail fast on an unknown or missing dataset; every run needs seed 0
         check_model(self.arch(self.dataset(0)))  # and on a model that does not fit the data
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: RunSettings,
+        *,
+        cache_dir: Path | str = "defcon-runs/cache",
+        log: Callable[[str], None] | None = None,
+        source: str | UserData | None = None,
+        catalog: Catalog | None = None,
+    ) -> Composer:
+        """The composer of one run's settings (checked at the edge, kept as `self.settings`:
+        `compose` and the auditor read their seeds from it). `source` and `catalog`: the
+        settings' data and catalog when the caller has already read them. A user's own data
+        without `epochs` trains with early stopping (`defcon.fitting`)."""
+        from defcon.fitting import fit_epochs
+
+        source = settings.source() if source is None else source
+        composer = cls(
+            source, profile=settings.trained_with(), cache_dir=cache_dir,
+            data_dir=settings.data_dir, log=log,
+            catalog=settings.specs() if catalog is None else catalog, model=settings.model,
+            device=settings.device, configs=settings.configs,
+        )  # fmt: skip
+        composer.settings = settings
+        if settings.epochs is None and not isinstance(source, str):
+            fit_epochs(composer, settings.seed_start)
+        return composer
+
+    def seed_plan(
+        self, seeds: int | None, max_seeds: int | None = None, seed_start: int | None = None
+    ) -> RunSettings:
+        """The seeds a run uses: each value given, else the run settings' (or the defaults),
+        checked (a `DefconError` naming the option)."""
+        base = self.settings or RunSettings()
+        return RunSettings.checked(
+            seeds=base.seeds if seeds is None else seeds,
+            max_seeds=base.max_seeds if max_seeds is None else max_seeds,
+            seed_start=base.seed_start if seed_start is None else seed_start,
+        )
 
     # The runner's settings, read-only here: the façade and the runner cannot disagree.
 
@@ -262,9 +302,9 @@ class Composer:
         self,
         names: Sequence[str],
         *,
-        seeds: int = 3,
+        seeds: int | None = None,
         max_seeds: int | None = None,
-        seed_start: int = 0,
+        seed_start: int | None = None,
         force: bool = False,
         tolerances: Mapping[str, float] | None = None,
         save_model: Path | str | None = None,
@@ -274,6 +314,7 @@ class Composer:
 
         Starts with `seeds` seeds (seed_start, seed_start + 1, …) and adds one at a time, up to
         `max_seeds` (default: `seeds`, i.e. no extra seeds), while a verdict is inconclusive.
+        A value not given is the run settings' (`from_settings`; else 3 seeds from seed 0).
         `save_model`: an empty folder to save the combined model of the first seed in, as served
         (`defcon.artefact`; `defcon.load_pipeline` reads it). `order`: the checker's order
         within each stage, or the order of `names` (`defcon.orders`; measured even where the
@@ -281,14 +322,15 @@ class Composer:
         """
         from defcon.artefact import check_target, save_pipeline
 
+        plan = self.seed_plan(seeds, max_seeds, seed_start)
         if save_model is not None:
             check_target(save_model)  # before any training
         with quiet_libraries(), self.membership_regime(self.measures_membership(names)):
             record = self._compose(
                 names,
-                seeds=seeds,
-                max_seeds=seed_plan(seeds, max_seeds, seed_start),
-                seed_start=seed_start,
+                seeds=plan.seeds,
+                max_seeds=plan.most_seeds,
+                seed_start=plan.seed_start,
                 force=force,
                 tolerances=tolerances,
                 order_choice=order,

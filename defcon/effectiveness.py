@@ -33,7 +33,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
-from defcon.errors import DefconError
 from defcon.vocabulary import Direction, Metric
 
 CONFIDENCE = 0.90  # per side: P(dropped | true drop = tolerance) ≤ 10 %, same for held
@@ -53,18 +52,6 @@ DefenseOutcome = Literal["held", "dropped", "inconclusive", "not_effective_alone
 Label = Literal["effective", "ineffective", "inconclusive", "not_effective_alone"]
 LABELS: tuple[Label, ...] = ("effective", "ineffective", "inconclusive", "not_effective_alone")
 CONCLUSIVE: tuple[Label, ...] = ("effective", "ineffective")
-
-
-def seed_plan(seeds: int, max_seeds: int | None, seed_start: int) -> int:
-    """The cap on seeds (`max_seeds`, default `seeds`), after checking the three counts."""
-    if seeds < 1:
-        raise DefconError(f"--seeds must be at least 1, got {seeds}")
-    max_seeds = seeds if max_seeds is None else max_seeds
-    if max_seeds < seeds:
-        raise DefconError(f"--max-seeds ({max_seeds}) must be at least --seeds ({seeds})")
-    if seed_start < 0:
-        raise DefconError(f"--seed-start must be ≥ 0, got {seed_start}")
-    return max_seeds
 
 
 def _finite_or_none(value: float) -> float | None:

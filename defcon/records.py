@@ -45,17 +45,15 @@ class DefenseResult(BaseModel):
         return self.outcome != "dropped"
 
 
-class CompositionRecord(BaseModel):
-    """Everything about one measured combination; written atomically as JSON.
-
-    Every arm (no defense, each defense alone, the combination) ran under `scenario`. `label` is
-    one of effective, ineffective, inconclusive, not_effective_alone (see defcon.effectiveness).
-    """
+class RecordHeader(BaseModel):
+    """What every record (composition or audit) opens with: which defenses ran, in which order,
+    on which data, profile and seeds. Field names and defaults are those of the records already
+    written, so every old record still loads."""
 
     model_config = ConfigDict(frozen=True)
 
     schema_version: int = Field(
-        default=1, ge=1, description="the record format; absent (records before it): 1"
+        default=1, ge=1, exclude=True, description="the record format (not written by audits)"
     )
     defenses: tuple[str, ...]
     order: tuple[str, ...]
@@ -66,6 +64,18 @@ class CompositionRecord(BaseModel):
     dataset: str
     profile: str
     seeds: tuple[int, ...]
+
+
+class CompositionRecord(RecordHeader):
+    """Everything about one measured combination; written atomically as JSON.
+
+    Every arm (no defense, each defense alone, the combination) ran under `scenario`. `label` is
+    one of effective, ineffective, inconclusive, not_effective_alone (see defcon.effectiveness).
+    """
+
+    schema_version: int = Field(
+        default=1, ge=1, description="the record format; absent (records before it): 1"
+    )
     seed_start: int = 0
     max_seeds: int = 0
     scenario: tuple[str, ...] = Field(description="threats active in every arm")

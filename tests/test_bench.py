@@ -61,6 +61,7 @@ def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monke
     from defcon.bench import Task, run_task
     from defcon.composer import Composer
     from defcon.errors import DefconError
+    from defcon.settings import RunSettings
 
     def refuse(self, *args, **kwargs):
         assert torch.get_num_threads() == 3  # the task's own setting while it runs
@@ -69,9 +70,9 @@ def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monke
     monkeypatch.setattr(Composer, "compose", refuse)
     before = torch.get_num_threads()
     task = Task(
-        dataset="digits", defenses=("dp_sgd", "explanations"), seeds=1, max_seeds=1,
-        seed_start=0, profile="tiny", cache_dir=str(tmp_path), record_path=str(tmp_path / "r.json"),
-        threads=3,
+        settings=RunSettings(dataset="digits", seeds=1, profile="tiny", device="cpu"),
+        defenses=("dp_sgd", "explanations"), cache_dir=str(tmp_path),
+        record_path=str(tmp_path / "r.json"), threads=3,
     )  # fmt: skip
     assert run_task(task) == "cannot run together"
     assert torch.get_num_threads() == before

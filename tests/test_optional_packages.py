@@ -103,7 +103,7 @@ def test_bench_refuses_before_any_pair(without_torchattacks: None, tmp_path: Pat
     with pytest.raises(DefconError, match=INSTALL_LINE):
         run_bench(
             ["digits"], pairs=[("model_watermark", "dp_sgd"), ("adversarial_training", "dp_sgd")],
-            seeds=1, profile="tiny", out=tmp_path, catalog_file=None,
+            seeds=1, profile="tiny", out=tmp_path, catalog=None,
         )  # fmt: skip
     assert not list(tmp_path.rglob("*.json")), "no pair was measured or recorded as a finding"
 
