@@ -57,10 +57,6 @@ class RecordHeader(BaseModel):
     )
     defenses: tuple[str, ...]
     order: tuple[str, ...]
-    order_choice: Literal["checker", "given"] = Field(
-        default="checker",
-        description="who chose the order within each stage: the checker, or the user (--order)",
-    )
     dataset: str
     profile: str
     seeds: tuple[int, ...]
@@ -131,6 +127,10 @@ class CompositionRecord(RecordHeader):
         default=(),
         description="what defcon changed in the data or model, and whether each defense acted "
         "(defcon.notices)",
+    )
+    order_choice: Literal["checker", "given"] = Field(
+        default="checker",
+        description="who chose the order within each stage: the checker, or the user (--order)",
     )
 
     @property
