@@ -2,5 +2,6 @@
 Report and its Markdown / model card / CycloneDX renderings, technique scores, the
 regulatory crosswalk, docs/defenses.md).
 
-Reads records; never imports the measure layer, audit, bench or the CLI.
+It reads records (and defense settings), never the machinery that measures; audit, bench and
+the CLI print through it, so it lies below them.
 """
