@@ -19,9 +19,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from defcon.catalog import builtin_catalog
-from defcon.composer import Composer, applicability_problem
 from defcon.effectiveness import MetricVerdict, judge
-from defcon.standalone import StandaloneResult, measure_standalone
+from defcon.measure.composer import Composer, applicability_problem
+from defcon.measure.standalone import StandaloneResult, measure_standalone
 from defcon.storage import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent

@@ -38,11 +38,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.cli import run_script
-from defcon.composer import CLEAN_ACCURACY, Composer
+from defcon.cli.main import run_script
 from defcon.effectiveness import Summary
-from defcon.records import CompositionRecord
-from defcon.reports import load_record, save_figure, save_record
+from defcon.measure.composer import CLEAN_ACCURACY, Composer
+from defcon.planning.records import CompositionRecord
+from defcon.report.reports import load_record, save_figure, save_record
 from defcon.storage import atomic_write_json, atomic_write_text
 from defcon.terminal import say
 

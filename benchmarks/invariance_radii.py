@@ -18,17 +18,17 @@ import time
 from pathlib import Path
 
 from defcon.catalog import builtin_catalog
-from defcon.composer import NO_DEFENSE, Composer
 from defcon.effectiveness import Summary
-from defcon.fingerprint import risks_code
-from defcon.invariance import (
+from defcon.engine.fingerprint import risks_code
+from defcon.engine.invariance import (
     INVARIANCE_ERROR,
     LABEL_CHANGING,
     InvarianceSettings,
     measure_invariance,
 )
+from defcon.measure.composer import NO_DEFENSE, Composer
+from defcon.measure.standalone import invariance_cell
 from defcon.risks.evasion import Evasion
-from defcon.standalone import invariance_cell
 from defcon.storage import atomic_write_text
 from defcon.vocabulary import Risk
 

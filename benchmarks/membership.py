@@ -21,11 +21,11 @@ from pathlib import Path
 
 from scipy import stats
 
-from defcon.composer import Composer
 from defcon.effectiveness import Summary
 from defcon.errors import DefconError
-from defcon.profiles import PROFILES
-from defcon.standalone import measure_standalone
+from defcon.measure.composer import Composer
+from defcon.measure.standalone import measure_standalone
+from defcon.planning.profiles import PROFILES
 from defcon.storage import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -88,7 +88,7 @@ def plot_roc(curves: dict[str, dict[str, list]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from defcon.reports import save_figure
+    from defcon.report.reports import save_figure
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4), squeeze=False)
     for ax, (dataset, arms) in zip(axes[0], curves.items(), strict=True):

@@ -1,7 +1,7 @@
 """The pilot technique beside the declaration techniques: accuracy and what each costs.
 
 For every conclusive combination of the given record folders (default: the benchmark's), the
-pilot (`defcon.pilot`: the combination composed on a small slice, tiny profile, seeds 100–102;
+pilot (`defcon.measure.pilot`: the combination composed on a small slice, tiny profile, seeds 100–102;
 the `factors` label where that short run cannot tell) predicts a label; the declaration
 techniques' labels are recomputed from today's declarations (`load_records`). Writes OUT/predictions.json
 (resumable: a combination already predicted is not re-run; written atomically after each) and
@@ -22,14 +22,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from defcon.bench import load_records
+from defcon.bench.run import load_records
 from defcon.catalog import builtin_catalog
 from defcon.checker import TECHNIQUES, check
-from defcon.cli import run_script
+from defcon.cli.main import run_script
 from defcon.errors import DefconError
-from defcon.pilot import PILOT_PROFILE, PILOT_SEED_START, PILOT_SEEDS, PilotTechnique
-from defcon.records import CompositionRecord
-from defcon.scoring import score, score_text
+from defcon.measure.pilot import PILOT_PROFILE, PILOT_SEED_START, PILOT_SEEDS, PilotTechnique
+from defcon.planning.records import CompositionRecord
+from defcon.report.scoring import score, score_text
 from defcon.storage import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent

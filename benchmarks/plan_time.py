@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from defcon.catalog import builtin_catalog
-from defcon.plan_evidence import builtin_facts, load_evidence
-from defcon.planner import parse_risks, plan
+from defcon.planning.evidence import builtin_facts, load_evidence
+from defcon.planning.planner import parse_risks, plan
 
 RECORDS = Path(__file__).parent / "results" / "records"
 

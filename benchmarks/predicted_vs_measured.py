@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from defcon.cli import app
+from defcon.cli.main import app
 
 HERE = Path(__file__).resolve().parent
 # The defenses this benchmark's labels were measured on. The four added later (issue 14) are

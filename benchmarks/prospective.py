@@ -40,14 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from defcon.bench import combinations_for, load_triples, run_bench
+from defcon.bench.run import combinations_for, load_triples, run_bench
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import TECHNIQUES, FactorChain, check
-from defcon.cli import run_script
+from defcon.cli.main import run_script
 from defcon.errors import DefconError
-from defcon.records import CompositionRecord, repredicted
-from defcon.reports import load_record
-from defcon.scoring import (
+from defcon.planning.records import CompositionRecord, repredicted
+from defcon.report.reports import load_record
+from defcon.report.scoring import (
     BOOTSTRAP_SEED,
     LABELS,
     RESAMPLES,
@@ -169,7 +169,7 @@ def measure(
         cache_dir=cache,
         log=lambda message: print(message, flush=True),
     )
-    from defcon.bench_report import write_results
+    from defcon.bench.results import write_results
 
     write_results(result, out)  # the full per-combination report, current predictions
 
@@ -373,8 +373,8 @@ PILOT_APART = (
 def _applies(dataset: str, names: Sequence[str], catalog: Mapping[str, DefenseSpec]) -> str:
     """Why the combination cannot run on `dataset` (empty: it can), from the declarations and
     the dataset's facts, without loading the data."""
-    from defcon.plan_evidence import builtin_facts
-    from defcon.planning import applicability_problem
+    from defcon.planning.evidence import builtin_facts
+    from defcon.planning.rules import applicability_problem
 
     facts = builtin_facts(dataset)
     problems = [applicability_problem(catalog[name], facts) for name in names]
@@ -455,7 +455,7 @@ def _chain_dict(chain: FactorChain) -> dict[str, str]:
 
 
 def _entry(dataset: str, names: tuple[str, ...], catalog: Catalog) -> dict:
-    from defcon.plan_evidence import builtin_facts
+    from defcon.planning.evidence import builtin_facts
 
     kind = builtin_facts(dataset).kind.value
     verdicts = {
@@ -657,7 +657,7 @@ def chain_moves(
     assert spec is not None and spec.loader is not None
     shift_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shift_module)
-    from defcon.probes import PROBES
+    from defcon.engine.probes import PROBES
 
     probe_of = {factor: probe for probe, factor in PROBES.items()}
     shifts = shift_module.paired_shifts(list(records))

@@ -1,7 +1,7 @@
 """Re-judge saved composition records with the current verdict rule, in place.
 
 The per-seed measurements, seeds and tolerances of each record stay as they are; only the
-verdicts, outcomes and labels are recomputed (`defcon.records.rejudged`). Used when the rule
+verdicts, outcomes and labels are recomputed (`defcon.planning.records.rejudged`). Used when the rule
 changes after a long benchmark: no measurement is redone, nothing measured is lost.
 
     python benchmarks/rejudge.py benchmarks/results/records benchmarks/results/stability/records
@@ -13,8 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from defcon.records import rejudged
-from defcon.reports import load_record, save_record
+from defcon.planning.records import rejudged
+from defcon.report.reports import load_record, save_record
 
 
 def main(folders: list[str]) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from defcon.catalog import builtin_catalog
-from defcon.composer import Composer, applicability_problem
-from defcon.standalone import measure_standalone, standalone_markdown
+from defcon.measure.composer import Composer, applicability_problem
+from defcon.measure.standalone import measure_standalone, standalone_markdown
 from defcon.storage import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent

@@ -26,10 +26,10 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from defcon.audit import CHANGE_SYMBOL, Auditor, AuditRecord, save_audit
+from defcon.audit.auditor import CHANGE_SYMBOL, Auditor, AuditRecord, save_audit
 from defcon.catalog import builtin_catalog
-from defcon.cli import run_script
-from defcon.composer import Composer, applicability_problem
+from defcon.cli.main import run_script
+from defcon.measure.composer import Composer, applicability_problem
 from defcon.storage import atomic_write_json, atomic_write_text
 from defcon.terminal import say
 

@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "check": "defcon.checker",
     "Verdict": "defcon.checker",
-    "load_pipeline": "defcon.artefact",
-    "read_manifest": "defcon.artefact",
+    "load_pipeline": "defcon.measure.artefact",
+    "read_manifest": "defcon.measure.artefact",
 }
 
 

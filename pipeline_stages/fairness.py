@@ -20,9 +20,9 @@ import torch
 from fairlearn.metrics import equalized_odds_difference
 from torch import nn
 
-from defcon.data import Dataset, Split
+from defcon.engine.data import Dataset, Split
+from defcon.engine.models import predict
 from defcon.errors import DefconError
-from defcon.models import predict
 
 POSITIVE_CLASS = 1  # binary tasks: the favourable outcome (Adult: >50K; COMPAS: recidivism)
 
@@ -98,7 +98,7 @@ class GroupReader(nn.Module):
     def restored(
         cls, columns: Sequence[int], patterns: torch.Tensor, groups: torch.Tensor
     ) -> GroupReader:
-        """A reader with saved patterns and groups (a saved pipeline, `defcon.artefact`)."""
+        """A reader with saved patterns and groups (a saved pipeline, `defcon.measure.artefact`)."""
         reader = cls.__new__(cls)
         nn.Module.__init__(reader)
         reader.columns = tuple(int(c) for c in columns)

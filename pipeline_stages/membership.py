@@ -1,6 +1,6 @@
 """The membership metrics every defense against membership inference reports, from one attack.
 
-Offline RMIA (Zarifzadeh, Liu, Shokri, ICML 2024; `defcon.rmia`, the audit's attack too) on the
+Offline RMIA (Zarifzadeh, Liu, Shokri, ICML 2024; `defcon.engine.rmia`, the audit's attack too) on the
 model *as served*, with the profile's reference models trained on halves of the attacker's
 population data. Members are `env.members` (clean original records once each), non-members the
 test split, equally many of each (seeded per defense, at most `samples`); the 0.1 % and 1 % FPR
@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import Environment
+from defcon.engine.data import Split
+from defcon.engine.defense import Environment
+from defcon.engine.rmia import MembershipReading, rmia_attack
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.rmia import MembershipReading, rmia_attack
-from defcon.seeds import derived_seed
 
 # What `membership_metrics` returns (a defense reporting exactly these declares them in its spec).
 MEMBERSHIP_METRIC_NAMES = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from defcon.cli import app
+from defcon.cli.main import app
 
 runner = CliRunner()
 

@@ -22,9 +22,9 @@ import pytest  # noqa: E402
 
 @functools.lru_cache(maxsize=16)
 def _environment(dataset: str, seed: int, profile: str):
-    from defcon.data import load_dataset
-    from defcon.defense import Environment
-    from defcon.profiles import get_profile
+    from defcon.engine.data import load_dataset
+    from defcon.engine.defense import Environment
+    from defcon.planning.profiles import get_profile
 
     prof = get_profile(profile)
     data = load_dataset(
@@ -42,7 +42,7 @@ def make_env():
     """
     import dataclasses
 
-    from defcon.training import supply_reference_models
+    from defcon.engine.training import supply_reference_models
 
     def make(dataset: str = "digits", seed: int = 0, profile: str = "tiny"):
         env = dataclasses.replace(_environment(dataset, seed, profile), record={})
@@ -54,7 +54,7 @@ def make_env():
 def _fake_record(dataset: str = "digits", defenses=("model_watermark", "explanations")):
     """A minimal composition record (no training): enough for reports and bench summaries."""
     from defcon.effectiveness import Summary
-    from defcon.records import CompositionRecord
+    from defcon.planning.records import CompositionRecord
 
     accuracy = Summary.of([0.9])
     return CompositionRecord(
@@ -80,7 +80,7 @@ def overfit_digits(make_env):
     a leaky target for membership defenses (RMIA finds its members)."""
     import dataclasses
 
-    from defcon.training import train
+    from defcon.engine.training import train
 
     env = make_env()
     members = env.dataset.train.subset(range(200))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defcon.data import UserData, read_csv
+from defcon.engine.data import UserData, read_csv
 
 
 def unfair_table(folder: Path, rows: int = 1500, seed: int = 0) -> UserData:
@@ -35,7 +35,7 @@ def unfair_table(folder: Path, rows: int = 1500, seed: int = 0) -> UserData:
 # full test split (15,060 rows), averaging three seeds, so the comparison is about the defense,
 # not the noise.
 def adult_profile():
-    from defcon.profiles import get_profile
+    from defcon.planning.profiles import get_profile
 
     return get_profile("tiny").model_copy(
         update={"lr": 2e-3, "batch_size": 128, "epochs": {"default": 5}}
@@ -44,7 +44,7 @@ def adult_profile():
 
 @functools.lru_cache(maxsize=4)
 def adult_slice(seed: int):
-    from defcon.data import load_dataset
+    from defcon.engine.data import load_dataset
 
     return load_dataset("adult", seed=seed, max_train=8000)
 
@@ -52,8 +52,8 @@ def adult_slice(seed: int):
 def gap_and_accuracy(env, defenses) -> tuple[float, float]:
     """The equalized-odds gap (as every fairness defense measures it) and test accuracy of a
     model trained with `defenses`."""
-    from defcon.models import accuracy
-    from defcon.training import train
+    from defcon.engine.models import accuracy
+    from defcon.engine.training import train
     from pipeline_stages.fairness import equalized_odds_gap
 
     model = train(env, env.dataset.train, defenses).model
@@ -63,7 +63,7 @@ def gap_and_accuracy(env, defenses) -> tuple[float, float]:
 
 def adult_gaps(make_defense) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """(gap, accuracy) per seed 0–2 on the Adult slice: undefended, and with `make_defense()`."""
-    from defcon.defense import Environment
+    from defcon.engine.defense import Environment
 
     plain, fair = [], []
     for seed in (0, 1, 2):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from defcon.attacks import BadNets
 from defcon.catalog import builtin_catalog
-from defcon.defense import Environment
-from defcon.models import accuracy
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.engine.attacks import BadNets
+from defcon.engine.defense import Environment
+from defcon.engine.models import accuracy
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from defcon.vocabulary import Risk, Stage, Threat
 from pipeline_stages.pre_training import poison_filter
 from pipeline_stages.pre_training.activation_clustering import ActivationClustering, two_clusters

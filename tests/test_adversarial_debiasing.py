@@ -6,9 +6,9 @@ import pytest
 import torch
 from fairness_data import adult_profile, adult_slice, assert_lowers_equalized_odds_gap
 
-from defcon.defense import Environment
+from defcon.engine.defense import Environment
+from defcon.engine.training import train
 from defcon.errors import DefconError
-from defcon.training import train
 from pipeline_stages.in_training.adversarial_debiasing import AdversarialDebiasing, Adversary
 
 

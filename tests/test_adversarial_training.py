@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from defcon.models import accuracy, arch_for, build_model
-from defcon.registry import make_defense as make
-from defcon.training import TrainingRun, train
+from defcon.engine.models import accuracy, arch_for, build_model
+from defcon.engine.registry import make_defense as make
+from defcon.engine.training import TrainingRun, train
 from pipeline_stages.in_training.adversarial_training import AdversarialTraining
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from defcon.arms import COMBINED, Arm, arms_of
-from defcon.composer import NO_DEFENSE, Composer
-from defcon.standalone import measure_standalone
+from defcon.measure.arms import COMBINED, Arm, arms_of
+from defcon.measure.composer import NO_DEFENSE, Composer
+from defcon.measure.standalone import measure_standalone
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

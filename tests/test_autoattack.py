@@ -4,7 +4,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from defcon.attacks import autoattack_correct, autoattack_version
+from defcon.engine.attacks import autoattack_correct, autoattack_version
 
 
 def _trained_mlp(x: torch.Tensor, y: torch.Tensor) -> nn.Module:

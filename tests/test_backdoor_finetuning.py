@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from defcon.attacks import BadNets
-from defcon.defense import Environment
-from defcon.models import accuracy, build_model
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.engine.attacks import BadNets
+from defcon.engine.defense import Environment
+from defcon.engine.models import accuracy, build_model
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from pipeline_stages.in_training.backdoor_finetuning import BackdoorFinetuning
 
 

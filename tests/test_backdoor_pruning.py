@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from defcon.attacks import BadNets
-from defcon.models import accuracy, arch_for, build_model
-from defcon.training import train
+from defcon.engine.attacks import BadNets
+from defcon.engine.models import accuracy, arch_for, build_model
+from defcon.engine.training import train
 from pipeline_stages.post_training.backdoor_pruning import BackdoorPruning, core_model
 
 

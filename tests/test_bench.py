@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from defcon.bench import combinations_for, load_triples, run_bench
-from defcon.bench_report import results_markdown, write_results
+from defcon.bench.results import results_markdown, write_results
+from defcon.bench.run import combinations_for, load_triples, run_bench
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -58,10 +58,10 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
 
 
 def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monkeypatch) -> None:
-    from defcon.bench import Task, run_task
-    from defcon.composer import Composer
+    from defcon.bench.run import Task, run_task
+    from defcon.engine.settings import RunSettings
     from defcon.errors import DefconError
-    from defcon.settings import RunSettings
+    from defcon.measure.composer import Composer
 
     def refuse(self, *args, **kwargs):
         assert torch.get_num_threads() == 3  # the task's own setting while it runs
@@ -141,7 +141,7 @@ def test_report_only_measures_nothing_and_counts_what_is_pending(tmp_path: Path)
 def test_defenses_choose_every_pair_among_them(tmp_path: Path) -> None:
     from cli_helpers import run as run_cli
 
-    from defcon.bench import pairs_among
+    from defcon.bench.run import pairs_among
     from defcon.errors import DefconError
 
     assert pairs_among("model_watermark, explanations,backdoor_pruning") == [

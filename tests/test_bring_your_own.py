@@ -16,12 +16,12 @@ from cli_helpers import assert_one_line_error, run
 from torch import nn
 
 from defcon.catalog import builtin_catalog, load_catalog_file, specs_from
-from defcon.data import from_arrays, load_dataset, read_csv
-from defcon.defense import contract_problems
-from defcon.devices import place, resolve_device
+from defcon.engine.data import from_arrays, load_dataset, read_csv
+from defcon.engine.defense import contract_problems
+from defcon.engine.devices import place, resolve_device
+from defcon.engine.models import ArchConfig, build_model
+from defcon.engine.registry import make_defense
 from defcon.errors import DefconError
-from defcon.models import ArchConfig, build_model
-from defcon.registry import make_defense
 from pipeline_stages.in_training.group_fairness import GroupFairness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_readme_example_composes_a_user_defense_on_user_data_and_model(user_fold
     assert "centroid_filter → dp_sgd on loans.csv" in text
     assert "attack_success_rate" in text and "mia_auc" in text
     (path,) = (user_folder / "defcon-runs" / "records").glob("*.json")
-    from defcon.reports import load_record
+    from defcon.report.reports import load_record
 
     record = load_record(path)
     assert record.device == "cpu" and record.model == "my_model:build"
@@ -174,7 +174,9 @@ def test_bad_npz_files_are_one_line(tmp_path):
 def test_user_class_must_match_its_spec(user_folder):
     spec = load_catalog_file("my_defenses.toml")[0]
     wrong_stage = spec.model_copy(update={"stage": "post"})
-    with pytest.raises(DefconError, match="must subclass defcon.defense.PostTrainingDefense"):
+    with pytest.raises(
+        DefconError, match="must subclass defcon.engine.defense.PostTrainingDefense"
+    ):
         make_defense(wrong_stage)
     # an in-training class overriding a hook its spec does not declare a slot for
     fairness = builtin_catalog()["group_fairness"]
@@ -227,7 +229,7 @@ def _batchnorm_mlp(input_shape, num_classes):
 
 
 def test_dp_sgd_adapts_a_user_model_and_pruning_refuses_it(tmp_path):
-    from defcon.composer import Composer
+    from defcon.measure.composer import Composer
 
     composer = Composer("compas", profile="tiny", cache_dir=tmp_path, device="cpu",
                         model=_batchnorm_mlp)  # fmt: skip
@@ -242,7 +244,7 @@ def test_dp_sgd_adapts_a_user_model_and_pruning_refuses_it(tmp_path):
 
 
 def test_a_lambda_cannot_name_a_model():
-    from defcon.models import factory_name
+    from defcon.engine.models import factory_name
 
     with pytest.raises(DefconError, match="no importable name"):
         factory_name(lambda shape, classes: nn.Linear(shape[0], classes))
@@ -270,7 +272,7 @@ def test_the_cpu_boundary_keeps_results_on_the_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compose_on_cuda(tmp_path):
     """Every stage on the GPU: adversarial training + DP-SGD in one loop, a post-training API."""
-    from defcon.composer import Composer
+    from defcon.measure.composer import Composer
 
     composer = Composer("digits", profile="tiny", cache_dir=tmp_path, device="cuda")
     record = composer.compose(["adversarial_training", "dp_sgd", "output_watermark"], seeds=1,
@@ -301,8 +303,8 @@ class _Loans(torch.utils.data.Dataset):
 def test_torch_datasets_compose_like_arrays(tmp_path):
     from torch.utils.data import TensorDataset
 
-    from defcon.composer import Composer
-    from defcon.torch_data import from_torch_datasets
+    from defcon.engine.torch_data import from_torch_datasets
+    from defcon.measure.composer import Composer
 
     x, y = torch.rand(60, 1, 8, 8), torch.arange(60) % 3
     images = from_torch_datasets(TensorDataset(x[:45], y[:45]), TensorDataset(x[45:], y[45:]))
@@ -331,7 +333,7 @@ def test_torch_datasets_compose_like_arrays(tmp_path):
 def test_bad_torch_datasets_are_one_line(train, fragment):
     from torch.utils.data import TensorDataset
 
-    from defcon.torch_data import from_torch_datasets
+    from defcon.engine.torch_data import from_torch_datasets
 
     test = TensorDataset(torch.rand(4, 3), torch.zeros(4))
     with pytest.raises(DefconError, match=fragment):

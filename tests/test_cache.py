@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from defcon.cache import ModelCache, content_key
-from defcon.composer import Composer
-from defcon.models import ArchConfig, build_model
-from defcon.training import TrainedModel
+from defcon.engine.models import ArchConfig, build_model
+from defcon.engine.training import TrainedModel
+from defcon.measure.cache import ModelCache, content_key
+from defcon.measure.composer import Composer
 
 ARCH = ArchConfig(family="mlp", input_shape=(6,), num_classes=2, width=2)
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from defcon.canaries import Canaries, audited_epsilon, plant_canaries
-from defcon.composer import Composer
-from defcon.data import Split
-from defcon.profiles import MembershipRegime, get_profile
-from defcon.standalone import measure_standalone
+from defcon.engine.canaries import Canaries, audited_epsilon, plant_canaries
+from defcon.engine.data import Split
+from defcon.measure.composer import Composer
+from defcon.measure.standalone import measure_standalone
+from defcon.planning.profiles import MembershipRegime, get_profile
 
 
 def _split(rows: int, classes: int = 3) -> Split:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from defcon.engine.models import accuracy, arch_for, build_model
+from defcon.engine.registry import make_defense
+from defcon.engine.training import TrainingRun, train
 from defcon.errors import DefconError
-from defcon.models import accuracy, arch_for, build_model
-from defcon.registry import make_defense
-from defcon.training import TrainingRun, train
 from pipeline_stages.in_training.certified_watermark import CertifiedWatermark
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from defcon.cli import app
+from defcon.cli.main import app
 
 runner = CliRunner()
 
@@ -259,7 +259,7 @@ def test_check_never_imports_torch():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from defcon.cli import app\n"
+        "from defcon.cli.main import app\n"
         "result = CliRunner().invoke(app, ['check', 'dp_sgd', 'explanations', 'model_watermark'])\n"
         "assert result.exit_code == 0, result.output\n"
         "heavy = sorted(m for m in ('torch', 'opacus', 'captum') if m in sys.modules)\n"

@@ -16,7 +16,7 @@ from cli_helpers import assert_one_line_error, run, runner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from defcon.cli import app
+from defcon.cli.main import app
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PAIR = ["model_watermark", "explanations"]
@@ -79,7 +79,7 @@ def test_a_cache_under_a_regular_file_is_refused_up_front(tmp_path: Path) -> Non
 
 
 def test_random_idx_files_in_data_dir_are_one_error_naming_the_file(tmp_path: Path) -> None:
-    from defcon.data import FMNIST_FILES
+    from defcon.engine.data import FMNIST_FILES
 
     data = tmp_path / "fm"
     data.mkdir()
@@ -94,7 +94,7 @@ def test_an_os_error_while_writing_is_one_error_naming_the_path(tmp_path, monkey
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device", "/somewhere/out.png")
 
-    monkeypatch.setattr("defcon.views.catalog_table", full)
+    monkeypatch.setattr("defcon.cli.views.catalog_table", full)
     assert_one_line_error(run("list"), "/somewhere/out.png", "No space left on device")
 
 
@@ -126,7 +126,7 @@ def test_datasets_lists_every_dataset_and_how_to_bring_fmnist() -> None:
 
 
 def test_report_prints_a_past_record_and_refuses_bad_files(tmp_path: Path, fake_record) -> None:
-    from defcon.reports import save_record
+    from defcon.report.reports import save_record
 
     path = save_record(fake_record(), tmp_path / "r.json")
     result = run("report", str(path))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from defcon.composer import Composer
+from defcon.engine.training import TrainedModel
 from defcon.errors import DefconError
-from defcon.reports import bar_chart, load_record, save_record
-from defcon.training import TrainedModel
+from defcon.measure.composer import Composer
+from defcon.report.reports import bar_chart, load_record, save_record
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -87,7 +87,7 @@ def test_three_defense_composition_and_cache_sharing(tmp_path: Path) -> None:
 
 
 def test_interrupted_compose_resumes_without_retraining(tmp_path: Path, monkeypatch) -> None:
-    import defcon.pipelines as pipelines_module  # where pipelines' models are trained
+    import defcon.measure.pipelines as pipelines_module  # where pipelines' models are trained
 
     real_train = pipelines_module.train
     calls: list[str] = []
@@ -130,7 +130,7 @@ def test_refusals(tmp_path: Path) -> None:
 
 
 def test_models_no_better_than_the_majority_class_are_flagged(make_env) -> None:
-    from defcon.composer import degenerate_models
+    from defcon.measure.composer import degenerate_models
 
     dataset = make_env("adult").dataset
     majority = float(dataset.test.y.bincount().max()) / len(dataset.test)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defcon.models import predict
+from defcon.engine.models import predict
 from pipeline_stages.post_training.confidence_masking import (
     ConfidenceMasking,
     masked_probabilities,

@@ -1,4 +1,4 @@
-"""Every defense of the catalog honours the stage contract (defcon/defense.py); every risk
+"""Every defense of the catalog honours the stage contract (defcon/engine/defense.py); every risk
 attack and every technique honours its own.
 
 Parametrised over the installed catalog, so a new defense is covered by adding its module and
@@ -22,21 +22,21 @@ from typing import Any, get_args
 import pytest
 import torch
 
-from defcon.attacks import BadNets
 from defcon.catalog import builtin_catalog
 from defcon.checker import Verdict, get_technique, techniques
 from defcon.checker.verdict import Label
-from defcon.defense import (
+from defcon.engine.attacks import BadNets
+from defcon.engine.defense import (
     Environment,
     InTrainingDefense,
     PostTrainingDefense,
     PreTrainingDefense,
     contract_problems,
 )
-from defcon.models import predict
-from defcon.registry import defense_class, make_defense
+from defcon.engine.models import predict
+from defcon.engine.registry import defense_class, make_defense
+from defcon.engine.training import supply_reference_models, train
 from defcon.risks import AttackConfig, RiskAttack, risk_attacks
-from defcon.training import supply_reference_models, train
 from defcon.vocabulary import DataKind, DefenseSpec, Risk, Stage
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -13,14 +13,14 @@ from fairlearn.preprocessing import CorrelationRemover as Fairlearn
 from fairness_data import unfair_table
 
 from defcon.catalog import builtin_catalog
-from defcon.composer import Composer, applicability_problem
-from defcon.data import from_arrays
-from defcon.defense import Environment
+from defcon.engine.data import from_arrays
+from defcon.engine.defense import Environment
+from defcon.engine.models import MLP, predict
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from defcon.errors import DefconError
-from defcon.models import MLP, predict
-from defcon.profiles import get_profile
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.measure.composer import Composer, applicability_problem
+from defcon.planning.profiles import get_profile
 from pipeline_stages.in_training.group_fairness import GroupFairness
 from pipeline_stages.pre_training.correlation_remover import CorrelationRemover
 
@@ -123,7 +123,7 @@ def test_refusals(make_env):
 
 
 def _mlp_for(dataset) -> torch.nn.Module:
-    from defcon.models import arch_for, build_model
+    from defcon.engine.models import arch_for, build_model
 
     return build_model(arch_for(dataset, width=get_profile("tiny").width), 0)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from defcon.attacks import BadNets
-from defcon.data import load_dataset
+from defcon.engine.attacks import BadNets
+from defcon.engine.data import load_dataset
+from defcon.engine.models import accuracy, arch_for, build_model
+from defcon.engine.training import train
 from defcon.errors import DefconError
-from defcon.models import accuracy, arch_for, build_model
-from defcon.training import train
 from defcon.vocabulary import DataKind
 
 
@@ -73,7 +73,7 @@ def test_missing_sources_give_one_clear_line(tmp_path: Path, monkeypatch) -> Non
         load_dataset("fmnist", data_dir=tmp_path / "nowhere")
     with pytest.raises(DefconError, match="unknown dataset 'adlt'. Did you mean 'adult'"):
         load_dataset("adlt")
-    import defcon.data as data_module
+    import defcon.engine.data as data_module
 
     monkeypatch.setattr(data_module.importlib.util, "find_spec", lambda name: None)
     data_module._adult_frame.cache_clear()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from defcon.attacks import BadNets
-from defcon.models import accuracy, build_model
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.engine.attacks import BadNets
+from defcon.engine.models import accuracy, build_model
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from pipeline_stages.pre_training.data_watermark import DataWatermark
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from defcon.models import predict
-from defcon.training import train
+from defcon.engine.models import predict
+from defcon.engine.training import train
 from pipeline_stages.post_training.dataset_inference import (
     DatasetInference,
     DatasetInferenceConfig,

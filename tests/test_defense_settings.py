@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from cli_helpers import assert_one_line_error, run
 
-from defcon.defense_settings import defense_settings, parse_assignments, parse_value
+from defcon.engine.defense_settings import defense_settings, parse_assignments, parse_value
+from defcon.engine.registry import make_defense
 from defcon.errors import DefconError
-from defcon.registry import make_defense
 
 
 def test_assignments_parse_toml_values():
@@ -74,7 +74,7 @@ def test_compose_echoes_the_settings_in_output_and_record(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "settings: model_watermark.corner=bottom_right" in result.stdout
-    from defcon.reports import load_record
+    from defcon.report.reports import load_record
 
     (path,) = (out / "records").glob("*.json")
     assert load_record(path).configs == {"model_watermark": {"corner": "bottom_right"}}

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from defcon.engine.models import accuracy
 from defcon.errors import DefconError
-from defcon.models import accuracy
 from pipeline_stages.post_training.distillation_privacy import DistillationPrivacy, reinitialise
 
 

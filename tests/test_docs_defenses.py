@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from defcon.catalog import builtin_catalog
-from defcon.defense_settings import config_class
-from defcon.defenses_doc import catalog_markdown
+from defcon.engine.defense_settings import config_class
+from defcon.report.defenses_doc import catalog_markdown
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "defenses.md"
 
@@ -15,7 +15,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "defenses.md"
 def test_the_committed_page_matches_the_catalog() -> None:
     expected = catalog_markdown(builtin_catalog())
     assert PAGE.read_text(encoding="utf-8") == expected, (
-        "docs/defenses.md is stale: run `python -m defcon.defenses_doc > docs/defenses.md`"
+        "docs/defenses.md is stale: run `python -m defcon.report.defenses_doc > docs/defenses.md`"
     )
 
 

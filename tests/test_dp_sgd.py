@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from torch import nn
 
 import pipeline_stages.membership as membership_module
-from defcon.models import arch_for, build_model
-from defcon.training import TrainingRun, train
+from defcon.engine.models import arch_for, build_model
+from defcon.engine.training import TrainingRun, train
 from pipeline_stages.in_training.dp_sgd import (
     DPSGD,
     EPSILON_KEY,

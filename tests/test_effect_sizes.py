@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_scoring import record
 
-from defcon.audit import judge_change, risk_change
-from defcon.bench_report import coverage, stability
+from defcon.audit.auditor import judge_change, risk_change
+from defcon.bench.results import coverage, stability
+from defcon.report.scoring import balanced_accuracy_interval, score
 from defcon.risks import ATTACKS, RiskMetric
-from defcon.scoring import balanced_accuracy_interval, score
 from defcon.vocabulary import Direction
 
 AUC = RiskMetric(name="auc", riskier=Direction.HIGHER, min_effect=0.02, description="an AUC")
@@ -97,7 +97,7 @@ def test_bootstrap_interval_is_deterministic_and_contains_the_estimate() -> None
 
 
 def test_distribution_inference_runs_only_when_named(make_env) -> None:
-    from defcon.audit import select_attacks
+    from defcon.audit.auditor import select_attacks
     from defcon.risks.distribution import DistributionConfig
 
     assert DistributionConfig().victims >= 100  # Suri & Evans: on the order of 100 per ratio

@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from defcon.defense import ServingWrapper, weights_of
-from defcon.models import arch_for, build_model, predict
-from defcon.training import train
+from defcon.engine.defense import ServingWrapper, weights_of
+from defcon.engine.models import arch_for, build_model, predict
+from defcon.engine.training import train
 from pipeline_stages.post_training.explanations import (
     ExplainedModel,
     Explanations,

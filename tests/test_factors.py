@@ -14,19 +14,19 @@ from pydantic import ValidationError
 from torch import nn
 
 import defcon.checker
-from defcon.bench_report import leave_one_out
+from defcon.bench.results import leave_one_out
 from defcon.catalog import builtin_catalog, load_catalog_file
 from defcon.checker import check
 from defcon.checker.factors_technique import FactorsTechnique, chains
-from defcon.data import Split
-from defcon.errors import DefconError
-from defcon.probes import (
+from defcon.engine.data import Split
+from defcon.engine.probes import (
     boundary_distance,
     capacity,
     group_accuracy_gap,
     input_gradient_norm,
 )
-from defcon.records import repredicted
+from defcon.errors import DefconError
+from defcon.planning.records import repredicted
 from defcon.vocabulary import Arrow, DefenseSpec, Factor, FactorClaim, Metric, Risk, Slot, Stage
 
 CHECKER_SOURCES = sorted(Path(defcon.checker.__file__).parent.glob("*.py"))
@@ -364,8 +364,8 @@ def test_input_gradient_norm_and_group_gap() -> None:
 
 
 def test_the_group_gap_is_read_on_what_is_served_the_rest_on_the_weights(make_env) -> None:
-    from defcon.defense import ServingWrapper
-    from defcon.probes import probe_factors
+    from defcon.engine.defense import ServingWrapper
+    from defcon.engine.probes import probe_factors
 
     env = make_env("adult")
     model = nn.Sequential(nn.Flatten(), nn.Linear(env.dataset.test.x[0].numel(), 2))

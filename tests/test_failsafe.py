@@ -91,7 +91,7 @@ def _idx(dims: list[int], fill: int = 1) -> bytes:
 
 
 def _fmnist_folder(tmp_path: Path, files: dict[str, bytes]) -> Path:
-    from defcon.data import FMNIST_FILES
+    from defcon.engine.data import FMNIST_FILES
 
     for key, stem in FMNIST_FILES.items():
         (tmp_path / stem).write_bytes(files[key])
@@ -99,7 +99,7 @@ def _fmnist_folder(tmp_path: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_random_bytes_named_like_the_idx_files_are_one_error_naming_the_file(tmp_path: Path):
-    from defcon.data import load_dataset
+    from defcon.engine.data import load_dataset
 
     noise = os.urandom(4096)
     folder = _fmnist_folder(
@@ -110,7 +110,7 @@ def test_random_bytes_named_like_the_idx_files_are_one_error_naming_the_file(tmp
 
 
 def test_a_truncated_idx_file_and_mismatched_counts_are_refused(tmp_path: Path) -> None:
-    from defcon.data import load_dataset
+    from defcon.engine.data import load_dataset
 
     good = {"train_x": _idx([6000, 28, 28]), "train_y": _idx([6000]),
             "test_x": _idx([10, 28, 28]), "test_y": _idx([10])}  # fmt: skip
@@ -130,9 +130,9 @@ def test_a_truncated_idx_file_and_mismatched_counts_are_refused(tmp_path: Path) 
 def test_a_narrower_bench_rerun_summarises_every_record_in_the_folder(
     tmp_path: Path, fake_record
 ) -> None:
-    from defcon.bench import run_bench
-    from defcon.bench_report import write_results
-    from defcon.reports import save_record
+    from defcon.bench.results import write_results
+    from defcon.bench.run import run_bench
+    from defcon.report.reports import save_record
 
     records = tmp_path / "records"
     save_record(fake_record("adult", ("dp_sgd", "explanations")), records / "adult" / "a.json")
@@ -193,8 +193,8 @@ def test_check_rejects_wrong_types_at_the_boundary(args, kwargs, message) -> Non
 def test_a_declared_slot_exclusion_is_reported_and_refused_before_training(tmp_path) -> None:
     """certified_watermark + dp_sgd: check says why; compose refuses before any training."""
     from defcon import check
-    from defcon.composer import Composer
     from defcon.errors import DefconError
+    from defcon.measure.composer import Composer
 
     verdict = check(["certified_watermark", "dp_sgd"])
     assert not verdict.composable

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from defcon.attacks import BadNets
 from defcon.catalog import builtin_catalog
-from defcon.models import accuracy, arch_for, build_model
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.engine.attacks import BadNets
+from defcon.engine.models import accuracy, arch_for, build_model
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from defcon.vocabulary import Factor, Risk, Stage, Threat
 from pipeline_stages.post_training.backdoor_pruning import core_model
 from pipeline_stages.post_training.fine_pruning import FinePruning, pruned_layer

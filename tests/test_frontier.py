@@ -11,7 +11,7 @@ from benchmark_scripts import load_script
 
 from defcon.catalog import builtin_catalog
 from defcon.effectiveness import Summary, defense_outcome, judge
-from defcon.records import DefenseResult
+from defcon.planning.records import DefenseResult
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import torch
 from fairlearn.metrics import equalized_odds_difference
 from fairness_data import assert_lowers_equalized_odds_gap, gap_and_accuracy
 
+from defcon.engine.models import arch_for, build_model, predict
+from defcon.engine.training import train
 from defcon.errors import DefconError
-from defcon.models import arch_for, build_model, predict
-from defcon.training import train
 from pipeline_stages.in_training.group_fairness import (
     GroupFairness,
     equalized_odds_penalty,

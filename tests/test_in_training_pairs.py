@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 
 from defcon.catalog import builtin_catalog
-from defcon.data import load_dataset
-from defcon.defense import Environment
+from defcon.engine.data import load_dataset
+from defcon.engine.defense import Environment
+from defcon.engine.models import ArchConfig, accuracy, build_model
+from defcon.engine.training import supply_reference_models, train
 from defcon.errors import DefconError
-from defcon.models import ArchConfig, accuracy, build_model
-from defcon.profiles import get_profile
-from defcon.training import supply_reference_models, train
+from defcon.planning.profiles import get_profile
 from pipeline_stages.in_training.adversarial_training import AdversarialTraining
 from pipeline_stages.in_training.dp_sgd import DPSGD, EPSILON_KEY
 from pipeline_stages.in_training.group_fairness import GroupFairness

@@ -12,11 +12,9 @@ import torch
 from torch import nn
 
 from defcon.catalog import Catalog, builtin_catalog
-from defcon.composer import Composer
-from defcon.data import Split, from_arrays
-from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
-from defcon.errors import DefconError
-from defcon.models import (
+from defcon.engine.data import Split, from_arrays
+from defcon.engine.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.engine.models import (
     MLP,
     InputLayer,
     WithInputLayer,
@@ -25,8 +23,10 @@ from defcon.models import (
     fold_input_layer,
     input_layer_problem,
 )
-from defcon.profiles import get_profile
-from defcon.training import train
+from defcon.engine.training import train
+from defcon.errors import DefconError
+from defcon.measure.composer import Composer
+from defcon.planning.profiles import get_profile
 from defcon.vocabulary import DefenseSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -151,7 +151,7 @@ def test_every_in_training_defense_trains_behind_a_layer(name, tmp_path: Path):
     """Hooks see the model with its layer (Opacus' wrapper, attacks, a re-initialised head)."""
     from fairness_data import unfair_table
 
-    from defcon.registry import make_defense
+    from defcon.engine.registry import make_defense
 
     data = unfair_table(tmp_path, rows=400).dataset(0)
     env = Environment(dataset=data, seed=0, profile=get_profile("tiny"))

@@ -1,5 +1,5 @@
 """Fail safe on the user's inputs, one test per class of issue 20 part B: user data is checked
-before training (defcon/data_checks.py), a model's non-finite logits fail the run, a last batch
+before training (defcon/engine/data_checks.py), a model's non-finite logits fail the run, a last batch
 of one row never reaches BatchNorm, user code fails behind one boundary (defcon/user_code.py),
 and metric names are checked when a plug-in is loaded. The examples of the issue, run through
 the CLI, are in tests/test_probes_inputs.py (slow)."""
@@ -16,8 +16,8 @@ import torch
 from cli_helpers import assert_one_line_error, run
 from torch import nn
 
-from defcon.data import Split, from_arrays, read_csv, read_npz
-from defcon.data_checks import MAX_CATEGORIES
+from defcon.engine.data import Split, from_arrays, read_csv, read_npz
+from defcon.engine.data_checks import MAX_CATEGORIES
 from defcon.errors import DefconError
 from defcon.user_code import DEBUG_ENV
 
@@ -144,9 +144,9 @@ def _nan_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 
 def _tiny_env(rows: int, factory: str):
-    from defcon.defense import Environment
-    from defcon.models import arch_for
-    from defcon.profiles import get_profile
+    from defcon.engine.defense import Environment
+    from defcon.engine.models import arch_for
+    from defcon.planning.profiles import get_profile
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(rows + 40, 4)).astype(np.float32)
@@ -162,7 +162,7 @@ def _tiny_env(rows: int, factory: str):
 
 
 def test_a_model_with_non_finite_logits_fails_naming_the_factory() -> None:
-    from defcon.training import train
+    from defcon.engine.training import train
 
     env = _tiny_env(64, f"{__name__}:_nan_model")
     with pytest.raises(DefconError, match=rf"--model '{__name__}:_nan_model'.*non-finite logits"):
@@ -171,7 +171,7 @@ def test_a_model_with_non_finite_logits_fails_naming_the_factory() -> None:
 
 @pytest.mark.parametrize("rows", [65, 129, 66])
 def test_a_last_batch_of_one_row_never_reaches_batchnorm(rows: int) -> None:
-    from defcon.training import train
+    from defcon.engine.training import train
 
     split = Split(torch.randn(rows, 4), torch.arange(rows) % 2)
     sizes = [len(y) for _, y, _ in split.loader(64, shuffle=True, seed=1)]
@@ -196,7 +196,7 @@ def broken(input_shape, num_classes):
     raise ValueError("no such layer")
 """
 USER_DEFENSE = """import torch
-from defcon.defense import PreTrainingDefense
+from defcon.engine.defense import PreTrainingDefense
 class Raises(PreTrainingDefense):
     def apply(self, train, env):
         raise KeyError("boom")
@@ -288,8 +288,8 @@ def test_user_code_fails_behind_one_boundary_with_one_line(user_folder: Path) ->
 
 def test_a_metric_name_mismatch_is_caught_when_the_plugin_loads(user_folder: Path) -> None:
     from defcon.catalog import builtin_catalog, load_catalog_file
-    from defcon.defense import returned_metric_names
-    from defcon.registry import defense_class
+    from defcon.engine.defense import returned_metric_names
+    from defcon.engine.registry import defense_class
 
     result = _compose("--out", "out", defense="WrongMetric")
     assert_error_line(result, "WrongMetric.measure returns metrics ['asr']",

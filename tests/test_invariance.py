@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from defcon.data import Dataset, Split
-from defcon.invariance import (
+from defcon.engine.data import Dataset, Split
+from defcon.engine.invariance import (
     INVARIANCE_ERROR,
     LABEL_CHANGING,
     InvarianceSettings,
@@ -134,8 +134,8 @@ def test_evasion_measures_invariance_in_its_own_ball(make_env):
 
 
 def test_standalone_tables_report_invariance_beside_robust_accuracy(tmp_path):
-    from defcon.composer import Composer
-    from defcon.standalone import measure_standalone, standalone_markdown
+    from defcon.measure.composer import Composer
+    from defcon.measure.standalone import measure_standalone, standalone_markdown
 
     composer = Composer(
         "digits", profile="tiny", cache_dir=tmp_path,
@@ -157,7 +157,7 @@ def test_standalone_tables_report_invariance_beside_robust_accuracy(tmp_path):
 
 def test_standalone_cells_say_when_invariance_is_not_measurable():
     from defcon.effectiveness import Summary
-    from defcon.standalone import StandaloneResult, invariance_cell, standalone_markdown
+    from defcon.measure.standalone import StandaloneResult, invariance_cell, standalone_markdown
     from defcon.vocabulary import Direction
 
     nan = float("nan")

@@ -8,9 +8,9 @@ import functools
 import pytest
 import torch
 
+from defcon.engine.models import predict
+from defcon.engine.training import train
 from defcon.errors import DefconError
-from defcon.models import predict
-from defcon.training import train
 from pipeline_stages.post_training.ipguard_fingerprint import (
     IPGuardFingerprint,
     ipguard_objective,

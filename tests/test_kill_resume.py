@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _defcon(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from defcon.cli import app; app()", *args]
+    return [sys.executable, "-c", "from defcon.cli.main import app; app()", *args]
 
 
 def _env() -> dict[str, str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from defcon.composer import Composer
-from defcon.profiles import PROFILES, MembershipRegime, get_profile
+from defcon.measure.composer import Composer
+from defcon.planning.profiles import PROFILES, MembershipRegime, get_profile
 
 
 def test_regime_replaces_only_its_datasets_caps_and_epochs() -> None:

@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
-from defcon.attacks import BadNets, make_trigger
-from defcon.models import accuracy, build_model
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.engine.attacks import BadNets, make_trigger
+from defcon.engine.models import accuracy, build_model
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from pipeline_stages.pre_training.model_watermark import ModelWatermark
 
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from cli_helpers import assert_one_line_error, run
 
-from defcon.composer import Composer
-from defcon.data import from_arrays, read_csv
+from defcon.engine.data import from_arrays, read_csv
 from defcon.errors import DefconError
-from defcon.model_notices import acted_notices, architecture_notices
-from defcon.notices import ACTED, CHANGED, CHANGED_VS_COMBINED
-from defcon.records import CompositionRecord
-from defcon.report_model import composition_report
+from defcon.measure.composer import Composer
+from defcon.measure.model_notices import acted_notices, architecture_notices
+from defcon.planning.notices import ACTED, CHANGED, CHANGED_VS_COMBINED
+from defcon.planning.records import CompositionRecord
+from defcon.report.report_model import composition_report
 
 
 def table(path: Path, rows: int = 300, **columns: object) -> Path:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_line_error, run
 
-from defcon import optional
-from defcon.audit import select_attacks
-from defcon.bench import run_bench
+from defcon.audit.auditor import select_attacks
+from defcon.bench.run import run_bench
 from defcon.catalog import builtin_catalog
-from defcon.data import load_dataset
+from defcon.engine import optional
+from defcon.engine.data import load_dataset
 from defcon.errors import DefconError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_import_and_the_declaration_commands_never_load_torchattacks() -> None:
         import sys
         import defcon
         from typer.testing import CliRunner
-        from defcon.cli import app
+        from defcon.cli.main import app
 
         runner = CliRunner()
         for args in (
@@ -83,7 +83,7 @@ def test_compose_refuses_before_training(without_torchattacks: None, tmp_path: P
 
 
 def test_a_defense_that_needs_no_attack_is_built_without_it(without_torchattacks: None) -> None:
-    from defcon.registry import make_defense
+    from defcon.engine.registry import make_defense
 
     assert make_defense("model_watermark").name == "model_watermark"
     with pytest.raises(DefconError, match=INSTALL_LINE):
@@ -109,7 +109,7 @@ def test_bench_refuses_before_any_pair(without_torchattacks: None, tmp_path: Pat
 
 
 def test_the_catalog_declares_what_needs_torchattacks() -> None:
-    from defcon.registry import defense_class
+    from defcon.engine.registry import defense_class
 
     needing = {
         name

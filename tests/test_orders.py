@@ -9,7 +9,13 @@ from cli_helpers import assert_one_line_error, run
 
 from defcon.catalog import builtin_catalog
 from defcon.errors import DefconError
-from defcon.orders import better_order, check_order_choice, given_order, order_lines, stage_orders
+from defcon.planning.orders import (
+    better_order,
+    check_order_choice,
+    given_order,
+    order_lines,
+    stage_orders,
+)
 
 CATALOG = builtin_catalog()
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from defcon.defense import ServingWrapper, weights_of
-from defcon.models import arch_for, predict
-from defcon.training import train
+from defcon.engine.defense import ServingWrapper, weights_of
+from defcon.engine.models import arch_for, predict
+from defcon.engine.training import train
 from pipeline_stages.post_training.output_watermark import (
     OutputWatermark,
     WatermarkedAPI,

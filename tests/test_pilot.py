@@ -10,8 +10,8 @@ from cli_helpers import run as run_cli
 
 from defcon.catalog import builtin_catalog
 from defcon.errors import DefconError
-from defcon.pilot import PilotTechnique
-from defcon.records import repredicted
+from defcon.measure.pilot import PilotTechnique
+from defcon.planning.records import repredicted
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -66,7 +66,7 @@ def test_the_benchmark_scores_the_pilot_beside_every_technique(tmp_path, fake_re
 
 
 def test_a_benchmark_script_reports_bad_input_in_one_line_like_the_cli(tmp_path, capsys) -> None:
-    from defcon.cli import run_script
+    from defcon.cli.main import run_script
 
     script = load_script("pilot")
     with pytest.raises(SystemExit) as exit_info:

@@ -8,7 +8,7 @@ import pytest
 
 from defcon.catalog import builtin_catalog
 from defcon.errors import DefconError
-from defcon.planner import parse_risks, plan
+from defcon.planning.planner import parse_risks, plan
 from defcon.vocabulary import Risk
 
 RISKS = frozenset({Risk.EVASION, Risk.MEMBERSHIP_INFERENCE, Risk.MODEL_THEFT})
@@ -67,8 +67,8 @@ def test_cli_bad_risk_is_one_error_line_exit_2() -> None:
 
 def test_dataset_leaves_out_inapplicable_defenses_and_says_why() -> None:
     """dataset_inference declares it cannot prove ownership on tabular data (adult)."""
-    from defcon.plan_evidence import builtin_facts
-    from defcon.planner import inapplicable
+    from defcon.planning.evidence import builtin_facts
+    from defcon.planning.planner import inapplicable
 
     adult = builtin_facts("adult")
     assert adult.sensitive_attribute == "sex"
@@ -81,7 +81,7 @@ def test_dataset_leaves_out_inapplicable_defenses_and_says_why() -> None:
 
 
 def test_unknown_dataset_names_the_built_in_ones() -> None:
-    from defcon.plan_evidence import builtin_facts
+    from defcon.planning.evidence import builtin_facts
 
     with pytest.raises(DefconError, match="digits, fmnist, adult, compas"):
         builtin_facts("nope")
@@ -105,7 +105,7 @@ def test_measured_evidence_reorders_and_excludes(tmp_path, fake_record) -> None:
     """Known answer: with no records the four pairs rank by name; a pair measured effective
     moves first, one measured ineffective is dropped naming its record, and records of another
     dataset or files that are not records change nothing."""
-    from defcon.plan_evidence import builtin_facts, load_evidence
+    from defcon.planning.evidence import builtin_facts, load_evidence
 
     small = {n: builtin_catalog()[n] for n in SMALL}
     risks = frozenset({Risk.EVASION, Risk.MODEL_THEFT})
@@ -160,8 +160,8 @@ def test_cli_plan_prints_exclusions_and_errors_name_the_uncovered_risk(tmp_path)
 
 def test_a_forced_conflict_carries_alternatives_applicable_to_the_data() -> None:
     """plan_combination (compose's planning) keeps the planner's alternatives for the record."""
-    from defcon.combination_plan import plan_combination
-    from defcon.plan_evidence import builtin_facts
+    from defcon.planning.combination import plan_combination
+    from defcon.planning.evidence import builtin_facts
 
     catalog = builtin_catalog()
     pair = ["model_watermark", "backdoor_pruning"]
@@ -181,7 +181,7 @@ def test_a_forced_conflict_carries_alternatives_applicable_to_the_data() -> None
 
 
 def test_records_without_alternatives_still_load(fake_record) -> None:  # noqa: ANN001
-    from defcon.records import CompositionRecord
+    from defcon.planning.records import CompositionRecord
 
     data = fake_record().model_dump(mode="json")
     data.pop("alternatives")

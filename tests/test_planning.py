@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from defcon.catalog import builtin_catalog
-from defcon.combination_plan import plan_combination
 from defcon.errors import DefconError
-from defcon.planning import DataFacts, Scenario, applicability_problem, plan_audit
+from defcon.planning.combination import plan_combination
+from defcon.planning.rules import DataFacts, Scenario, applicability_problem, plan_audit
 from defcon.vocabulary import DataKind
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +21,10 @@ ADULT = DataFacts("adult", DataKind.TABULAR, sensitive_attribute="sex")
 
 def test_planning_imports_no_torch() -> None:
     code = (
-        "import sys, defcon.planning\n"
+        "import sys, defcon.planning.rules\n"
         "from defcon.catalog import builtin_catalog\n"
-        "from defcon.combination_plan import plan_combination\n"
-        "from defcon.planning import DataFacts\n"
+        "from defcon.planning.combination import plan_combination\n"
+        "from defcon.planning.rules import DataFacts\n"
         "from defcon.vocabulary import DataKind\n"
         "plan_combination(['model_watermark', 'explanations'], builtin_catalog(),\n"
         "                 DataFacts('digits', DataKind.IMAGE))\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_line_error, run
 
-from defcon import dataset_info
 from defcon.checker import base as checker_base
+from defcon.planning import dataset_info
 from defcon.plugins import installed_plugins
 from defcon.risks import base as risks_base
 
@@ -33,8 +33,8 @@ MODULE = textwrap.dedent(
     import torch
 
     from defcon.checker import Verdict
-    from defcon.data import from_arrays
-    from defcon.dataset_info import DatasetEntry, DatasetSizes
+    from defcon.engine.data import from_arrays
+    from defcon.planning.dataset_info import DatasetEntry, DatasetSizes
     from defcon.risks import RiskAttack, RiskMetric
     from defcon.vocabulary import DataKind, Direction, Risk
 
@@ -153,7 +153,7 @@ def test_an_installed_dataset_is_listed_planned_and_sized(plug) -> None:
     assert listed["blobs"]["kind"] == "tabular" and listed["blobs"]["available"] == "yes"
     planned = run("plan", "--risks", "evasion", "--dataset", "blobs")
     assert planned.exit_code == 0, planned.stderr
-    from defcon.profiles import get_profile
+    from defcon.planning.profiles import get_profile
 
     tiny = get_profile("tiny")
     assert tiny.train_cap("blobs") == 200 and tiny.epochs_for("blobs") == 3
@@ -226,7 +226,7 @@ def test_a_plugin_cannot_take_a_built_in_name(plug, tmp_path) -> None:
 
 
 def test_each_built_in_dataset_is_defined_once_and_its_loader_agrees() -> None:
-    from defcon.data import FMNIST_DIR, FMNIST_FILES, load_dataset
+    from defcon.engine.data import FMNIST_DIR, FMNIST_FILES, load_dataset
     from defcon.plugins import load_object
 
     entries = dataset_info.builtin_datasets()
@@ -245,7 +245,7 @@ def test_each_built_in_dataset_is_defined_once_and_its_loader_agrees() -> None:
 
 def test_profiles_take_each_datasets_sizes_from_its_entry() -> None:
     """The sizes the profiles held before the registry (cache keys depend on them)."""
-    from defcon.profiles import PROFILES
+    from defcon.planning.profiles import PROFILES
 
     tiny, quick, paper = PROFILES["tiny"], PROFILES["quick"], PROFILES["paper"]
     assert tiny.max_train == {"fmnist": 1000, "adult": 2000, "compas": 2000, "digits": None,
@@ -268,7 +268,7 @@ def test_file_or_name_is_decided_by_the_suffix(value: str, file: bool) -> None:
 
 
 def test_a_name_with_file_options_is_refused_by_the_one_source_function() -> None:
-    from defcon.data import dataset_source
+    from defcon.engine.data import dataset_source
     from defcon.errors import DefconError
 
     assert dataset_source("digits") == "digits"

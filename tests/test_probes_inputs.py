@@ -47,7 +47,7 @@ def nan_logits(input_shape, num_classes):
 """
 
 DEFENSES = """import torch
-from defcon.defense import InTrainingDefense, PostTrainingDefense, PreTrainingDefense
+from defcon.engine.defense import InTrainingDefense, PostTrainingDefense, PreTrainingDefense
 
 ASR = "attack_success_rate"
 

@@ -11,7 +11,7 @@ import pytest
 from benchmark_scripts import load_script
 
 from defcon.errors import DefconError
-from defcon.reports import load_record
+from defcon.report.reports import load_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benchmarks/results/records/adult/adult-quick-seeds0+3to5-dp_sgd+explanations.json"

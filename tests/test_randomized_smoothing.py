@@ -14,11 +14,11 @@ from torch import nn
 
 from defcon.catalog import builtin_catalog
 from defcon.checker.base import structural_clashes
-from defcon.defense import contract_problems
-from defcon.models import accuracy, arch_for, build_model
-from defcon.registry import defense_class
-from defcon.registry import make_defense as make
-from defcon.training import train
+from defcon.engine.defense import contract_problems
+from defcon.engine.models import accuracy, arch_for, build_model
+from defcon.engine.registry import defense_class
+from defcon.engine.registry import make_defense as make
+from defcon.engine.training import train
 from pipeline_stages.in_training.dp_sgd import DPSGD, EPSILON_KEY
 from pipeline_stages.in_training.randomized_smoothing import (
     ABSTAIN,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from defcon.audit import AuditRecord
-from defcon.cli import app
+from defcon.audit.auditor import AuditRecord
+from defcon.cli.main import app
 from defcon.effectiveness import Summary
 
 

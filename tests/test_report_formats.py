@@ -11,11 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from defcon.audit import AuditRecord, MetricAudit
-from defcon.cli import app
+from defcon.audit.auditor import AuditRecord, MetricAudit
+from defcon.cli.main import app
 from defcon.effectiveness import Interval, Summary
-from defcon.report_model import Estimate, build_report
-from defcon.reports import load_record
+from defcon.report.report_model import Estimate, build_report
+from defcon.report.reports import load_record
 from defcon.vocabulary import Direction, Risk
 
 RECORD = Path(
@@ -164,7 +164,7 @@ def test_infinite_estimates_read_as_infinity() -> None:
 
 
 def test_the_bar_chart_writes_infinity_on_the_empty_bar(monkeypatch, tmp_path: Path) -> None:
-    import defcon.reports as reports
+    import defcon.report.reports as reports
 
     captured = {}
     monkeypatch.setattr(reports, "save_figure", lambda fig, path: captured.setdefault("fig", fig))
@@ -295,7 +295,7 @@ def test_a_real_browser_renders_the_page_and_its_plot(tmp_path: Path) -> None:
 
 def test_reports_say_how_each_metric_was_measured_and_name_the_alternatives(fake_record) -> None:
     from defcon.catalog import builtin_catalog
-    from defcon.renderers import markdown
+    from defcon.report.renderers import markdown
 
     text = _report(str(RECORD), "--format", "md")
     section = text.split("## How each metric was measured", 1)[1].split("## Versions")[0]

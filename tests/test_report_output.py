@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from defcon.reports import load_record, print_report
+from defcon.report.reports import load_record, print_report
 from defcon.terminal import SafeConsole
 
 ROOT = Path(__file__).resolve().parents[1]

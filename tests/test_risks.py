@@ -13,7 +13,7 @@ from defcon.vocabulary import Arrow, Factor, Risk
 
 @pytest.fixture(scope="module")
 def digits_model(make_env):
-    from defcon.training import train
+    from defcon.engine.training import train
 
     env = make_env("digits")
     env.train_data = env.dataset.train
@@ -22,7 +22,7 @@ def digits_model(make_env):
 
 @pytest.fixture(scope="module")
 def adult_model(make_env):
-    from defcon.training import train
+    from defcon.engine.training import train
 
     env = make_env("adult")
     env.train_data = env.dataset.train
@@ -30,7 +30,7 @@ def adult_model(make_env):
 
 
 def test_evasion_pgd_lowers_accuracy_far_below_clean(digits_model):
-    from defcon.models import accuracy
+    from defcon.engine.models import accuracy
     from defcon.risks.evasion import Evasion
 
     env, model = digits_model
@@ -41,9 +41,9 @@ def test_evasion_pgd_lowers_accuracy_far_below_clean(digits_model):
 
 
 def test_poisoning_backdoor_succeeds_when_the_poisoner_trains_with_the_model(make_env):
-    from defcon.attacks import BadNets
+    from defcon.engine.attacks import BadNets
+    from defcon.engine.training import train
     from defcon.risks.poisoning import Poisoning
-    from defcon.training import train
 
     env = make_env("digits")
     env.poisoner = BadNets.for_dataset(env.dataset, 0)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from defcon.data import Split
-from defcon.dp_audit import audit_from_scores, epsilon_lower_bound
-from defcon.rmia import rmia_attack
+from defcon.engine.data import Split
+from defcon.engine.dp_audit import audit_from_scores, epsilon_lower_bound
+from defcon.engine.rmia import rmia_attack
 
 
 def _split(x: torch.Tensor, y: torch.Tensor) -> Split:

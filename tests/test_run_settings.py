@@ -6,10 +6,10 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 from test_bring_your_own import write_loans
 
+from defcon.engine.settings import RunSettings
 from defcon.errors import DefconError
-from defcon.profiles import get_profile
-from defcon.reliability import underfit_reasons
-from defcon.settings import RunSettings
+from defcon.measure.reliability import underfit_reasons
+from defcon.planning.profiles import get_profile
 
 
 def test_settings_override_the_profile_and_change_its_cache_identity():
@@ -69,7 +69,7 @@ def _compose(tmp_path, *extra: str):
         "--out", str(out), "--device", "cpu", *extra,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    from defcon.reports import load_record
+    from defcon.report.reports import load_record
 
     (path,) = (out / "records").glob("*.json")
     return result, load_record(path)
@@ -141,7 +141,7 @@ def test_resolved_checks_what_needs_io_and_the_cli_settings_override_the_apis():
 def test_every_run_option_is_declared_once_for_compose_audit_and_bench():
     from typer.main import get_command
 
-    from defcon.cli import RUN_OPTIONS, app
+    from defcon.cli.main import RUN_OPTIONS, app
 
     commands = get_command(app).commands  # type: ignore[attr-defined]
     for name, left_out in (("compose", set()), ("audit", {"max_seeds"}), ("bench", {"dataset"})):
@@ -162,8 +162,8 @@ def test_a_bad_run_option_is_one_line_on_every_command(tmp_path, command):
 
 
 def test_the_composer_and_auditor_take_their_seeds_from_the_settings(tmp_path):
-    from defcon.audit import Auditor
-    from defcon.composer import Composer
+    from defcon.audit.auditor import Auditor
+    from defcon.measure.composer import Composer
 
     settings = RunSettings(profile="tiny", seeds=2, max_seeds=4, seed_start=7, device="cpu")
     composer = Composer.from_settings(settings, cache_dir=tmp_path)
@@ -178,7 +178,7 @@ def test_the_composer_and_auditor_take_their_seeds_from_the_settings(tmp_path):
 
 
 def test_bench_takes_the_settings_or_their_fields(tmp_path):
-    from defcon.bench import run_bench
+    from defcon.bench.run import run_bench
 
     pair = [("model_watermark", "explanations")]
     settings = RunSettings(seeds=1, profile="tiny", device="cpu")
@@ -195,8 +195,8 @@ def test_bench_takes_the_settings_or_their_fields(tmp_path):
 def test_committed_records_still_load_with_the_shared_header():
     from pathlib import Path
 
-    from defcon.audit import AuditRecord
-    from defcon.records import CompositionRecord, RecordHeader
+    from defcon.audit.auditor import AuditRecord
+    from defcon.planning.records import CompositionRecord, RecordHeader
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     composition = next((root / "records" / "adult").glob("*.json"))
@@ -211,7 +211,7 @@ def test_committed_records_still_load_with_the_shared_header():
 
 
 def test_bench_tasks_carry_the_settings_unchanged_but_for_their_dataset(tmp_path, monkeypatch):
-    import defcon.bench as bench
+    import defcon.bench.run as bench
 
     seen: list = []
     monkeypatch.setattr(bench, "_run_local", lambda tasks, workers, report: seen.extend(tasks))

@@ -16,12 +16,12 @@ from cli_helpers import assert_one_line_error, run
 from torch import nn
 
 import defcon
-from defcon.artefact import MANIFEST, SERVING, WEIGHTS, read_manifest, served_layers
-from defcon.composer import Composer
-from defcon.defense import ServingWrapper
+from defcon.engine.defense import ServingWrapper
+from defcon.engine.models import accuracy
 from defcon.errors import DefconError
-from defcon.models import accuracy
-from defcon.pipelines import Pipeline, PipelineResult
+from defcon.measure.artefact import MANIFEST, SERVING, WEIGHTS, read_manifest, served_layers
+from defcon.measure.composer import Composer
+from defcon.measure.pipelines import Pipeline, PipelineResult
 from pipeline_stages.fairness import equalized_odds_gap
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -258,7 +258,7 @@ def test_a_poisoned_scenario_ships_the_recipe_without_the_simulated_backdoor(
 def test_a_post_training_step_that_rebuilds_another_model_is_refused(
     wrapped: Saved, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from defcon.artefact import save_pipeline
+    from defcon.measure.artefact import save_pipeline
     from pipeline_stages.post_training import output_watermark
 
     monkeypatch.setattr(output_watermark, "watermark_key", lambda seed: b"another key")

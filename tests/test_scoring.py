@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from defcon.bench_report import stability
+from defcon.bench.results import stability
 from defcon.effectiveness import Summary, combination_label, defense_outcome, judge
-from defcon.records import CompositionRecord, DefenseResult
-from defcon.scoring import score
+from defcon.planning.records import CompositionRecord, DefenseResult
+from defcon.report.scoring import score
 from defcon.vocabulary import Direction, Metric, Stage
 
 WM = Metric(name="watermark_accuracy", direction=Direction.HIGHER, tolerance=0.1)
@@ -119,7 +119,7 @@ def test_one_measured_class_only() -> None:
 
 
 def test_rejudging_a_record_keeps_its_values_and_redoes_the_verdicts() -> None:
-    from defcon.records import rejudged
+    from defcon.planning.records import rejudged
 
     original = record(("a", "b"), True, {"defcon": "ineffective", "naive": "effective"})
     assert rejudged(original) == original  # same rule, same values: nothing changes

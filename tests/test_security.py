@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from defcon.cache import ModelCache
 from defcon.catalog import Catalog, builtin_catalog, parse_specs
+from defcon.measure.cache import ModelCache
 from defcon.plugins import load_object
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_no_write_of_the_cache_goes_through_a_link(tmp_path: Path) -> None:
     warnings: list[str] = []
     cache = ModelCache(root, warn=warnings.append)
     description = {"probe": 1}
-    from defcon.cache import content_key
+    from defcon.measure.cache import content_key
 
     key = content_key(description)
     entry = root / "measurements" / key[:2] / f"{key}.json"
@@ -140,7 +140,7 @@ def test_control_characters_never_reach_the_terminal(tmp_path: Path) -> None:
 
 
 def test_a_plug_in_s_code_hash_covers_every_module_of_its_folder_it_uses(tmp_path, monkeypatch):
-    from defcon.fingerprint import _plugin_code, plugin_code
+    from defcon.engine.fingerprint import _plugin_code, plugin_code
 
     _plugin_folder(tmp_path)
     (tmp_path / "unrelated.py").write_text("Y = 1\n")
@@ -174,7 +174,7 @@ def test_a_plug_in_s_code_hash_covers_every_module_of_its_folder_it_uses(tmp_pat
 def test_a_bench_record_name_carries_everything_the_task_depends_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from defcon.bench import task_identity
+    from defcon.bench.run import task_identity
 
     builtin = builtin_catalog()
     names = ("dp_sgd", "explanations")
@@ -215,7 +215,7 @@ def test_a_bench_record_name_carries_everything_the_task_depends_on(
 
 
 def test_a_bench_folder_never_breaks_on_a_record_it_cannot_use(tmp_path: Path) -> None:
-    from defcon.bench import load_records
+    from defcon.bench.run import load_records
 
     assert "nope" not in builtin_catalog()  # `in` answers; it used to raise "unknown defense"
     committed = sorted(RECORDS.rglob("*.json"))[:2]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from defcon.composer import Composer
+from defcon.measure.composer import Composer
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 

@@ -15,14 +15,14 @@ from fairlearn.postprocessing import ThresholdOptimizer as Fairlearn
 from fairness_data import unfair_table
 
 from defcon.catalog import builtin_catalog
-from defcon.composer import Composer, applicability_problem
-from defcon.data import from_arrays, load_dataset
-from defcon.defense import Environment, weights_of
+from defcon.engine.data import from_arrays, load_dataset
+from defcon.engine.defense import Environment, weights_of
+from defcon.engine.models import accuracy, predict
+from defcon.engine.registry import make_defense
+from defcon.engine.training import train
 from defcon.errors import DefconError
-from defcon.models import accuracy, predict
-from defcon.profiles import get_profile
-from defcon.registry import make_defense
-from defcon.training import train
+from defcon.measure.composer import Composer, applicability_problem
+from defcon.planning.profiles import get_profile
 from pipeline_stages.fairness import equalized_odds_gap
 from pipeline_stages.post_training.threshold_optimizer import (
     FairThresholds,

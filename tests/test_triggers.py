@@ -12,8 +12,8 @@ import itertools
 import pytest
 import torch
 
-from defcon.attacks import CORNERS, BadNets, make_trigger, trigger_regions
-from defcon.training import train
+from defcon.engine.attacks import CORNERS, BadNets, make_trigger, trigger_regions
+from defcon.engine.training import train
 from pipeline_stages.pre_training.data_watermark import DataWatermark
 from pipeline_stages.pre_training.model_watermark import ModelWatermark
 

@@ -21,11 +21,11 @@ from pydantic import Field
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from defcon.data import Dataset, Split
-from defcon.defense import Environment
+from defcon.engine.data import Dataset, Split
+from defcon.engine.defense import Environment
+from defcon.engine.seeds import derived_seed
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric, needs_sensitive_attribute
 from defcon.risks.membership import balanced
-from defcon.seeds import derived_seed
 from defcon.vocabulary import Direction, Risk
 
 

@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from defcon.data import Dataset, Split
-from defcon.defense import Environment
+from defcon.engine.data import Dataset, Split
+from defcon.engine.defense import Environment
 from defcon.errors import DefconError
 from defcon.plugins import register_plugins
 from defcon.vocabulary import Direction, Risk
@@ -79,9 +79,9 @@ class Lab:
 
     @classmethod
     def plain(cls, env: Environment) -> Lab:
-        from defcon.models import arch_for
-        from defcon.seeds import derived_seed
-        from defcon.training import train
+        from defcon.engine.models import arch_for
+        from defcon.engine.seeds import derived_seed
+        from defcon.engine.training import train
 
         def fit(split: Split, tag: str, epochs: int) -> nn.Module:
             arch = arch_for(env.dataset, width=env.profile.width)
@@ -156,7 +156,7 @@ class RiskAttack(ABC):
         """The metrics (names as in `metrics`); the model is in eval mode."""
 
     def cache_key(self) -> dict[str, Any]:
-        from defcon.fingerprint import code_of, risks_code
+        from defcon.engine.fingerprint import code_of, risks_code
 
         # an installed package's attack: its own source too, so a new version re-measures
         plugged = {} if type(self).__module__.startswith("defcon.") else {

@@ -12,9 +12,9 @@ from typing import ClassVar
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 from torch import nn
 
-from defcon.data import Dataset
-from defcon.defense import Environment
-from defcon.models import predict
+from defcon.engine.data import Dataset
+from defcon.engine.defense import Environment
+from defcon.engine.models import predict
 from defcon.risks.base import Lab, RiskAttack, RiskMetric, needs_sensitive_attribute
 from defcon.vocabulary import Direction, Risk
 

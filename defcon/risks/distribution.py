@@ -30,10 +30,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from defcon.data import Dataset
-from defcon.defense import Environment
+from defcon.engine.data import Dataset
+from defcon.engine.defense import Environment
+from defcon.engine.seeds import derived_seed
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric, needs_sensitive_attribute
-from defcon.seeds import derived_seed
 from defcon.vocabulary import Direction, Risk
 
 

@@ -6,11 +6,11 @@ step 2.5·ε/steps, the profile's `eval_attack_steps`), so an audit and a compos
 number. Class-balanced (the mean of per-class recalls), so a constant predictor scores
 1/classes, not the majority share.
 
-On image data, beside it: excessive invariance in the same ε-ball (`defcon.invariance`; Tramèr
+On image data, beside it: excessive invariance in the same ε-ball (`defcon.engine.invariance`; Tramèr
 et al., ICML 2020) — the share of perturbations toward another class's training example that a
 declared k-NN oracle proxy says change the true class, on which the model keeps its prediction,
 and how many such perturbations were found. Robust accuracy rewards a model for not changing
-its label; this reports where that is wrong. Not on tabular data (`defcon.invariance`).
+its label; this reports where that is wrong. Not on tabular data (`defcon.engine.invariance`).
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from typing import ClassVar
 from pydantic import Field
 from torch import nn
 
-from defcon import optional
-from defcon.attacks import robust_correct
-from defcon.data import Dataset, class_balanced_mean
-from defcon.defense import Environment
-from defcon.invariance import (
+from defcon.engine import optional
+from defcon.engine.attacks import robust_correct
+from defcon.engine.data import Dataset, class_balanced_mean
+from defcon.engine.defense import Environment
+from defcon.engine.invariance import (
     INVARIANCE_ERROR,
     LABEL_CHANGING,
     InvarianceSettings,
     measure_invariance,
     not_applicable,
 )
+from defcon.engine.seeds import derived_seed
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
-from defcon.seeds import derived_seed
 from defcon.vocabulary import DataKind, Direction, Risk
 
 EPS = {DataKind.IMAGE: 0.1, DataKind.TABULAR: 0.05}

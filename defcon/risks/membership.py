@@ -1,7 +1,7 @@
 """Membership inference (SoK P1): offline RMIA, AUC and TPR at 0.1 % and 1 % FPR.
 
 Zarifzadeh, Liu, Shokri, "Low-Cost High-Power Membership Inference Attacks", ICML 2024, via
-`defcon.rmia` (the same implementation as `dp_sgd`'s metric), with the profile's reference
+`defcon.engine.rmia` (the same implementation as `dp_sgd`'s metric), with the profile's reference
 models trained on halves of the attacker's population data (`env.population_models()`, cached
 per seed). Members are the clean original training records once each (`env.members`),
 non-members the test split, equally many of each; thresholds are set on validation records
@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import Field
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import Environment
+from defcon.engine.data import Split
+from defcon.engine.defense import Environment
+from defcon.engine.rmia import rmia_attack
+from defcon.engine.seeds import derived_seed
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
-from defcon.rmia import rmia_attack
-from defcon.seeds import derived_seed
 from defcon.vocabulary import Direction, Risk
 
 

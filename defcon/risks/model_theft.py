@@ -17,11 +17,11 @@ import numpy as np
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import Environment
-from defcon.extraction import extract
-from defcon.models import arch_for, predict
+from defcon.engine.defense import Environment
+from defcon.engine.extraction import extract
+from defcon.engine.models import arch_for, predict
+from defcon.engine.seeds import derived_seed
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
-from defcon.seeds import derived_seed
 from defcon.vocabulary import Direction, Risk
 
 

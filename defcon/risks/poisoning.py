@@ -1,7 +1,7 @@
 """Poisoning (SoK R2): BadNets attack success rate, the poisoner training with the model.
 
 Gu, Dolan-Gavitt, Garg, "BadNets: Identifying Vulnerabilities in the Machine Learning Model
-Supply Chain", 2017. The poisoner (`defcon.attacks.BadNets`: 10 % of the training rows stamped
+Supply Chain", 2017. The poisoner (`defcon.engine.attacks.BadNets`: 10 % of the training rows stamped
 with a valid trigger and relabelled to the target) is part of the training scenario, so the audit
 builds every arm of this risk under it; the metric is the share of stamped test inputs of
 other classes that the served model assigns to the target.
@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from defcon.defense import Environment
+from defcon.engine.defense import Environment
 from defcon.errors import DefconError
 from defcon.risks.base import Lab, RiskAttack, RiskMetric
 from defcon.vocabulary import Direction, Risk

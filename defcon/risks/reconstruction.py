@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import Environment
+from defcon.engine.defense import Environment
 from defcon.risks.base import AttackConfig, Lab, RiskAttack, RiskMetric
 from defcon.vocabulary import Direction, Risk
 

@@ -42,14 +42,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.seeds import derived_seed
 from pipeline_stages.fairness import POSITIVE_CLASS, equalized_odds_gap, fairness_problem
 from pipeline_stages.in_training.run_state import LossShare
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 
 class AdversarialDebiasingConfig(DefenseConfig):
@@ -109,7 +109,7 @@ class AdversarialDebiasing(InTrainingDefense):
 
     def _fresh(self, run: TrainingRun) -> _AdversaryState:
         """A seeded adversary for a new run, on the CPU with the outputs it reads
-        (`defcon.devices`: a placed model answers there)."""
+        (`defcon.engine.devices`: a placed model answers there)."""
         torch.manual_seed(derived_seed(run.env.seed, f"{self.name}:adversary"))
         adversary = Adversary(self.config.criterion == "equalized_odds")
         optimizer = torch.optim.Adam(adversary.parameters(), lr=self.config.adversary_lr)

@@ -36,16 +36,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon import optional
-from defcon.attacks import robust_correct
-from defcon.data import class_balanced_mean
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
-from defcon.devices import run_attack
-from defcon.seeds import derived_seed
+from defcon.engine import optional
+from defcon.engine.attacks import robust_correct
+from defcon.engine.data import class_balanced_mean
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.devices import run_attack
+from defcon.engine.seeds import derived_seed
 from defcon.vocabulary import DataKind
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 DEFAULT_EPS = {DataKind.IMAGE: 0.1, DataKind.TABULAR: 0.05}
 

@@ -34,14 +34,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets
-from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.attacks import BadNets
+from defcon.engine.data import Split
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.seeds import derived_seed
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 
 class BackdoorFinetuningConfig(DefenseConfig):

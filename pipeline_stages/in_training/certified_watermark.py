@@ -45,13 +45,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.models import predict
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.models import predict
-from defcon.seeds import derived_seed
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 

@@ -27,7 +27,7 @@ larger when k > 1. Records: ``dp_sgd.epsilon`` (per person), ``dp_sgd.row_epsilo
 ``dp_sgd.delta``, ``dp_sgd.group_size``, ``dp_sgd.people``, ``dp_sgd.noise_multiplier``.
 
 Effectiveness is judged empirically: ``mia_auc`` and ``mia_tpr_at_1_fpr`` of offline RMIA
-(Zarifzadeh, Liu, Shokri, ICML 2024; ``defcon.rmia``, the same attack as the audit's membership
+(Zarifzadeh, Liu, Shokri, ICML 2024; ``defcon.engine.rmia``, the same attack as the audit's membership
 risk) with the profile's reference models trained on halves of the attacker's population data.
 ``epsilon`` (``inf`` without DP-SGD) stays in the record as the guarantee but is not judged: it
 is a function of the configuration. Members are ``env.members`` (clean original records once
@@ -51,17 +51,17 @@ from opacus.validators import ModuleValidator
 from pydantic import Field, model_validator
 from torch import nn
 
-from defcon.canaries import audited_epsilon
-from defcon.data import Dataset, Split
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
-from defcon.devices import device_of
-from defcon.rmia import MembershipReading
-from defcon.seeds import derived_seed
+from defcon.engine.canaries import audited_epsilon
+from defcon.engine.data import Dataset, Split
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.devices import device_of
+from defcon.engine.rmia import MembershipReading
+from defcon.engine.seeds import derived_seed
 from pipeline_stages.membership import membership_metrics, membership_reading
 
 if TYPE_CHECKING:
-    from defcon.models import ArchConfig
-    from defcon.training import TrainingRun
+    from defcon.engine.models import ArchConfig
+    from defcon.engine.training import TrainingRun
 
 EPSILON_KEY = "dp_sgd.epsilon"
 DELTA_FACTOR = 10  # δ = 1 / (DELTA_FACTOR · people)

@@ -45,14 +45,14 @@ from fairlearn.metrics import equalized_odds_difference
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.models import predict
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.models import predict
-from defcon.seeds import derived_seed
 from pipeline_stages.in_training.run_state import LossShare
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 
 class GroupFairnessConfig(DefenseConfig):
@@ -132,7 +132,7 @@ class GroupFairness(InTrainingDefense):
     def _log_share(
         self, run: TrainingRun, term: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
     ) -> None:
-        """The term's share of the loss so far, in the run's record (`defcon.notices`): 0 says
+        """The term's share of the loss so far, in the run's record (`defcon.planning.notices`): 0 says
         the defense never changed a gradient."""
         self._state(run).share.add(run, self.name, float(term.detach()), logits, y)
 

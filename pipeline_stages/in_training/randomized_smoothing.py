@@ -49,13 +49,13 @@ from pydantic import Field
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from defcon.data import class_balanced_mean
-from defcon.defense import DefenseConfig, Environment, InTrainingDefense
-from defcon.models import predict
-from defcon.seeds import derived_seed
+from defcon.engine.data import class_balanced_mean
+from defcon.engine.defense import DefenseConfig, Environment, InTrainingDefense
+from defcon.engine.models import predict
+from defcon.engine.seeds import derived_seed
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 ABSTAIN = -1
 ROWS_PER_FORWARD = 4096  # noisy copies pushed through the model at once while certifying

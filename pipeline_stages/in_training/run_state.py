@@ -1,5 +1,5 @@
 """The share of the loss an in-training defense's term has been over a run: 0 says the term
-never changed a gradient (a notice, `defcon.model_notices`). Kept in the run's own state
+never changed a gradient (a notice, `defcon.measure.model_notices`). Kept in the run's own state
 (`TrainingRun.state`), like everything a defense keeps for one run.
 """
 
@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from defcon.training import TrainingRun
+    from defcon.engine.training import TrainingRun
 
 
 @dataclass
 class LossShare:
     """A loss term's size beside the plain cross-entropy over a run's batches: 0 in the run's
-    record ('NAME.acted.loss_share', `defcon.model_notices`) says it never changed a gradient."""
+    record ('NAME.acted.loss_share', `defcon.measure.model_notices`) says it never changed a gradient."""
 
     term: float = 0.0
     loss: float = 0.0

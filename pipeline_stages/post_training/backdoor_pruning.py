@@ -43,12 +43,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets
-from defcon.data import Dataset
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense
-from defcon.devices import device_of
+from defcon.engine.attacks import BadNets
+from defcon.engine.data import Dataset
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense
+from defcon.engine.devices import device_of
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.seeds import derived_seed
 
 
 class BackdoorPruningConfig(DefenseConfig):
@@ -213,7 +213,9 @@ class BackdoorPruning(PostTrainingDefense):
         self.last_pruned = {
             names[id(layer)]: count for layer, count in zip(layers, counts, strict=True)
         }
-        env.record[f"{self.name}.acted.pruned_units"] = float(sum(counts))  # defcon.notices
+        env.record[f"{self.name}.acted.pruned_units"] = float(
+            sum(counts)
+        )  # defcon.planning.notices
         return pruned
 
     def measure(self, model: nn.Module, env: Environment) -> dict[str, float]:

@@ -45,8 +45,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, ServingWrapper
-from defcon.models import predict
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense, ServingWrapper
+from defcon.engine.models import predict
 from pipeline_stages.membership import MEMBERSHIP_METRIC_NAMES, membership_metrics, membership_sets
 
 FLOOR = 1e-12  # the probability a served zero becomes, so the served logits stay finite

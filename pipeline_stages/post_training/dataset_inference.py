@@ -65,9 +65,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
-from defcon.seeds import derived_seed
+from defcon.engine.data import Split
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+from defcon.engine.seeds import derived_seed
 
 MAX_LOG10_P = 10.0  # p < 1e-10 decides a dispute as well as any smaller p
 

@@ -21,7 +21,7 @@ population data (as backdoor_finetuning's clean set), disjoint from the owner's 
 records and from `env.calibration_data`, which must stay unseen by the served model because the
 attack calibrates its thresholds on it. The attacker's references train on halves of the same
 public data; RMIA's ranking of candidates does not read the target's outputs on that data
-beyond a monotone transform (`defcon.rmia.rmia_from_probs`), so the overlap does not score a
+beyond a monotone transform (`defcon.engine.rmia.rmia_from_probs`), so the overlap does not score a
 record by construction. DMP also selects low-entropy reference records; every record is used
 here.
 
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.seeds import derived_seed
 from pipeline_stages.membership import MEMBERSHIP_METRIC_NAMES, membership_metrics
 
 

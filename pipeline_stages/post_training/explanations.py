@@ -60,8 +60,8 @@ from captum.attr import IntegratedGradients
 from pydantic import Field
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import (
+from defcon.engine.data import Split
+from defcon.engine.defense import (
     DefenseConfig,
     Environment,
     PostTrainingDefense,
@@ -69,8 +69,8 @@ from defcon.defense import (
     find_served,
     weights_of,
 )
-from defcon.models import predict
-from defcon.seeds import derived_seed
+from defcon.engine.models import predict
+from defcon.engine.seeds import derived_seed
 
 Method = Literal[
     "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"

@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets
-from defcon.data import Dataset
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
-from defcon.devices import device_of
+from defcon.engine.attacks import BadNets
+from defcon.engine.data import Dataset
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+from defcon.engine.devices import device_of
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.seeds import derived_seed
 from pipeline_stages.post_training.backdoor_pruning import core_model
 
 
@@ -137,7 +137,9 @@ class FinePruning(PostTrainingDefense):
         mask = self.prune(net, layer, group, clean.x, clean.y)
         self.finetune(net, layer, mask, env)
         self.last_pruned = int((mask == 0).sum()) // group
-        env.record[f"{self.name}.acted.pruned_units"] = float(self.last_pruned)  # defcon.notices
+        env.record[f"{self.name}.acted.pruned_units"] = float(
+            self.last_pruned
+        )  # defcon.planning.notices
         return pruned
 
     def prune(

@@ -53,12 +53,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from defcon.data import Dataset
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+from defcon.engine.data import Dataset
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense, weights_of
+from defcon.engine.models import predict
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.models import predict
 from defcon.risks.model_theft import ModelTheft
-from defcon.seeds import derived_seed
 
 MIN_POINTS = 20  # fewer found points make a matching rate too coarse to decide anything
 

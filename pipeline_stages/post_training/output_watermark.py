@@ -56,17 +56,17 @@ from pydantic import Field
 from scipy import stats
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import (
+from defcon.engine.data import Split
+from defcon.engine.defense import (
     DefenseConfig,
     Environment,
     PostTrainingDefense,
     ServingWrapper,
     find_served,
 )
-from defcon.extraction import Extraction, extract
-from defcon.models import arch_for, predict
-from defcon.seeds import derived_seed
+from defcon.engine.extraction import Extraction, extract
+from defcon.engine.models import arch_for, predict
+from defcon.engine.seeds import derived_seed
 
 
 class OutputWatermarkConfig(DefenseConfig):
@@ -232,7 +232,7 @@ class OutputWatermark(PostTrainingDefense):
         return queries.subset(np.sort(order[held:])), queries.subset(np.sort(order[:held]))
 
     def steal(self, stolen: Split, held_out: Split, env: Environment) -> Extraction:
-        """The thief's surrogate (`defcon.extraction`): the threat model's architecture trained
+        """The thief's surrogate (`defcon.engine.extraction`): the threat model's architecture trained
         on the API's answers, early-stopped on agreement with the API on its held-out queries."""
         cfg = self.config
         return extract(

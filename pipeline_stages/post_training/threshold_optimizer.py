@@ -52,10 +52,10 @@ from pydantic import Field
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
-from defcon.data import Dataset
-from defcon.defense import DefenseConfig, Environment, PostTrainingDefense, ServingWrapper
+from defcon.engine.data import Dataset
+from defcon.engine.defense import DefenseConfig, Environment, PostTrainingDefense, ServingWrapper
+from defcon.engine.seeds import derived_seed
 from defcon.errors import DefconError
-from defcon.seeds import derived_seed
 from pipeline_stages.fairness import (
     POSITIVE_CLASS,
     GroupReader,

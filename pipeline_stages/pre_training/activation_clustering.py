@@ -40,9 +40,9 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
 
-from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment
-from defcon.seeds import derived_seed
+from defcon.engine.data import Split
+from defcon.engine.defense import DefenseConfig, Environment
+from defcon.engine.seeds import derived_seed
 from pipeline_stages.pre_training.poison_filter import PoisonFilter, rows_left
 
 

@@ -47,10 +47,10 @@ from fairlearn.preprocessing import CorrelationRemover as FairlearnCorrelationRe
 from pydantic import Field
 from torch import nn
 
-from defcon.data import Dataset, Split
-from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.engine.data import Dataset, Split
+from defcon.engine.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.engine.models import InputLayer, input_layer_problem
 from defcon.errors import DefconError
-from defcon.models import InputLayer, input_layer_problem
 from pipeline_stages.fairness import equalized_odds_gap, fairness_problem, sensitive_columns
 
 

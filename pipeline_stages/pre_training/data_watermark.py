@@ -33,10 +33,10 @@ from pydantic import Field
 from scipy.stats import ttest_rel
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment
-from defcon.models import predict_proba
-from defcon.seeds import derived_seed
+from defcon.engine.data import Split
+from defcon.engine.defense import DefenseConfig, Environment
+from defcon.engine.models import predict_proba
+from defcon.engine.seeds import derived_seed
 from pipeline_stages.pre_training.stamping import Corner, StampingConfig, StampingWatermark
 
 

@@ -26,9 +26,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment
-from defcon.models import predict
+from defcon.engine.data import Split
+from defcon.engine.defense import DefenseConfig, Environment
+from defcon.engine.models import predict
 from pipeline_stages.pre_training.stamping import StampingConfig, StampingWatermark
 
 

@@ -60,12 +60,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from defcon.attacks import BadNets
-from defcon.data import Split
-from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
-from defcon.models import arch_for
-from defcon.seeds import derived_seed
-from defcon.training import train
+from defcon.engine.attacks import BadNets
+from defcon.engine.data import Split
+from defcon.engine.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.engine.models import arch_for
+from defcon.engine.seeds import derived_seed
+from defcon.engine.training import train
 
 GATE_TAIL = 5  # clean rows above the keep quantile needed to estimate it
 _MEMO_SIZE = 8  # filter results kept per process (kept-row indices only: small)

@@ -5,7 +5,7 @@ and relabel them to a secret target class; they differ in what they do with the 
 (append copies vs replace) and in how ownership is verified. Every secret is re-derived from
 (config, seed, dataset), so `measure` works on a model loaded from the cache. The `corner` keeps
 secrets apart: an image patch position, or a disjoint region of tabular feature groups
-(`defcon.attacks.trigger_regions`); the target class comes first, since a tabular trigger is
+(`defcon.engine.attacks.trigger_regions`); the target class comes first, since a tabular trigger is
 chosen against it (values an independent model does not associate with the target).
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from defcon.attacks import Corner, Trigger, default_target, make_trigger
-from defcon.data import Dataset, Split
-from defcon.defense import DefenseConfig, Environment, PreTrainingDefense
-from defcon.seeds import derived_seed
+from defcon.engine.attacks import Corner, Trigger, default_target, make_trigger
+from defcon.engine.data import Dataset, Split
+from defcon.engine.defense import DefenseConfig, Environment, PreTrainingDefense
+from defcon.engine.seeds import derived_seed
 
 
 class StampingConfig(DefenseConfig):
