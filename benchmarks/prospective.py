@@ -19,7 +19,8 @@ committed, and the commit is tagged `prospective-2` before any of its combinatio
     python benchmarks/prospective.py triples --round 2   # prospective2_triples.toml; commit it
     python benchmarks/prospective.py predict --round 2   # results/prospective2/predictions.json
     git tag prospective-2                                # the pre-registration
-    python benchmarks/prospective.py measure --round 2
+    python benchmarks/prospective.py measure --round 2   # in the checker's order, then every
+                                                         # order of each same-stage group (bench/orders)
     python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed
 
 `pilot` is a quick measurement, not a prediction: it is listed apart, never predicted here.
@@ -45,6 +46,7 @@ from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import TECHNIQUES, FactorChain, check
 from defcon.cli.main import run_script
 from defcon.errors import DefconError
+from defcon.planning.orders import given_order
 from defcon.planning.records import CompositionRecord, repredicted
 from defcon.report.reports import load_record
 from defcon.report.scoring import (
@@ -172,6 +174,33 @@ def measure(
     from defcon.bench.results import write_results
 
     write_results(result, out)  # the full per-combination report, current predictions
+    for dataset, given in sorted(given_orders(document).items()):  # every order of a stage
+        run_bench(
+            [dataset],
+            pairs=[names for names in given if len(names) == 2],
+            triples=[names for names in given if len(names) == 3],
+            seeds=seeds,
+            max_seeds=max_seeds,
+            workers=workers,
+            out=out / "orders",
+            cache_dir=cache,
+            order="given",
+            log=lambda message: print(message, flush=True),
+        )
+
+
+def given_orders(document: dict) -> dict[str, list[tuple[str, ...]]]:
+    """Per dataset, every combination of the document's order groups in each order of its
+    same-stage defenses (stages pre → in → post, the other stages' defenses as they are)."""
+    catalog = builtin_catalog()
+    found: dict[str, list[tuple[str, ...]]] = {}
+    for item in document.get("orders", []):
+        for order in item["orders"]:
+            others = [name for name in item["defenses"] if name not in order]
+            names = given_order(catalog, [*order, *others])
+            if names not in found.setdefault(item["dataset"], []):
+                found[item["dataset"]].append(names)
+    return found
 
 
 def _frozen(record: CompositionRecord, predicted: dict[str, dict[str, str]]) -> CompositionRecord:
@@ -693,10 +722,15 @@ def better_order(first: CompositionRecord, second: CompositionRecord) -> tuple[s
     return first.order if first.label == "effective" else second.order
 
 
-def analysis_markdown(document: dict, records: Sequence[CompositionRecord]) -> str:
+def analysis_markdown(
+    document: dict,
+    records: Sequence[CompositionRecord],
+    order_records: Sequence[CompositionRecord] = (),
+) -> str:
     """The pre-registered round-2 table: per technique balanced accuracy with the interval
     clustered by defense, coverage and the accuracy where it decides, McNemar against naive and
-    Def\\Con, whether each predicted chain's factor moved as declared, and the order table."""
+    Def\\Con, whether each predicted chain's factor moved as declared, and the order table
+    (which also reads `order_records`: the stages' other orders, measured as given)."""
     techniques = document["techniques"]
     by_key: dict[str, list[CompositionRecord]] = {}
     for record in records:
@@ -768,7 +802,7 @@ def analysis_markdown(document: dict, records: Sequence[CompositionRecord]) -> s
             for m in moves
         ),
         "",
-        *order_rows(document, records),
+        *order_rows(document, [*records, *order_records]),
         "",
         "Produced by `python benchmarks/prospective.py score --round 2`.",
         "",
@@ -874,7 +908,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.round == 2:
         found = [load_record(p) for p in sorted((BENCH2 / "records").rglob("*.json"))]
-        text = analysis_markdown(document, found)
+        orders = [load_record(p) for p in sorted((BENCH2 / "orders" / "records").rglob("*.json"))]
+        text = analysis_markdown(document, found, orders)
         atomic_write_text(ROUND2 / "RESULTS.md", text)
         print(text)
         return 0

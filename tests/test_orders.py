@@ -72,3 +72,37 @@ def test_compose_order_all_measures_each_order_and_says_which_did_better(tmp_pat
     assert {r["order_choice"] for r in records} == {"given"}
     assert "the checker's order: data_watermark → model_watermark" in result.output
     assert len(list((out / "records").glob("*.json"))) == 2  # one record per order
+
+
+def test_the_bench_measures_a_given_order_under_its_own_record_names(tmp_path, monkeypatch):
+    import defcon.bench.run as bench
+
+    seen: list = []
+    monkeypatch.setattr(bench, "_run_local", lambda tasks, workers, report: seen.extend(tasks))
+    pair = ("model_watermark", "data_watermark")
+    bench.run_bench(["digits"], pairs=[pair], out=tmp_path, seeds=1, profile="tiny")
+    bench.run_bench(["digits"], pairs=[pair], out=tmp_path, seeds=1, profile="tiny", order="given")
+    checker, given = seen
+    assert (checker.order, given.order) == ("checker", "given")
+    assert "-given-model_watermark+data_watermark" in given.record_path
+    assert "-given" not in checker.record_path
+    with pytest.raises(DefconError, match="accepted: checker, given"):
+        bench.run_bench(["digits"], pairs=[pair], out=tmp_path, seeds=1, order="all")
+
+
+def test_round_two_measures_every_order_of_each_same_stage_group() -> None:
+    from benchmark_scripts import load_script
+
+    script = load_script("prospective")
+    document = {
+        "orders": [
+            {"dataset": "adult", "defenses": ["dp_sgd", "fine_pruning", "backdoor_pruning"],
+             "orders": [["backdoor_pruning", "fine_pruning"], ["fine_pruning", "backdoor_pruning"]]},
+        ]
+    }  # fmt: skip
+    assert script.given_orders(document) == {
+        "adult": [
+            ("dp_sgd", "backdoor_pruning", "fine_pruning"),
+            ("dp_sgd", "fine_pruning", "backdoor_pruning"),
+        ]
+    }

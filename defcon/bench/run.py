@@ -49,6 +49,7 @@ class Task(BaseModel):
     cache_dir: str
     record_path: str
     threads: int = 1
+    order: Literal["checker", "given"] = "checker"  # within a stage (defcon.planning.orders)
 
     @property
     def dataset(self) -> str:
@@ -208,7 +209,7 @@ def run_task(task: Task) -> str | None:
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     try:
         composer = Composer.from_settings(task.settings, cache_dir=task.cache_dir)
-        record = composer.compose(task.defenses, force=True)
+        record = composer.compose(task.defenses, force=True, order=task.order)
     except UserCodeError as error:  # a defense or model that raised is a crash, not a finding
         return f"crashed: {error}"
     except DefconError as error:
@@ -335,6 +336,7 @@ def run_bench(
     ray_address: str | None = None,
     log: Callable[[str], None] = lambda message: None,
     measure: bool = True,
+    order: Literal["checker", "given"] = "checker",
     **options: Any,
 ) -> BenchResult:
     """Measure every applicable combination on each dataset; resume from records already saved.
@@ -349,6 +351,10 @@ def run_bench(
     The result's `records` are every record in OUT/records, this selection's and those of
     earlier (possibly wider) runs into the same folder, so the summaries written from it never
     shrink to a narrower rerun's selection.
+
+    `order="given"` applies each combination's defenses in the order named within each stage
+    (the measurement of a stage's other orders); its records are named `-given`, apart from the
+    checker-ordered ones.
     """
     if settings is None:
         settings = RunSettings.checked(**options).resolved()
@@ -372,6 +378,10 @@ def run_bench(
     if configs:  # records of other settings never answer for these
         digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()
         variant += f"-set{digest[:8]}"
+    if order not in ("checker", "given"):
+        raise DefconError(f"unknown order '{order}'; accepted: checker, given")
+    if order == "given":
+        variant += "-given"
     if workers < 1:
         raise DefconError(f"--workers must be at least 1, got {workers}")
     if executor not in ("local", "ray"):
@@ -407,6 +417,7 @@ def run_bench(
                     cache_dir=str(cache_dir),
                     record_path=str(path),
                     threads=threads,
+                    order=order,
                 )
             )
     if measure:  # a missing package is the user's to install, not a finding about a pair
