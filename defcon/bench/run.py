@@ -31,6 +31,7 @@ from defcon.engine.registry import require_for_defenses
 from defcon.engine.settings import RunSettings
 from defcon.errors import DefconError
 from defcon.measure.composer import Composer, applicability_problem
+from defcon.planning.orders import MEASURED_ORDERS, check_order_choice
 from defcon.planning.records import CompositionRecord, repredicted
 from defcon.report.reports import load_record, save_record
 from defcon.storage import atomic_write_text, read_text, safe_folder
@@ -378,8 +379,7 @@ def run_bench(
     if configs:  # records of other settings never answer for these
         digest = hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()
         variant += f"-set{digest[:8]}"
-    if order not in ("checker", "given"):
-        raise DefconError(f"unknown order '{order}'; accepted: checker, given")
+    check_order_choice(order, MEASURED_ORDERS, "order")
     if order == "given":
         variant += "-given"
     if workers < 1:

@@ -348,16 +348,20 @@ RESERVE_ROWS = 2000  # at most this many left-out training records are kept as t
 
 def _cap(split: Split, limit: int | None, seed: int) -> Split:
     """A seeded random subset of at most `limit` rows (the whole split when no limit)."""
-    return _cap_with_reserve(split, limit, seed)[0]
+    return _cap_with_reserve(split, limit, seed, reserve_rows=0)[0]
 
 
-def _cap_with_reserve(split: Split, limit: int | None, seed: int) -> tuple[Split, Split | None]:
-    """`_cap`, and up to RESERVE_ROWS of the rows it left out (None when it left none out)."""
+def _cap_with_reserve(
+    split: Split, limit: int | None, seed: int, reserve_rows: int = RESERVE_ROWS
+) -> tuple[Split, Split | None]:
+    """`_cap`, and up to `reserve_rows` of the rows it left out (None when it keeps none)."""
     if limit is None or len(split) <= limit:
         return split, None
     order = np.random.default_rng(seed).permutation(len(split))
     chosen = split.subset(np.sort(order[:limit])).with_(origin=None)  # row i is record i
-    reserve = split.subset(np.sort(order[limit : limit + RESERVE_ROWS])).with_(origin=None)
+    if reserve_rows <= 0:
+        return chosen, None
+    reserve = split.subset(np.sort(order[limit : limit + reserve_rows])).with_(origin=None)
     return chosen, reserve
 
 

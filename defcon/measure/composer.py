@@ -42,7 +42,6 @@ from defcon.engine.fingerprint import core_code
 from defcon.engine.models import ArchConfig, ModelFactory, check_model, factory_name
 from defcon.engine.rmia import MEMBERSHIP_METRICS
 from defcon.engine.settings import RunSettings, training_used
-from defcon.errors import DefconError
 from defcon.measure.arms import COMBINED, ArmComparison, Reading, quiet_libraries
 from defcon.measure.cache import ModelCache
 from defcon.measure.model_notices import ChangedPredictions, acted_notices, data_and_model_notices
@@ -56,7 +55,7 @@ from defcon.measure.pipelines import (
 from defcon.measure.reliability import underfit_reasons
 from defcon.planning.combination import Plan, plan_combination
 from defcon.planning.notices import ACTED
-from defcon.planning.orders import given_order
+from defcon.planning.orders import MEASURED_ORDERS, check_order_choice, given_order
 from defcon.planning.profiles import Profile, get_profile
 from defcon.planning.records import CompositionRecord, DefenseResult, versions
 from defcon.planning.rules import DataFacts, applicability_problem, validate_tolerances
@@ -393,6 +392,7 @@ class Composer:
     ) -> CompositionRecord:
         started = time.perf_counter()
         before = dict(self.cache.seconds)
+        check_order_choice(order_choice, MEASURED_ORDERS, "order")
         planned = self._plan(names, force=force)
         specs = list(planned.specs)
         tolerances = validate_tolerances(tolerances, specs)
@@ -402,8 +402,6 @@ class Composer:
             if order != planned.order:
                 self.log(f"the given order {' → '.join(order)}; the checker's would be "
                          f"{' → '.join(planned.order)}")  # fmt: skip
-        elif order_choice != "checker":
-            raise DefconError(f"unknown order '{order_choice}'; accepted: checker, given")
         ordered_specs = tuple(sorted(specs, key=lambda spec: order.index(spec.name)))
         if not planned.verdict.effective:  # measured anyway (--force): say what would not conflict
             from defcon.planning.planner import advice

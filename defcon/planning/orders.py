@@ -19,13 +19,16 @@ from defcon.vocabulary import DefenseSpec, Stage
 
 OrderChoice = Literal["checker", "given", "all"]
 ORDER_CHOICES: tuple[str, ...] = ("checker", "given", "all")
+MEASURED_ORDERS: tuple[str, ...] = ("checker", "given")  # what one measurement can apply
 LABEL_RANK = {"effective": 2, "inconclusive": 1, "ineffective": 0}  # only these compare
 
 
-def check_order_choice(choice: str) -> OrderChoice:
-    """`choice` if it is one of ORDER_CHOICES (else one clear error naming them)."""
-    if choice not in ORDER_CHOICES:
-        raise DefconError(f"unknown --order '{choice}'; accepted: {', '.join(ORDER_CHOICES)}")
+def check_order_choice(
+    choice: str, accepted: Sequence[str] = ORDER_CHOICES, option: str = "--order"
+) -> OrderChoice:
+    """`choice` if it is one of `accepted` (else one clear error naming them)."""
+    if choice not in accepted:
+        raise DefconError(f"unknown {option} '{choice}'; accepted: {', '.join(accepted)}")
     return choice  # type: ignore[return-value]
 
 
