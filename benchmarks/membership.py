@@ -48,14 +48,17 @@ def cell(summary: Summary) -> str:
     return f"{mean:.3f} ± {half:.3f}"
 
 
-def measure(dataset: str, profile: str, seeds: int, cache: str) -> dict[str, object]:
+def measure(
+    dataset: str, profile: str, seeds: int, cache: str, first_seed: int = 0
+) -> dict[str, object]:
     composer = Composer(dataset, profile=profile, cache_dir=cache)
-    result = measure_standalone(composer, DEFENSE, seeds)
+    result = measure_standalone(composer, DEFENSE, seeds, first_seed)
     regime = composer.profile.membership.get(dataset)
     row: dict[str, object] = {
         "dataset": dataset,
         "regime": regime.model_dump() if regime else None,
         "seeds": seeds,
+        "first_seed": first_seed,
         "wall_time_s": result.wall_time_s,
     }
     arms = {"undefended": 0, DEFENSE: 1}
@@ -81,7 +84,7 @@ def roc_curves(dataset: str, profile: str, cache: str, seed: int = 0) -> dict[st
     return curves
 
 
-def plot_roc(curves: dict[str, dict[str, list]], path: Path) -> None:
+def plot_roc(curves: dict[str, dict[str, list]], path: Path, seed: int = 0) -> None:
     """Log-log ROC per dataset (the low-FPR region is where membership matters)."""
     import matplotlib
 
@@ -97,12 +100,14 @@ def plot_roc(curves: dict[str, dict[str, list]], path: Path) -> None:
             ax.loglog(fpr, tpr, label=arm)
         ax.loglog([1e-3, 1], [1e-3, 1], "k:", linewidth=0.8, label="chance")
         ax.set(xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false positive rate",
-               ylabel="true positive rate", title=f"RMIA on {dataset} (seed 0)")  # fmt: skip
+               ylabel="true positive rate", title=f"RMIA on {dataset} (seed {seed})")  # fmt: skip
         ax.legend(fontsize=8)
     save_figure(fig, path)
 
 
-def markdown(rows: list[dict[str, object]], profile: str, seeds: int, wall: float) -> str:
+def markdown(
+    rows: list[dict[str, object]], profile: str, seeds: int, wall: float, first_seed: int = 0
+) -> str:
     lines = [
         "# Membership inference: undefended vs dp_sgd (offline RMIA)",
         "",
@@ -122,12 +127,12 @@ def markdown(rows: list[dict[str, object]], profile: str, seeds: int, wall: floa
             lines.append(f"| {row['dataset']} | {label} | {arm} | {' | '.join(cells)} |")
     lines += [
         "",
-        f"Profile `{profile}`, seeds 0–{seeds - 1}, mean ± 95 % CI (Student t over seeds); "
+        f"Profile `{profile}`, seeds {first_seed}–{first_seed + seeds - 1}, mean ± 95 % CI (Student t over seeds); "
         "dp_sgd with its catalog defaults; members are training records, non-members test "
         "records, thresholds set on validation records neither the target nor a reference saw. "
         f"Total wall time {wall:.0f} s (2 CPU threads shared). Produced by "
         f"`python benchmarks/membership.py --datasets "
-        f"{','.join(str(r['dataset']) for r in rows)} --seeds {seeds}`.",
+        f"{','.join(str(r['dataset']) for r in rows)} --seeds {seeds} --seed-start {first_seed}`.",
         "",
     ]
     return "\n".join(lines)
@@ -137,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="adult,fmnist")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seed-start", type=int, default=0, help="first seed (1000: the repeat set)"
+    )
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
     parser.add_argument("--out", default=str(ROOT / "results" / "membership"))
@@ -150,7 +158,7 @@ def main() -> None:
     rows = []
     try:
         for dataset in args.datasets.split(","):
-            rows.append(measure(dataset, args.profile, args.seeds, args.cache))
+            rows.append(measure(dataset, args.profile, args.seeds, args.cache, args.seed_start))
             print(json.dumps(rows[-1]), flush=True)
     except DefconError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -158,10 +166,15 @@ def main() -> None:
     wall = time.perf_counter() - started
     out = Path(args.out)
     atomic_write_text(out / "summary.json", json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(out / "summary.md", markdown(rows, args.profile, args.seeds, wall))
-    curves = {d: roc_curves(d, args.profile, args.cache) for d in args.datasets.split(",")}
-    plot_roc(curves, out / "roc.png")
-    print(markdown(rows, args.profile, args.seeds, wall))
+    atomic_write_text(
+        out / "summary.md", markdown(rows, args.profile, args.seeds, wall, args.seed_start)
+    )
+    curves = {
+        d: roc_curves(d, args.profile, args.cache, args.seed_start)
+        for d in args.datasets.split(",")
+    }
+    plot_roc(curves, out / "roc.png", args.seed_start)
+    print(markdown(rows, args.profile, args.seeds, wall, args.seed_start))
 
 
 if __name__ == "__main__":

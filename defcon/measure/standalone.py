@@ -81,8 +81,11 @@ def _invariance(
     return composer.runner.measurement(result, what, compute, "measuring invariance")
 
 
-def measure_standalone(composer: Composer, name: str, seeds: int) -> StandaloneResult:
-    """Measure defense `name` alone vs no defense over seeds 0 … seeds − 1.
+def measure_standalone(
+    composer: Composer, name: str, seeds: int, first_seed: int = 0
+) -> StandaloneResult:
+    """Measure defense `name` alone vs no defense over seeds first_seed … first_seed + seeds − 1
+    (a second seed set shows whether a reading reproduces).
 
     The composer's arm loop (`defcon.measure.arms`) on a one-defense "combination", so no combined arm,
     under the defense's own scenario; invariance is one more reading on both arms.
@@ -103,7 +106,7 @@ def measure_standalone(composer: Composer, name: str, seeds: int) -> StandaloneR
     arms = ArmComparison(composer, [name], poisoned=Scenario.of([spec]).poisoned, readings=readings)
     label_changing: list[int] = []
     with composer.membership_regime(composer.measures_membership([name])):
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             arms.add_seed(seed)
             if readings:
                 (count,) = {  # the same perturbations for both models of a seed

@@ -134,7 +134,7 @@ PROFILES: dict[str, Profile] = {
         autoattack_steps=25,
         membership={
             "fmnist": MembershipRegime(max_train=2000, epochs=30, canaries=200),
-            "adult": MembershipRegime(max_train=1000, epochs=60, canaries=100),
+            "adult": MembershipRegime(max_train=2000, epochs=40, canaries=100),
         },
     ),
     "paper": Profile(
