@@ -195,3 +195,30 @@ def test_the_pre_registered_file_lists_what_the_protocol_requires():
         )
     with pytest.raises(DefconError, match="never edited"):
         load_script("prospective").predict_round2(PREDICTIONS2)
+
+
+def test_measure_runs_each_dataset_on_its_own_predicted_combinations(monkeypatch, tmp_path):
+    """A triple drawn for one dataset is not measured on another where it also applies."""
+    script = load_script("prospective")
+    calls: list[tuple[list[str], list, list, bool, str]] = []
+
+    def fake_run_bench(datasets, pairs, triples, measure=True, order="checker", **_):
+        calls.append((list(datasets), list(pairs), list(triples), measure, order))
+        return object()
+
+    monkeypatch.setattr(script, "run_bench", fake_run_bench)
+    monkeypatch.setattr("defcon.bench.results.write_results", lambda result, out: None)
+    document = {
+        "combinations": [
+            {"dataset": "adult", "defenses": ["a", "b"]},
+            {"dataset": "adult", "defenses": ["a", "b", "c"]},
+            {"dataset": "fmnist", "defenses": ["a", "b", "d"]},
+        ],
+        "orders": [],
+    }
+    script.measure(document, workers=1, seeds=3, max_seeds=5, cache=str(tmp_path), out=tmp_path)
+    measured = [(d, p, t) for d, p, t, m, _ in calls if m]
+    assert measured == [
+        (["adult"], [("a", "b")], [("a", "b", "c")]),
+        (["fmnist"], [], [("a", "b", "d")]),
+    ]
