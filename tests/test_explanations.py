@@ -140,6 +140,25 @@ def test_too_few_steps_are_doubled_until_the_error_converges(trained):
     assert capped.apply(model, env).n_steps == 8
 
 
+def test_an_error_that_barely_falls_jumps_to_the_cap_without_overflow(trained, monkeypatch):
+    """Regression: behind a label-serving API (confidence masking) the completeness error fell
+    from one step count to the next by a hair, and the predicted power of two overflowed."""
+    import pipeline_stages.post_training.explanations as module
+
+    env, model = trained
+    errors = iter([0.5, 0.5 - 1e-12, 0.49])
+    tried: list[int] = []
+
+    def barely_falling(model, x, steps, method):
+        tried.append(steps)
+        return next(errors)
+
+    monkeypatch.setattr(module, "completeness_error", barely_falling)
+    defense = Explanations({"n_steps": 16, "max_steps": 1024})
+    assert defense.converged_steps(model, env) == (1024, 0.49)
+    assert tried == [16, 32, 1024]
+
+
 def test_convergence_on_a_groupnorm_model(trained):
     """A DP-style model (GroupNorm: singular near the all-zero baseline) needs many more steps
     than the default; it gets them (here with a looser target, to stay fast)."""

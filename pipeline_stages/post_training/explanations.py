@@ -252,8 +252,11 @@ class Explanations(PostTrainingDefense):
             factor = 2
             if previous is not None and 0 < error < previous[1]:
                 rate = math.log(previous[1] / error) / math.log(steps / previous[0])
-                needed = (error / cfg.target_error) ** (1 / rate)
-                factor = 2 ** max(1, math.ceil(math.log2(needed)))
+                # log2 of the steps needed, in the log domain: a rate near zero (a model whose
+                # error barely falls) would overflow the power; the cap is max_steps anyway
+                doublings = math.log2(error / cfg.target_error) / rate
+                ceiling = math.ceil(math.log2(cfg.max_steps / steps))
+                factor = 2 ** max(1, min(math.ceil(doublings), ceiling))
             previous = (steps, error)
             steps = min(steps * factor, cfg.max_steps)
             error = completeness_error(model, x, steps, cfg.method)
