@@ -742,6 +742,25 @@ def better_order(first: CompositionRecord, second: CompositionRecord) -> tuple[s
     return first.order if first.label == "effective" else second.order
 
 
+def _measured_so_far(
+    document: dict, by_key: Mapping[str, Sequence[CompositionRecord]]
+) -> list[str]:
+    """Per dataset: how many predicted combinations have a record, by label, and how many not
+    yet (a partial measurement is scored as such, never as the whole round)."""
+    lines = ["| dataset | predicted | measured | effective | ineffective | inconclusive | "
+             "not effective alone | not measured yet |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for dataset in DATASETS:
+        entries = [e for e in document["combinations"] if e["dataset"] == dataset]
+        found = [by_key[k][0] for e in entries if (k := _key(dataset, e["defenses"])) in by_key]
+        labels = [record.label for record in found]
+        counts = [labels.count(label) for label in (*LABELS, "inconclusive", "not_effective_alone")]
+        lines.append(
+            f"| {dataset} | {len(entries)} | {len(found)} | {' | '.join(map(str, counts))} | "
+            f"{len(entries) - len(found)} |"
+        )
+    return lines
+
+
 def analysis_markdown(
     document: dict,
     records: Sequence[CompositionRecord],
@@ -770,6 +789,8 @@ def analysis_markdown(
         "",
         f"{len(document['combinations'])} combinations predicted; {len(scored)} measured "
         f"conclusively ({conflicts} conflicts). {document['not_predicting']['pilot']}.",
+        "",
+        *_measured_so_far(document, by_key),
         "",
         "| technique | n | balanced accuracy [95 % CI, clustered by defense] | coverage | "
         "decided n | balanced accuracy where it decides [95 % CI] |",

@@ -169,6 +169,10 @@ def test_the_analysis_prints_coverage_mcnemar_and_chains_from_the_frozen_file():
     assert "| naive | 1 | 0.00 [0.00, 0.00] | 1.00 | 1 |" in text
     assert "| factors | naive | 1 | 0 | 1 |" in text and "| factors | defcon | 0 | 0 | 1 |" in text
     assert "pilot is apart" in text
+    counts = {label: int(label == record.label) for label in
+              ("effective", "ineffective", "inconclusive", "not_effective_alone")}  # fmt: skip
+    row = f"| {record.dataset} | 1 | 1 | {' | '.join(map(str, counts.values()))} | 0 |"
+    assert row in text  # how much of the round is measured, by label
 
 
 PREDICTIONS2 = ROOT / "benchmarks/results/prospective2/predictions.json"
