@@ -179,21 +179,7 @@ def measure(
             cache_dir=cache,
             log=lambda message: print(message, flush=True),
         )
-    pairs, triples = _combinations(document)
-    result = run_bench(  # the report over every dataset, read from the records just written
-        sorted({e["dataset"] for e in document["combinations"]}),
-        pairs=pairs,
-        triples=triples,
-        seeds=seeds,
-        max_seeds=max_seeds,
-        out=out,
-        cache_dir=cache,
-        measure=False,
-        log=lambda message: None,  # it would count a triple drawn for the other dataset as pending
-    )
-    from defcon.bench.results import write_results
-
-    write_results(result, out)  # the full per-combination report, current predictions
+    write_report(document, seeds, max_seeds, cache, out, workers)
     for dataset, given in sorted(given_orders(document).items()):  # every order of a stage
         run_bench(
             [dataset],
@@ -207,6 +193,40 @@ def measure(
             order="given",
             log=lambda message: print(message, flush=True),
         )
+
+
+def write_report(
+    document: dict, seeds: int, max_seeds: int, cache: str, out: Path, workers: int = 1
+) -> None:
+    """The bench's per-combination report (RESULTS.md, scores.json) of the records in `out`,
+    with each dataset's pending and skipped counts taken over its own predicted combinations."""
+    from defcon.bench.results import write_results
+
+    parts = []
+    for dataset in sorted({e["dataset"] for e in document["combinations"]}):
+        pairs, triples = _combinations(document, dataset)
+        parts.append(
+            run_bench(
+                [dataset],
+                pairs=pairs,
+                triples=triples,
+                seeds=seeds,
+                max_seeds=max_seeds,
+                workers=workers,
+                out=out,
+                cache_dir=cache,
+                measure=False,
+                log=lambda message: None,
+            )
+        )
+    merged = parts[0].model_copy(  # every part loaded all of out's records
+        update={
+            "skipped": [item for part in parts for item in part.skipped],
+            "failed": [item for part in parts for item in part.failed],
+            "pending": sum(part.pending for part in parts),
+        }
+    )
+    write_results(merged, out)
 
 
 def given_orders(document: dict) -> dict[str, list[tuple[str, ...]]]:

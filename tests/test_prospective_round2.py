@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from benchmark_scripts import load_script
 
+from defcon.bench.run import BenchResult
 from defcon.errors import DefconError
 from defcon.report.reports import load_record
 
@@ -208,10 +209,15 @@ def test_measure_runs_each_dataset_on_its_own_predicted_combinations(monkeypatch
 
     def fake_run_bench(datasets, pairs, triples, measure=True, order="checker", **_):
         calls.append((list(datasets), list(pairs), list(triples), measure, order))
-        return object()
+        return BenchResult(
+            records=[], skipped=[], wall_time_s=0.0, executor="local", workers=1, seeds=3,
+            profile="quick", pending=0 if measure else len(pairs) + len(triples),
+        )  # fmt: skip
+
+    written = []
 
     monkeypatch.setattr(script, "run_bench", fake_run_bench)
-    monkeypatch.setattr("defcon.bench.results.write_results", lambda result, out: None)
+    monkeypatch.setattr("defcon.bench.results.write_results", lambda r, out: written.append(r))
     document = {
         "combinations": [
             {"dataset": "adult", "defenses": ["a", "b"]},
@@ -226,3 +232,6 @@ def test_measure_runs_each_dataset_on_its_own_predicted_combinations(monkeypatch
         (["adult"], [("a", "b")], [("a", "b", "c")]),
         (["fmnist"], [], [("a", "b", "d")]),
     ]
+    reported = [(d, p, t) for d, p, t, m, _ in calls if not m]
+    assert reported == measured  # the report counts each dataset's own combinations only
+    assert written[0].pending == 3
