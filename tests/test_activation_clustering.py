@@ -97,3 +97,17 @@ def test_clean_gate_spares_clean_data_the_papers_rule_cuts(make_env) -> None:
 def test_deterministic_for_a_seed(adult_filtered) -> None:
     env, _, poisoned, filtered = adult_filtered
     assert torch.equal(ActivationClustering().kept_rows(poisoned, env), filtered.origins)
+
+
+def test_the_split_report_says_where_the_poison_went() -> None:
+    """benchmarks/activation_clustering_split.py: one line per poisoned (or flagged) label with
+    the smaller cluster's share, the clean gate and how many poisoned rows it holds."""
+    from benchmark_scripts import load_script
+
+    lines = load_script("activation_clustering_split").split_report("digits", 0, "tiny")
+    planted = int(lines[0].split(", ")[1].split()[0])
+    assert planted > 0 and lines[0].startswith("digits seed 0:")
+    poisoned = [line for line in lines[1:] if f"{planted} poisoned;" in line]
+    assert {line.split()[2] for line in poisoned} == {"ica:", "pca:"}  # the target label, twice
+    for line in poisoned:
+        assert int(line.split("holds ")[1].split()[0]) <= planted

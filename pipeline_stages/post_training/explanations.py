@@ -256,7 +256,8 @@ class Explanations(PostTrainingDefense):
                 # error barely falls) would overflow the power; the cap is max_steps anyway
                 doublings = math.log2(error / cfg.target_error) / rate
                 ceiling = math.ceil(math.log2(cfg.max_steps / steps))
-                factor = 2 ** max(1, min(math.ceil(doublings), ceiling))
+                exponent = math.ceil(doublings) if doublings < ceiling else ceiling  # inf-safe
+                factor = 2 ** max(1, exponent)
             previous = (steps, error)
             steps = min(steps * factor, cfg.max_steps)
             error = completeness_error(model, x, steps, cfg.method)
