@@ -768,15 +768,17 @@ def _measured_so_far(
     """Per dataset: how many predicted combinations have a record, by label, and how many not
     yet (a partial measurement is scored as such, never as the whole round)."""
     lines = ["| dataset | predicted | measured | effective | ineffective | inconclusive | "
-             "not effective alone | not measured yet |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "not effective alone | of these unreliable (not scored) | not measured yet |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for dataset in DATASETS:
         entries = [e for e in document["combinations"] if e["dataset"] == dataset]
         found = [by_key[k][0] for e in entries if (k := _key(dataset, e["defenses"])) in by_key]
         labels = [record.label for record in found]
         counts = [labels.count(label) for label in (*LABELS, "inconclusive", "not_effective_alone")]
+        unreliable = sum(bool(record.unreliable) for record in found)
         lines.append(
             f"| {dataset} | {len(entries)} | {len(found)} | {' | '.join(map(str, counts))} | "
-            f"{len(entries) - len(found)} |"
+            f"{unreliable} | {len(entries) - len(found)} |"
         )
     return lines
 

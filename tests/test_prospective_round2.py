@@ -172,7 +172,10 @@ def test_the_analysis_prints_coverage_mcnemar_and_chains_from_the_frozen_file():
     assert "pilot is apart" in text
     counts = {label: int(label == record.label) for label in
               ("effective", "ineffective", "inconclusive", "not_effective_alone")}  # fmt: skip
-    row = f"| {record.dataset} | 1 | 1 | {' | '.join(map(str, counts.values()))} | 0 |"
+    unreliable = int(bool(record.unreliable))
+    row = (
+        f"| {record.dataset} | 1 | 1 | {' | '.join(map(str, counts.values()))} | {unreliable} | 0 |"
+    )
     assert row in text  # how much of the round is measured, by label
 
 
