@@ -38,10 +38,11 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from defcon.bench.run import combinations_for, load_triples, run_bench
+from defcon.bench.run import BenchResult, combinations_for, load_triples, run_bench
 from defcon.catalog import Catalog, builtin_catalog
 from defcon.checker import TECHNIQUES, FactorChain, check
 from defcon.cli.main import run_script
@@ -149,50 +150,43 @@ def predict(new: Sequence[str], datasets: Sequence[str], out: Path) -> dict:
     return document
 
 
-def _combinations(
-    document: dict, dataset: str | None = None
-) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    """The document's pairs and triples (those predicted on `dataset` when it is given)."""
-    combos = {
-        tuple(e["defenses"])
-        for e in document["combinations"]
-        if dataset is None or e["dataset"] == dataset
-    }
-    return sorted(c for c in combos if len(c) == 2), sorted(c for c in combos if len(c) == 3)
+def predicted_by_dataset(document: dict) -> dict[str, list[tuple[str, ...]]]:
+    """Per dataset, the combinations the document predicts there (sorted)."""
+    found: dict[str, set[tuple[str, ...]]] = {}
+    for entry in document["combinations"]:
+        found.setdefault(entry["dataset"], set()).add(tuple(entry["defenses"]))
+    return {dataset: sorted(names) for dataset, names in found.items()}
+
+
+def bench_each_dataset(
+    combinations: Mapping[str, Sequence[tuple[str, ...]]], out: Path, **options: Any
+) -> list[BenchResult]:
+    """run_bench on each dataset with its own combinations only (a triple drawn for one dataset
+    is never measured on another where it also applies); `options` go to every call."""
+    return [
+        run_bench(
+            [dataset],
+            pairs=[names for names in combos if len(names) == 2],
+            triples=[names for names in combos if len(names) == 3],
+            out=out,
+            **options,
+        )
+        for dataset, combos in sorted(combinations.items())
+    ]
 
 
 def measure(
     document: dict, workers: int, seeds: int, max_seeds: int, cache: str, out: Path = BENCH
 ) -> None:
     """Measure exactly the predicted combinations (bench semantics: resumable, cached), dataset
-    by dataset: a triple drawn for one dataset is not measured on another where it also applies."""
-    for dataset in sorted({e["dataset"] for e in document["combinations"]}):
-        pairs, triples = _combinations(document, dataset)
-        run_bench(
-            [dataset],
-            pairs=pairs,
-            triples=triples,
-            seeds=seeds,
-            max_seeds=max_seeds,
-            workers=workers,
-            out=out,
-            cache_dir=cache,
-            log=lambda message: print(message, flush=True),
-        )
+    by dataset, then every order of each same-stage group (records named `-given`, in orders/)."""
+    options = {
+        "seeds": seeds, "max_seeds": max_seeds, "workers": workers, "cache_dir": cache,
+        "log": lambda message: print(message, flush=True),
+    }  # fmt: skip
+    bench_each_dataset(predicted_by_dataset(document), out, **options)
     write_report(document, seeds, max_seeds, cache, out, workers)
-    for dataset, given in sorted(given_orders(document).items()):  # every order of a stage
-        run_bench(
-            [dataset],
-            pairs=[names for names in given if len(names) == 2],
-            triples=[names for names in given if len(names) == 3],
-            seeds=seeds,
-            max_seeds=max_seeds,
-            workers=workers,
-            out=out / "orders",
-            cache_dir=cache,
-            order="given",
-            log=lambda message: print(message, flush=True),
-        )
+    bench_each_dataset(given_orders(document), out / "orders", order="given", **options)
 
 
 def write_report(
@@ -202,23 +196,10 @@ def write_report(
     with each dataset's pending and skipped counts taken over its own predicted combinations."""
     from defcon.bench.results import write_results
 
-    parts = []
-    for dataset in sorted({e["dataset"] for e in document["combinations"]}):
-        pairs, triples = _combinations(document, dataset)
-        parts.append(
-            run_bench(
-                [dataset],
-                pairs=pairs,
-                triples=triples,
-                seeds=seeds,
-                max_seeds=max_seeds,
-                workers=workers,
-                out=out,
-                cache_dir=cache,
-                measure=False,
-                log=lambda message: None,
-            )
-        )
+    parts = bench_each_dataset(
+        predicted_by_dataset(document), out, seeds=seeds, max_seeds=max_seeds, workers=workers,
+        cache_dir=cache, measure=False, log=lambda message: None,
+    )  # fmt: skip
     merged = parts[0].model_copy(  # every part loaded all of out's records
         update={
             "skipped": [item for part in parts for item in part.skipped],
