@@ -18,10 +18,9 @@ import numpy as np
 from defcon.engine.attacks import BadNets
 from defcon.engine.data import load_dataset
 from defcon.engine.defense import Environment
-from defcon.engine.seeds import derived_seed
 from defcon.planning.profiles import get_profile
 from pipeline_stages.pre_training import poison_filter
-from pipeline_stages.pre_training.activation_clustering import ActivationClustering, two_clusters
+from pipeline_stages.pre_training.activation_clustering import ActivationClustering, split_label
 
 
 def split_report(dataset: str, seed: int, profile: str) -> list[str]:
@@ -42,23 +41,18 @@ def split_report(dataset: str, seed: int, profile: str) -> list[str]:
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
         for reduction in ("ica", "pca"):
-            cluster_seed = derived_seed(env.seed, f"{defense.name}:cluster:{int(label)}")
-            assigned, reducer, kmeans = two_clusters(
-                reps[rows], reduction, cfg.components, cluster_seed
+            halves = split_label(
+                reps[rows], reduction, cfg.components, defense.cluster_seed(env, label)
             )
-            sizes = np.bincount(assigned, minlength=2)
-            small = int(np.argmin(sizes))
-            share = sizes[small] / len(rows)
-            reference = clean_reps[clean_labels == label]
-            clean_in = float(np.mean(kmeans.predict(reducer.transform(reference)) == small))
             planted = int(poison[rows].sum())
-            if planted or share <= cfg.size_threshold:
-                caught = int(poison[rows][assigned == small].sum())
+            if planted or halves.share <= cfg.size_threshold:
+                clean_in = halves.clean_share(clean_reps[clean_labels == label])
+                caught = int(poison[rows][halves.assigned == halves.small].sum())
                 lines.append(
                     f"  label {label} {reduction}: {len(rows)} rows, {planted} poisoned; smaller "
-                    f"cluster {share:.3f} of the label (flagged at ≤ {cfg.size_threshold}), clean "
-                    f"rows in it {clean_in:.3f} (gate ≤ {cfg.clean_ratio * share:.3f}), holds "
-                    f"{caught} of the {planted} poisoned"
+                    f"cluster {halves.share:.3f} of the label (flagged at ≤ {cfg.size_threshold}), "
+                    f"clean rows in it {clean_in:.3f} (gate ≤ {cfg.clean_ratio * halves.share:.3f}), "
+                    f"holds {caught} of the {planted} poisoned"
                 )
     return lines
 

@@ -31,6 +31,7 @@ poisoner; `poison_removed` and `clean_removed` (reported, not judged).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -98,11 +99,40 @@ def two_clusters(
     return kmeans.labels_, reducer, kmeans
 
 
+@dataclass(frozen=True)
+class LabelSplit:
+    """One label's 2-means split: cluster ids of its rows, the smaller cluster and its share of
+    the label, and the fitted reducer and k-means that place other rows in the same clusters."""
+
+    assigned: np.ndarray
+    small: int
+    share: float
+    reducer: object
+    kmeans: KMeans
+
+    def clean_share(self, reference: np.ndarray) -> float:
+        """Share of the defender's clean rows `reference` that fall in the smaller cluster."""
+        placed = self.kmeans.predict(self.reducer.transform(reference))  # type: ignore[attr-defined]
+        return float(np.mean(placed == self.small))
+
+
+def split_label(rows: np.ndarray, reduction: str, components: int, seed: int) -> LabelSplit:
+    """The 2-means split of one label's representations `rows` (see `two_clusters`)."""
+    assigned, reducer, kmeans = two_clusters(rows, reduction, components, seed)
+    sizes = np.bincount(assigned, minlength=2)
+    small = int(np.argmin(sizes))
+    return LabelSplit(assigned, small, float(sizes[small] / len(rows)), reducer, kmeans)
+
+
 class ActivationClustering(PoisonFilter):
     """Remove the small activation cluster of each label; measured by ASR (as poison_filter)."""
 
     Config: ClassVar[type[DefenseConfig]] = ActivationClusteringConfig
     config: ActivationClusteringConfig  # type: ignore[assignment]
+
+    def cluster_seed(self, env: Environment, label: int) -> int:
+        """The seed of a label's reduction and 2-means (derived, so labels differ)."""
+        return derived_seed(env.seed, f"{self.name}:cluster:{int(label)}")
 
     def kept_rows(self, split: Split, env: Environment) -> torch.Tensor:
         """Sorted indices of the rows of `split` outside every removed cluster."""
@@ -113,19 +143,17 @@ class ActivationClustering(PoisonFilter):
             rows = np.flatnonzero(labels == label)
             if len(rows) < cfg.min_rows:
                 continue
-            seed = derived_seed(env.seed, f"{self.name}:cluster:{int(label)}")
-            assigned, reducer, kmeans = two_clusters(
-                reps[rows], cfg.reduction, cfg.components, seed
+            halves = split_label(
+                reps[rows], cfg.reduction, cfg.components, self.cluster_seed(env, label)
             )
-            sizes = np.bincount(assigned, minlength=2)
-            small = int(np.argmin(sizes))
-            share = sizes[small] / len(rows)
-            if share > cfg.size_threshold:
+            if halves.share > cfg.size_threshold:
                 continue
             reference = clean_reps[clean_labels == label]
-            if cfg.clean_ratio is not None and len(reference) >= cfg.min_clean:
-                placed = kmeans.predict(reducer.transform(reference))  # type: ignore[attr-defined]
-                if np.mean(placed == small) > cfg.clean_ratio * share:
-                    continue  # the clean population has this mode too: not the poison
-            removed.append(rows[assigned == small])
+            if (
+                cfg.clean_ratio is not None
+                and len(reference) >= cfg.min_clean
+                and halves.clean_share(reference) > cfg.clean_ratio * halves.share
+            ):
+                continue  # the clean population has this mode too: not the poison
+            removed.append(rows[halves.assigned == halves.small])
         return rows_left(len(split), removed)
