@@ -48,11 +48,12 @@ def split_report(dataset: str, seed: int, profile: str) -> list[str]:
             if planted or halves.share <= cfg.size_threshold:
                 clean_in = halves.clean_share(clean_reps[clean_labels == label])
                 caught = int(poison[rows][halves.assigned == halves.small].sum())
+                gate = cfg.clean_ratio * halves.share
                 lines.append(
                     f"  label {label} {reduction}: {len(rows)} rows, {planted} poisoned; smaller "
-                    f"cluster {halves.share:.3f} of the label (flagged at ≤ {cfg.size_threshold}), "
-                    f"clean rows in it {clean_in:.3f} (gate ≤ {cfg.clean_ratio * halves.share:.3f}), "
-                    f"holds {caught} of the {planted} poisoned"
+                    f"cluster {halves.share:.3f} of the label (flagged at ≤ "
+                    f"{cfg.size_threshold}), clean rows in it {clean_in:.3f} (gate ≤ "
+                    f"{gate:.3f}), holds {caught} of the {planted} poisoned"
                 )
     return lines
 

@@ -127,7 +127,8 @@ def markdown(
             lines.append(f"| {row['dataset']} | {label} | {arm} | {' | '.join(cells)} |")
     lines += [
         "",
-        f"Profile `{profile}`, seeds {first_seed}–{first_seed + seeds - 1}, mean ± 95 % CI (Student t over seeds); "
+        f"Profile `{profile}`, seeds {first_seed}–{first_seed + seeds - 1}, "
+        "mean ± 95 % CI (Student t over seeds); "
         "dp_sgd with its catalog defaults; members are training records, non-members test "
         "records, thresholds set on validation records neither the target nor a reference saw. "
         f"Total wall time {wall:.0f} s (2 CPU threads shared). Produced by "

@@ -19,8 +19,8 @@ committed, and the commit is tagged `prospective-2` before any of its combinatio
     python benchmarks/prospective.py triples --round 2   # prospective2_triples.toml; commit it
     python benchmarks/prospective.py predict --round 2   # results/prospective2/predictions.json
     git tag prospective-2                                # the pre-registration
-    python benchmarks/prospective.py measure --round 2   # in the checker's order, then every
-                                                         # order of each same-stage group (bench/orders)
+    python benchmarks/prospective.py measure --round 2   # in the checker's order, then
+                                                         # every order of a stage (orders/)
     python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed
 
 `pilot` is a quick measurement, not a prediction: it is listed apart, never predicted here.

@@ -112,8 +112,8 @@ class LabelSplit:
 
     def clean_share(self, reference: np.ndarray) -> float:
         """Share of the defender's clean rows `reference` that fall in the smaller cluster."""
-        placed = self.kmeans.predict(self.reducer.transform(reference))  # type: ignore[attr-defined]
-        return float(np.mean(placed == self.small))
+        reduced = self.reducer.transform(reference)  # type: ignore[attr-defined]
+        return float(np.mean(self.kmeans.predict(reduced) == self.small))
 
 
 def split_label(rows: np.ndarray, reduction: str, components: int, seed: int) -> LabelSplit:
