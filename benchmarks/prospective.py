@@ -21,7 +21,7 @@ committed, and the commit is tagged `prospective-2` before any of its combinatio
     git tag prospective-2                                # the pre-registration
     python benchmarks/prospective.py measure --round 2   # in the checker's order, then
                                                          # every order of a stage (orders/)
-    python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed
+    python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed before a record
 
 `pilot` is a quick measurement, not a prediction: it is listed apart, never predicted here.
 """
@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -413,7 +413,8 @@ FROZEN = (
     str(TRIPLES2.relative_to(HERE.parent)),
 )
 """What the techniques and the verdict rule read, and what round 2 pre-registers: `score
---round 2` refuses if any of it differs between the tag prospective-2 and HEAD (or the tree)."""
+--round 2` refuses if any of it differed from the tag prospective-2 when a record entered git
+(the last two, read by the score step, must stay as tagged for good)."""
 PILOT_APART = (
     "pilot is a quick measurement on a small slice of the dataset, not a prediction from the "
     "declarations: it is listed apart and never scored here"
@@ -594,9 +595,28 @@ def predict_round2(out: Path, triples_path: Path = TRIPLES2) -> dict:
     return document
 
 
-def frozen_changes(root: Path, tag: str = TAG2, paths: Sequence[str] = FROZEN) -> list[str]:
-    """The pre-registered files that differ between `tag` and HEAD, or are changed or added
-    in the working tree since the tag; raises DefconError when the tag does not exist."""
+READ_AT_SCORE = FROZEN[-2:]
+"""The frozen files the score step itself reads: as tagged at HEAD and in the tree, always."""
+RECORDS2 = str(BENCH2.relative_to(HERE.parent))
+"""Where round 2's records live: each must have entered git while every frozen file was as tagged."""
+
+
+class Freeze(NamedTuple):
+    """A pre-registration: its tag, the files it froze, those the score step reads, its records."""
+
+    tag: str = TAG2
+    paths: tuple[str, ...] = FROZEN
+    read: tuple[str, ...] = READ_AT_SCORE
+    records: str = RECORDS2
+
+
+def frozen_changes(root: Path, freeze: Freeze = Freeze()) -> list[str]:
+    """The pre-registered files that make the round unscorable: those the score step reads
+    changed since the tag, and the others changed since the tag at any commit that added or
+    changed one of its records (or in the tree while records are uncommitted). The
+    labels are in the records, made by the code of their commit: a technique or spec changed
+    after the last record entered git cannot have shaped a prediction or a label, so it may
+    change then. Raises DefconError when the tag does not exist."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
@@ -606,6 +626,7 @@ def frozen_changes(root: Path, tag: str = TAG2, paths: Sequence[str] = FROZEN) -
             )
         return done.stdout
 
+    tag, paths, read, records = freeze
     missing = subprocess.run(
         ["git", "rev-parse", "-q", "--verify", f"refs/tags/{tag}"], cwd=root, capture_output=True
     )
@@ -614,20 +635,32 @@ def frozen_changes(root: Path, tag: str = TAG2, paths: Sequence[str] = FROZEN) -
             f"tag {tag} does not exist in {root}; round 2 is scored only against the commit "
             "tagged when the predictions were pre-registered"
         )
-    changed = set(git("diff", "--name-only", tag, "HEAD", "--", *paths).split())
-    changed |= set(git("diff", "--name-only", tag, "--", *paths).split())
-    changed |= set(git("ls-files", "--others", "--exclude-standard", "--", *paths).split())
+
+    def changed_at(*revisions: str, among: Sequence[str]) -> set[str]:
+        return set(git("diff", "--name-only", tag, *revisions, "--", *among).split())
+
+    def changed_in_tree(among: Sequence[str]) -> set[str]:
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", *among).split()
+        return changed_at(among=among) | set(untracked)
+
+    changed = changed_at("HEAD", among=read) | changed_in_tree(read)
+    for commit in git("log", "--format=%H", f"{tag}..HEAD", "--", records).split():
+        changed |= changed_at(commit, among=paths)
+    if git("status", "--porcelain", "--", records).strip():
+        changed |= changed_in_tree(paths)
     return sorted(changed)
 
 
-def refuse_if_changed(root: Path, tag: str = TAG2, paths: Sequence[str] = FROZEN) -> None:
-    """Exit 2 (one `error:` line naming the files) unless the pre-registered files are as tagged."""
-    changed = frozen_changes(root, tag, paths)
+def refuse_if_changed(root: Path, freeze: Freeze = Freeze()) -> None:
+    """Exit 2 (one `error:` line naming the files) unless the pre-registered files were as
+    tagged whenever a record of the round entered git, and the files scored are as tagged."""
+    changed = frozen_changes(root, freeze)
     if changed:
         raise DefconError(
-            f"round 2 cannot be scored: {', '.join(changed)} changed since tag {tag} (what the "
-            "techniques and the verdict rule read, and the pre-registered lists, must be as "
-            "tagged; restore them, or pre-register a new round)"
+            f"round 2 cannot be scored: {', '.join(changed)} changed since tag {freeze.tag} while its "
+            "records were being made, or are read by the score step (the techniques, the "
+            "verdict rule and the pre-registered lists must be as tagged until the last record "
+            "enters git; restore them, or pre-register a new round)"
         )
 
 

@@ -17,6 +17,7 @@ from defcon.report.reports import load_record
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "benchmarks/results/records/adult/adult-quick-seeds0+3to5-dp_sgd+explanations.json"
 PATHS = ("defcon/checker", "specs/*.toml", "predictions.json")
+READ = ("predictions.json",)
 
 
 def git(repo: Path, *args: str) -> None:
@@ -40,29 +41,53 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def changes(repo: Path) -> list[str]:
+    script = load_script("prospective")
+    return script.frozen_changes(repo, script.Freeze(paths=PATHS, read=READ, records="records"))
+
+
 def test_score_refuses_without_the_tag_and_after_any_pre_registered_file_changed(repo):
     script = load_script("prospective")
     with pytest.raises(DefconError, match="tag prospective-2 does not exist"):
-        script.frozen_changes(repo, paths=PATHS)
+        changes(repo)
     git(repo, "tag", "prospective-2")
-    assert script.frozen_changes(repo, paths=PATHS) == []
+    assert changes(repo) == []
     (repo / "README.md").write_text("changed, not read by the techniques\n")
     git(repo, "commit", "-qam", "docs")
-    assert script.frozen_changes(repo, paths=PATHS) == []
+    assert changes(repo) == []
     (repo / "defcon/checker/rule.py").write_text("RULE = 2\n")
     git(repo, "commit", "-qam", "tune the rule")  # committed after the tag
-    (repo / "predictions.json").write_text('{"edited": 1}\n')  # changed, not committed
     (repo / "specs/b.toml").write_text("name = 'b'\n")  # a new spec, untracked
-    assert script.frozen_changes(repo, paths=PATHS) == [
-        "defcon/checker/rule.py",
-        "predictions.json",
-        "specs/b.toml",
-    ]
+    assert changes(repo) == []  # no record made yet: nothing the score reads was shaped by them
+    (repo / "records").mkdir()
+    (repo / "records/r1.json").write_text("{}\n")  # a record made while they differ
+    assert changes(repo) == ["defcon/checker/rule.py", "specs/b.toml"]
+    git(repo, "add", "records")
+    git(repo, "commit", "-qm", "a record after the tuned rule")
+    (repo / "predictions.json").write_text('{"edited": 1}\n')  # read by the score step
+    assert changes(repo) == ["defcon/checker/rule.py", "predictions.json"]
     with pytest.raises(DefconError) as refused:
-        script.refuse_if_changed(repo, paths=PATHS)
+        script.refuse_if_changed(repo, script.Freeze(paths=PATHS, read=READ, records="records"))
     message = str(refused.value)
     assert "\n" not in message and "round 2 cannot be scored" in message
-    assert "defcon/checker/rule.py, predictions.json, specs/b.toml changed since tag" in message
+    assert "changed since tag prospective-2" in message
+
+
+def test_frozen_files_may_change_once_the_last_record_entered_git(repo):
+    git(repo, "tag", "prospective-2")
+    (repo / "records").mkdir()
+    (repo / "records/r1.json").write_text("{}\n")
+    git(repo, "add", "records")
+    git(repo, "commit", "-qm", "the round's records, made under the tagged rules")
+    (repo / "defcon/checker/rule.py").write_text("RULE = 2\n")
+    (repo / "specs/a.toml").write_text("name = 'a'\nnot_applicable = 1\n")
+    git(repo, "commit", "-qam", "a later rule and a later declaration")
+    assert changes(repo) == []
+    (repo / "predictions.json").write_text('{"edited": 1}\n')  # but never what the score reads
+    assert changes(repo) == ["predictions.json"]
+    (repo / "predictions.json").write_text("{}\n")
+    (repo / "records/r2.json").write_text("{}\n")  # nor a record made under the later rule
+    assert changes(repo) == ["defcon/checker/rule.py", "specs/a.toml"]
 
 
 def test_the_score_step_refuses_before_reading_anything(repo, monkeypatch):
