@@ -3,10 +3,11 @@
 
     python benchmarks/activation_clustering_split.py --dataset fmnist --seeds 0,1
 
-For each label holding poison or a cluster the relative-size rule would flag, it prints the
-smaller cluster's share of the label, the share of the defender's clean rows that fall in it
-(the clean gate removes it only below `clean_ratio` × that share), and how many of the label's
-poisoned rows it holds, under both reductions (ICA, the paper's, and PCA).
+For each label holding poison or losing rows, it prints every split the defense makes (the rule
+as configured, under both reductions: ICA, the paper's, and PCA): the cluster the defender's
+clean rows avoid most, its share of the rows split, the clean rows' share in it over that share
+(removed at ≤ `clean_ratio`), and how many of the label's poisoned rows it holds; then the
+paper's relative-size rule on the same label for comparison.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from defcon.engine.data import load_dataset
 from defcon.engine.defense import Environment
 from defcon.planning.profiles import get_profile
 from pipeline_stages.pre_training import poison_filter
-from pipeline_stages.pre_training.activation_clustering import ActivationClustering, split_label
+from pipeline_stages.pre_training.activation_clustering import ActivationClustering, label_steps
 
 
 def split_report(dataset: str, seed: int, profile: str) -> list[str]:
@@ -40,21 +41,28 @@ def split_report(dataset: str, seed: int, profile: str) -> list[str]:
     lines = [f"{dataset} seed {seed}: {len(labels)} training rows, {poison.sum()} poisoned"]
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
+        planted = int(poison[rows].sum())
+        reference = clean_reps[clean_labels == label]
         for reduction in ("ica", "pca"):
-            halves = split_label(
-                reps[rows], reduction, cfg.components, defense.cluster_seed(env, label)
-            )
-            planted = int(poison[rows].sum())
-            if planted or halves.share <= cfg.size_threshold:
-                clean_in = halves.clean_share(clean_reps[clean_labels == label])
-                caught = int(poison[rows][halves.assigned == halves.small].sum())
-                gate = cfg.clean_ratio * halves.share
-                lines.append(
-                    f"  label {label} {reduction}: {len(rows)} rows, {planted} poisoned; smaller "
-                    f"cluster {halves.share:.3f} of the label (flagged at ≤ "
-                    f"{cfg.size_threshold}), clean rows in it {clean_in:.3f} (gate ≤ "
-                    f"{gate:.3f}), holds {caught} of the {planted} poisoned"
-                )
+            for rule, config in (
+                ("clean", cfg.model_copy(update={"reduction": reduction})),
+                ("paper", cfg.model_copy(update={"reduction": reduction, "clean_ratio": None})),
+            ):
+                steps = label_steps(reps[rows], reference, config, defense.cluster_seed(env, label))
+                if not planted and not any(step.removed for step in steps):
+                    continue
+                for number, step in enumerate(steps, 1):
+                    rule_said = (
+                        f"clean/train {step.clean_ratio:.3f} (removed at ≤ {cfg.clean_ratio})"
+                        if rule == "clean"
+                        else f"removed at a share ≤ {cfg.size_threshold}"
+                    )
+                    lines.append(
+                        f"  label {label} {reduction} {rule} split {number}: {len(step.rows)} rows,"
+                        f" {planted} poisoned; cluster of {step.share:.3f}, {rule_said}, "
+                        f"{'removed' if step.removed else 'kept'}, holds "
+                        f"{int(poison[rows][step.suspect_rows].sum())} of the {planted} poisoned"
+                    )
     return lines
 
 

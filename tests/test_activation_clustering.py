@@ -1,5 +1,6 @@
-"""activation_clustering: the small 2-means cluster of the target label's activations is the
-poison, so a model trained on what is left has no backdoor while the undefended one has."""
+"""activation_clustering: the 2-means cluster of the target label's activations that the
+defender's clean rows avoid is the poison (a minority of the label or not), so a model trained
+on what is left has no backdoor while the undefended one has."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from defcon.engine.registry import make_defense
 from defcon.engine.training import train
 from defcon.vocabulary import Risk, Stage, Threat
 from pipeline_stages.pre_training import poison_filter
-from pipeline_stages.pre_training.activation_clustering import ActivationClustering, two_clusters
+from pipeline_stages.pre_training.activation_clustering import (
+    ActivationClustering,
+    ActivationClusteringConfig,
+    label_steps,
+    two_clusters,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +105,57 @@ def test_deterministic_for_a_seed(adult_filtered) -> None:
     assert torch.equal(ActivationClustering().kept_rows(poisoned, env), filtered.origins)
 
 
+def removed_by(rows: np.ndarray, reference: np.ndarray, **settings) -> np.ndarray:
+    config = ActivationClusteringConfig(reduction="pca", components=3, **settings)
+    steps = label_steps(rows, reference, config, seed=0)
+    found = [step.suspect_rows for step in steps if step.removed]
+    return np.sort(np.concatenate(found)) if found else np.array([], dtype=int)
+
+
+def test_poison_that_is_half_of_its_label_is_removed_not_the_clean_half() -> None:
+    """Ten balanced labels at a 10 % poisoning rate: the target label holds about as many
+    poisoned rows as clean ones. The paper's relative-size rule keeps the poison (no cluster is
+    small); the clean rows avoid the poison cluster, so the default removes it and only it."""
+    rng = np.random.default_rng(1)
+    clean = rng.normal(0, 1, (955, 6))
+    poison = rng.normal(5, 1, (1000, 6))
+    rows = np.concatenate([clean, poison])
+    reference = rng.normal(0, 1, (100, 6))
+    assert np.array_equal(removed_by(rows, reference), np.arange(955, 1955))
+    assert len(removed_by(rows, reference, clean_ratio=None)) == 0
+
+
+def test_poison_that_two_means_splits_is_removed_by_splitting_again() -> None:
+    """Poison in two separate modes besides the clean one: one split cannot isolate both; the
+    rest of the label is split again until the clean rows avoid no cluster."""
+    rng = np.random.default_rng(2)
+    clean = rng.normal(0, 1, (900, 6))
+    poison = np.concatenate([rng.normal(8, 1, (300, 6)), rng.normal(-8, 1, (300, 6))])
+    rows = np.concatenate([clean, poison])
+    reference = rng.normal(0, 1, (100, 6))
+    assert np.array_equal(removed_by(rows, reference), np.arange(900, 1500))
+    assert len(removed_by(rows, reference, max_splits=1)) == 300  # one mode only
+
+
+def test_a_clean_label_with_an_unbalanced_mode_loses_nothing() -> None:
+    """The clean rows show both natural modes in proportion: no cluster is avoided."""
+    rng = np.random.default_rng(3)
+    rows = np.concatenate([rng.normal(0, 1, (300, 6)), rng.normal(6, 1, (60, 6))])
+    reference = np.concatenate([rng.normal(0, 1, (50, 6)), rng.normal(6, 1, (10, 6))])
+    assert len(removed_by(rows, reference)) == 0
+    assert len(removed_by(rows, reference, clean_ratio=None)) == 60  # the paper's rule cuts it
+
+
 def test_the_split_report_says_where_the_poison_went() -> None:
-    """benchmarks/activation_clustering_split.py: one line per poisoned (or flagged) label with
-    the smaller cluster's share, the clean gate and how many poisoned rows it holds."""
+    """benchmarks/activation_clustering_split.py: one line per split of each poisoned label,
+    both reductions and both rules, with how many poisoned rows the judged cluster holds."""
     from benchmark_scripts import load_script
 
     lines = load_script("activation_clustering_split").split_report("digits", 0, "tiny")
     planted = int(lines[0].split(", ")[1].split()[0])
     assert planted > 0 and lines[0].startswith("digits seed 0:")
     poisoned = [line for line in lines[1:] if f"{planted} poisoned;" in line]
-    assert {line.split()[2] for line in poisoned} == {"ica:", "pca:"}  # the target label, twice
+    assert {line.split()[2] for line in poisoned} == {"ica", "pca"}  # the target label
+    assert {line.split()[3] for line in poisoned} == {"clean", "paper"}
     for line in poisoned:
         assert int(line.split("holds ")[1].split()[0]) <= planted

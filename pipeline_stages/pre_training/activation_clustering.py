@@ -10,15 +10,23 @@ size is at most `size_threshold` (the paper's relative-size analysis; 0.35 is th
 reference implementation in IBM's Adversarial Robustness Toolbox, `ActivationDefence`, which
 Chen et al. released). The suspected rows are removed and the served model trains on the rest.
 
-One departure, the clean gate. A label without poison is also split in two by 2-means, and when
-its natural modes are unbalanced the relative-size rule would remove a clean mode. The defender
-holds clean rows of each label (`Environment.attacker_data`, the held-out half of the
-validation split that `poison_filter` and `backdoor_finetuning` use too; never trained on): they
-fall into a natural mode about as often as the training rows do, and into a cluster of triggered
-rows almost never, since clean data carries no trigger. A small cluster is therefore removed only
-when the defender's clean rows of that label land in it at most `clean_ratio` times as often as
-the training rows do (skipped for a label with fewer than `min_clean` clean rows).
-`clean_ratio=None` restores the paper's rule.
+One departure: the defender's clean rows, not the size, decide which cluster is the poison.
+The relative-size rule assumes poison is a minority of its label; on ten balanced classes a
+poisoning rate of 10 % puts about as many poisoned rows in the target label as clean ones, and
+the rule then calls the clean half "small" and keeps the poison, or 2-means splits the poison and
+the rule removes only part of it. And a label without poison is also split in two, so when its
+natural modes are unbalanced the rule removes a clean mode. The defender holds clean rows of each
+label (`Environment.attacker_data`, the held-out half of the validation split that
+`poison_filter` and `backdoor_finetuning` use too; never trained on): they fall into a natural
+mode about as often as the training rows do, and into a cluster of triggered rows almost never,
+since clean data carries no trigger. So the cluster the clean rows avoid most (their share in
+it over the training rows' share) is removed when that ratio is at most `clean_ratio`, whatever
+its size, and the label's remaining rows are split again (up to `max_splits` times) until the
+clean rows avoid no cluster. This is Chen et al.'s own premise (triggered rows are activated
+for a different reason than genuine ones) read with a clean reference, close to their
+exclusionary reclassification, which also judges a cluster by clean data. A label with fewer
+than `min_clean` clean rows, or `clean_ratio=None`, falls back to the paper's rule: one split,
+the smaller cluster removed when its share is at most `size_threshold`.
 
 The filter's network is defcon's default one for the data, trained by the project's recipe with a
 derived seed (as `poison_filter` trains its own), so any served model works; the result for an
@@ -60,17 +68,24 @@ class ActivationClusteringConfig(DefenseConfig):
         default=0.35,
         gt=0,
         lt=0.5,
-        description="the smaller of a label's two clusters is suspected when it holds at most "
-        "this share of the label's rows (ART's ActivationDefence default)",
+        description="the paper's rule (without clean rows): the smaller of a label's two "
+        "clusters is removed when it holds at most this share of the label's rows (ART's "
+        "ActivationDefence default)",
     )
     clean_ratio: float | None = Field(
         default=0.5,
         ge=0,
-        description="remove a suspected cluster only if the defender's clean rows of the label "
-        "fall in it at most this many times as often as the training rows (None: the paper)",
+        description="remove the cluster the defender's clean rows of the label avoid most, when "
+        "they fall in it at most this many times as often as the training rows (None: the "
+        "paper's relative-size rule)",
+    )
+    max_splits: int = Field(
+        default=3,
+        ge=1,
+        description="splits of one label at most: after a removal the rest is split again",
     )
     min_clean: int = Field(
-        default=10, ge=1, description="clean rows of a label needed for the clean gate"
+        default=10, ge=1, description="clean rows of a label needed to judge by them"
     )
     min_rows: int = Field(
         default=20, ge=4, description="labels with fewer training rows are not clustered"
@@ -110,10 +125,18 @@ class LabelSplit:
     reducer: object
     kmeans: KMeans
 
-    def clean_share(self, reference: np.ndarray) -> float:
-        """Share of the defender's clean rows `reference` that fall in the smaller cluster."""
-        reduced = self.reducer.transform(reference)  # type: ignore[attr-defined]
-        return float(np.mean(self.kmeans.predict(reduced) == self.small))
+    def clean_shares(self, reference: np.ndarray) -> np.ndarray:
+        """Share of the defender's clean rows `reference` that fall in each cluster."""
+        placed = self.kmeans.predict(self.reducer.transform(reference))  # type: ignore[attr-defined]
+        return np.bincount(placed, minlength=2) / len(reference)
+
+    def most_avoided(self, reference: np.ndarray) -> tuple[int, float]:
+        """The cluster the clean rows avoid most and their share in it over the training rows'
+        (1: as often as the training rows; 0: never)."""
+        train = np.bincount(self.assigned, minlength=2) / len(self.assigned)
+        ratios = self.clean_shares(reference) / train
+        cluster = int(np.argmin(ratios))
+        return cluster, float(ratios[cluster])
 
 
 def split_label(rows: np.ndarray, reduction: str, components: int, seed: int) -> LabelSplit:
@@ -124,8 +147,60 @@ def split_label(rows: np.ndarray, reduction: str, components: int, seed: int) ->
     return LabelSplit(assigned, small, float(sizes[small] / len(rows)), reducer, kmeans)
 
 
+@dataclass(frozen=True)
+class SplitStep:
+    """One split of a label's remaining rows and what it decided: `rows` are indices into the
+    label's rows, `suspect` the cluster judged (the one the clean rows avoid most, or the
+    smaller under the paper's rule), `removed` whether it was, `clean_ratio` the clean rows'
+    share in it over the training rows' (NaN under the paper's rule)."""
+
+    rows: np.ndarray
+    halves: LabelSplit
+    suspect: int
+    removed: bool
+    clean_ratio: float
+
+    @property
+    def suspect_rows(self) -> np.ndarray:
+        return self.rows[self.halves.assigned == self.suspect]
+
+    @property
+    def share(self) -> float:
+        """The suspect cluster's share of the rows split."""
+        return float(np.mean(self.halves.assigned == self.suspect))
+
+
+def label_steps(
+    rows: np.ndarray, reference: np.ndarray, config: ActivationClusteringConfig, seed: int
+) -> list[SplitStep]:
+    """Split one label's representations `rows` and remove what the defender's clean rows of
+    that label (`reference`) avoid, again on the rest, until they avoid nothing (see the module
+    docstring); the paper's rule without enough clean rows or with `clean_ratio=None`."""
+    clean_ratio = config.clean_ratio
+    by_clean = clean_ratio is not None and len(reference) >= config.min_clean
+    remaining = np.arange(len(rows))
+    steps: list[SplitStep] = []
+    for split in range(config.max_splits if by_clean else 1):
+        if len(remaining) < config.min_rows:
+            break
+        split_seed = (seed + split) % 2**32  # sklearn's random_state range
+        halves = split_label(rows[remaining], config.reduction, config.components, split_seed)
+        if clean_ratio is not None and by_clean:
+            suspect, ratio = halves.most_avoided(reference)
+            removed = ratio <= clean_ratio
+        else:
+            suspect, ratio = halves.small, float("nan")
+            removed = halves.share <= config.size_threshold
+        steps.append(SplitStep(remaining, halves, suspect, removed, ratio))
+        if not removed:
+            break
+        remaining = remaining[halves.assigned != suspect]
+    return steps
+
+
 class ActivationClustering(PoisonFilter):
-    """Remove the small activation cluster of each label; measured by ASR (as poison_filter)."""
+    """Remove the activation clusters of each label that the defender's clean rows avoid;
+    measured by ASR (as poison_filter)."""
 
     Config: ClassVar[type[DefenseConfig]] = ActivationClusteringConfig
     config: ActivationClusteringConfig  # type: ignore[assignment]
@@ -136,24 +211,17 @@ class ActivationClustering(PoisonFilter):
 
     def kept_rows(self, split: Split, env: Environment) -> torch.Tensor:
         """Sorted indices of the rows of `split` outside every removed cluster."""
-        cfg = self.config
         reps, labels, clean_reps, clean_labels = self.labelled_representations(split, env)
         removed: list[np.ndarray] = []
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
-            if len(rows) < cfg.min_rows:
+            if len(rows) < self.config.min_rows:
                 continue
-            halves = split_label(
-                reps[rows], cfg.reduction, cfg.components, self.cluster_seed(env, label)
+            steps = label_steps(
+                reps[rows],
+                clean_reps[clean_labels == label],
+                self.config,
+                self.cluster_seed(env, label),
             )
-            if halves.share > cfg.size_threshold:
-                continue
-            reference = clean_reps[clean_labels == label]
-            if (
-                cfg.clean_ratio is not None
-                and len(reference) >= cfg.min_clean
-                and halves.clean_share(reference) > cfg.clean_ratio * halves.share
-            ):
-                continue  # the clean population has this mode too: not the poison
-            removed.append(rows[halves.assigned == halves.small])
+            removed += [rows[step.suspect_rows] for step in steps if step.removed]
         return rows_left(len(split), removed)
