@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from defcon.catalog import builtin_catalog
 from defcon.effectiveness import MetricVerdict, judge
+from defcon.engine.defense_settings import parse_assignments, validated
+from defcon.errors import DefconError
 from defcon.measure.composer import Composer, applicability_problem
 from defcon.measure.standalone import StandaloneResult, measure_standalone
 from defcon.storage import atomic_write_text
@@ -129,6 +131,13 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
     parser.add_argument("--out", default=str(ROOT / "results" / "effective_alone"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME.FIELD=VALUE",
+        help="a defense setting, as `defcon compose --set` takes it (repeatable)",
+    )
     args = parser.parse_args()
     defenses = list(catalog)
     if args.defenses:
@@ -138,6 +147,10 @@ def main() -> None:
         defenses = [name for name in defenses if name in args.defenses.split(",")]
     if args.seeds < 2:
         parser.error("--seeds: need at least 2 seeds for a confidence interval")
+    try:
+        configs = validated(parse_assignments(args.set), catalog)
+    except DefconError as error:
+        parser.error(str(error))
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     started = time.perf_counter()
     rows: list[Row] = []
@@ -145,9 +158,9 @@ def main() -> None:
     command = (
         f"python benchmarks/effective_alone.py --datasets {args.datasets} --seeds {args.seeds} "
         f"--profile {args.profile}" + (f" --defenses {args.defenses}" if args.defenses else "")
-    )
+    ) + "".join(f" --set {item}" for item in args.set)
     for dataset in args.datasets.split(","):
-        composer = Composer(dataset, profile=args.profile, cache_dir=args.cache)
+        composer = Composer(dataset, profile=args.profile, cache_dir=args.cache, configs=configs)
         for name in defenses:
             spec = catalog[name]
             problem = applicability_problem(spec, composer.dataset(0))

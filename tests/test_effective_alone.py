@@ -52,3 +52,26 @@ def test_a_guarantee_gained_entirely_passes() -> None:
     inf = float("inf")
     verdict = judge("d", epsilon, [1.3, 1.3, 1.3], [1.3, 1.3, 1.3], [inf, inf, inf])
     assert _bench().passes(verdict)
+
+
+def test_a_setting_is_validated_and_recorded_in_the_command(tmp_path, monkeypatch) -> None:
+    """`--set NAME.FIELD=VALUE` as compose takes it: a wrong one is one parser error (exit 2),
+    a right one reaches the composer and the table's footer names it."""
+    import pytest
+
+    bench = _bench()
+    argv = ["effective_alone.py", "--datasets", "digits", "--defenses", "group_fairness"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", "group_fairness.bogus=1"])
+    with pytest.raises(SystemExit) as refused:
+        bench.main()
+    assert refused.value.code == 2
+    seen = []
+    real = bench.Composer
+    monkeypatch.setattr(
+        bench, "Composer", lambda *a, **k: seen.append(k["configs"]) or real(*a, **k)
+    )
+    setting = "group_fairness.slack=0.1"
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", setting, "--out", str(tmp_path)])
+    bench.main()  # group_fairness is not applicable to images: nothing trains
+    assert seen == [{"group_fairness": {"slack": 0.1}}]
+    assert f"--set {setting}`" in (tmp_path / "table.md").read_text()
