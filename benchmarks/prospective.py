@@ -21,7 +21,8 @@ committed, and the commit is tagged `prospective-2` before any of its combinatio
     git tag prospective-2                                # the pre-registration
     python benchmarks/prospective.py measure --round 2   # in the checker's order, then
                                                          # every order of a stage (orders/)
-    python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed before a record
+    python benchmarks/prospective.py score --round 2     # refuses if a FROZEN file changed
+                                                         # before its last record
 
 `pilot` is a quick measurement, not a prediction: it is listed apart, never predicted here.
 """
@@ -597,8 +598,11 @@ def predict_round2(out: Path, triples_path: Path = TRIPLES2) -> dict:
 
 READ_AT_SCORE = FROZEN[-2:]
 """The frozen files the score step itself reads: as tagged at HEAD and in the tree, always."""
-RECORDS2 = str(BENCH2.relative_to(HERE.parent))
-"""Where round 2's records live: each must have entered git while every frozen file was as tagged."""
+RECORDS2 = tuple(
+    str(folder.relative_to(HERE.parent)) for folder in (BENCH2 / "records", BENCH2 / "orders")
+)
+"""Round 2's records (and its order records): each must have entered git while every frozen file
+was as tagged. The bench's own report beside them may be rebuilt later."""
 
 
 class Freeze(NamedTuple):
@@ -607,7 +611,7 @@ class Freeze(NamedTuple):
     tag: str = TAG2
     paths: tuple[str, ...] = FROZEN
     read: tuple[str, ...] = READ_AT_SCORE
-    records: str = RECORDS2
+    records: tuple[str, ...] = RECORDS2
 
 
 def frozen_changes(root: Path, freeze: Freeze = Freeze()) -> list[str]:
@@ -644,9 +648,9 @@ def frozen_changes(root: Path, freeze: Freeze = Freeze()) -> list[str]:
         return changed_at(among=among) | set(untracked)
 
     changed = changed_at("HEAD", among=read) | changed_in_tree(read)
-    for commit in git("log", "--format=%H", f"{tag}..HEAD", "--", records).split():
+    for commit in git("log", "--format=%H", f"{tag}..HEAD", "--", *records).split():
         changed |= changed_at(commit, among=paths)
-    if git("status", "--porcelain", "--", records).strip():
+    if git("status", "--porcelain", "--", *records).strip():
         changed |= changed_in_tree(paths)
     return sorted(changed)
 
@@ -657,8 +661,8 @@ def refuse_if_changed(root: Path, freeze: Freeze = Freeze()) -> None:
     changed = frozen_changes(root, freeze)
     if changed:
         raise DefconError(
-            f"round 2 cannot be scored: {', '.join(changed)} changed since tag {freeze.tag} while its "
-            "records were being made, or are read by the score step (the techniques, the "
+            f"round 2 cannot be scored: {', '.join(changed)} changed since tag {freeze.tag} "
+            "while its records were being made, or are read by the score step (the techniques, the "
             "verdict rule and the pre-registered lists must be as tagged until the last record "
             "enters git; restore them, or pre-register a new round)"
         )

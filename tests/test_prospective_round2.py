@@ -43,7 +43,7 @@ def repo(tmp_path: Path) -> Path:
 
 def changes(repo: Path) -> list[str]:
     script = load_script("prospective")
-    return script.frozen_changes(repo, script.Freeze(paths=PATHS, read=READ, records="records"))
+    return script.frozen_changes(repo, script.Freeze(paths=PATHS, read=READ, records=("records",)))
 
 
 def test_score_refuses_without_the_tag_and_after_any_pre_registered_file_changed(repo):
@@ -67,7 +67,7 @@ def test_score_refuses_without_the_tag_and_after_any_pre_registered_file_changed
     (repo / "predictions.json").write_text('{"edited": 1}\n')  # read by the score step
     assert changes(repo) == ["defcon/checker/rule.py", "predictions.json"]
     with pytest.raises(DefconError) as refused:
-        script.refuse_if_changed(repo, script.Freeze(paths=PATHS, read=READ, records="records"))
+        script.refuse_if_changed(repo, script.Freeze(paths=PATHS, read=READ, records=("records",)))
     message = str(refused.value)
     assert "\n" not in message and "round 2 cannot be scored" in message
     assert "changed since tag prospective-2" in message
