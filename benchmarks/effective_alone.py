@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="adult,fmnist")
     parser.add_argument("--defenses", default=None, help="comma-separated subset (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seed-start", type=int, default=0, help="first seed (a second, disjoint seed set)"
+    )
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
     parser.add_argument("--out", default=str(ROOT / "results" / "effective_alone"))
@@ -159,6 +162,9 @@ def main() -> None:
         f"python benchmarks/effective_alone.py --datasets {args.datasets} --seeds {args.seeds} "
         f"--profile {args.profile}" + (f" --defenses {args.defenses}" if args.defenses else "")
     ) + "".join(f" --set {item}" for item in args.set)
+    if args.seed_start:
+        command += f" --seed-start {args.seed_start}"
+    last_seed = args.seed_start + args.seeds - 1
     for dataset in args.datasets.split(","):
         composer = Composer(dataset, profile=args.profile, cache_dir=args.cache, configs=configs)
         for name in defenses:
@@ -167,13 +173,13 @@ def main() -> None:
             if problem:
                 rows.append(Row(dataset=dataset, defense=name, not_applicable=problem))
             else:
-                result = measure_standalone(composer, name, args.seeds)
+                result = measure_standalone(composer, name, args.seeds, args.seed_start)
                 rows += rows_of(result, {m.name: m for m in spec.metrics})
             for row in rows[-len(spec.metrics) :]:
                 if row.defense == name and row.dataset == dataset:
                     print(row.model_dump_json(), flush=True)
             footer = (
-                f"Profile `{args.profile}`, seeds 0–{args.seeds - 1}; values mean ± std over "
+                f"Profile `{args.profile}`, seeds {args.seed_start}–{last_seed}; values mean ± std over "
                 f"seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
                 f"Produced by `{command}`."
             )
