@@ -300,6 +300,7 @@ def _overview(summary: BenchSummary) -> list[str]:
             f"- Measuring run finished {run.finished}: {run.combinations_run} combinations "
             f"(seeds from {run.seed_start}) in {run.wall_time_s:.0f} s wall time with "
             f"{run.workers} worker(s) ({run.executor})"
+            + (f", code at commit {run.commit}" if run.commit else "")
             for run in result.runs
         ],
         f"- Model cache: {trained} models trained, {reused} requests served from the cache "

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defcon.bench.lifeline import Interrupted, Stopped, stop_on_signals, worker_start
+from defcon.bench.provenance import source_commit
 from defcon.catalog import Catalog, load_catalog
 from defcon.engine.data import dataset_source, is_data_file, load_dataset
 from defcon.engine.registry import require_for_defenses
@@ -296,6 +297,7 @@ class MeasuringRun(BaseModel):
     executor: str
     profile: str
     seed_start: int
+    commit: str | None = None  # of the checkout it ran from (`defcon.bench.provenance`)
 
 
 class BenchResult(BaseModel):
@@ -388,6 +390,7 @@ def run_bench(
         raise DefconError(f"unknown executor '{executor}'; accepted: local, ray")
     out = Path(out)
     started = time.perf_counter()
+    commit = source_commit()  # before measuring: the code that ran, not what was edited since
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
     threads = max(1, (os.cpu_count() or 1) // workers)
     tasks, skipped, paths = [], [], []
@@ -475,6 +478,7 @@ def run_bench(
                 executor=executor,
                 profile=profile,
                 seed_start=seed_start,
+                commit=commit,
             )  # fmt: skip
         )
         atomic_write_text(
