@@ -47,6 +47,7 @@ class Row(BaseModel):
     ratio: float | None = None
     passed: bool | None = None
     not_applicable: str | None = None
+    clean_accuracy: str = ""  # no defense → alone: a pass bought with accuracy shows here
 
 
 def passes(verdict: MetricVerdict) -> bool:
@@ -87,6 +88,7 @@ def rows_of(result: StandaloneResult, catalog_metrics: dict[str, object]) -> lis
                 tolerance=tolerance,
                 ratio=None if gain is None or tolerance == 0 else gain / tolerance,
                 passed=passes(verdict),
+                clean_accuracy=f"{result.clean_accuracy[0]} → {result.clean_accuracy[1]}",
             )
         )
     return rows
@@ -104,20 +106,20 @@ def markdown(rows: list[Row], footer: str) -> str:
         f"Pass: mean gain ≥ {MARGIN:g} × tolerance and the gain's lower 90 % bound > tolerance.",
         "",
         "| dataset | defense | metric | no defense | alone | gain | tolerance | ratio "
-        "| gain CI (90 %) | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| gain CI (90 %) | pass | clean accuracy (no defense → alone) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.not_applicable is not None:
             lines.append(
-                f"| {r.dataset} | {r.defense} | | | | | | | | not applicable: {r.not_applicable} |"
+                f"| {r.dataset} | {r.defense} | | | | | | | | not applicable: {r.not_applicable} | |"
             )
             continue
         ci = f"[{_number(r.gain_lower)}, {_number(r.gain_upper)}]"
         lines.append(
             f"| {r.dataset} | {r.defense} | {r.metric} | {r.no_defense} | {r.alone} | "
             f"{_number(r.gain)} | {_number(r.tolerance)} | {_number(r.ratio)} | {ci} | "
-            f"{'yes' if r.passed else 'no'} |"
+            f"{'yes' if r.passed else 'no'} | {r.clean_accuracy} |"
         )
     return "\n".join(lines) + "\n\n" + footer + "\n"
 

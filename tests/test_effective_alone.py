@@ -75,3 +75,21 @@ def test_a_setting_is_validated_and_recorded_in_the_command(tmp_path, monkeypatc
     bench.main()  # group_fairness is not applicable to images: nothing trains
     assert seen == [{"group_fairness": {"slack": 0.1}}]
     assert f"--set {setting}`" in (tmp_path / "table.md").read_text()
+
+
+def test_each_row_shows_the_clean_accuracy_without_and_with_the_defense() -> None:
+    """A pass bought with accuracy must be visible beside the gain."""
+    from defcon.effectiveness import Summary
+    from defcon.measure.standalone import StandaloneResult
+
+    bench = _bench()
+    result = StandaloneResult(
+        defense="d", dataset="adult", profile="quick", seeds=3,
+        metrics={"gap": (Summary.of([0.30, 0.31, 0.29]), Summary.of([0.10, 0.11, 0.10]))},
+        directions={"gap": Direction.LOWER},
+        clean_accuracy=(Summary.of([0.85, 0.86, 0.85]), Summary.of([0.60, 0.61, 0.60])),
+        wall_time_s=1.0,
+    )  # fmt: skip
+    (row,) = bench.rows_of(result, {"gap": METRIC})
+    assert row.passed and row.clean_accuracy == "0.853 ± 0.006 → 0.603 ± 0.006"
+    assert "| 0.853 ± 0.006 → 0.603 ± 0.006 |" in bench.markdown([row], "")
