@@ -255,7 +255,7 @@ def test_profiles_take_each_datasets_sizes_from_its_entry() -> None:
     assert tiny.epochs == {"default": 4, "digits": 8}
     assert quick.max_train == {"fmnist": 10000, "adult": None, "compas": None, "digits": None}
     assert quick.max_eval == {"fmnist": 2000, "adult": None, "compas": None, "digits": None}
-    assert quick.epochs == {"default": 4, "fmnist": 6, "digits": 15, "adult": 5, "compas": 10}
+    assert quick.epochs == {"default": 4, "fmnist": 10, "digits": 15, "adult": 5, "compas": 10}
     assert (paper.max_train, paper.max_eval) == ({}, {})
     assert paper.epochs == {"default": 20, "digits": 30}
 
