@@ -63,3 +63,18 @@ def test_gradients_through_the_api_are_the_models_own(overfit_digits):
     assert torch.allclose(margins[0], margins[1], atol=1e-5)
     cross_entropy = torch.nn.functional.cross_entropy(served(x), y)
     assert torch.autograd.grad(cross_entropy, x)[0].abs().sum() > 0
+
+
+def test_declared_not_applicable_to_tabular_data_with_a_cited_reason():
+    """On tabular data the label it keeps carries the membership signal: check and compose say
+    so before anything trains (the effective-alone table shows why)."""
+    from defcon.catalog import builtin_catalog
+    from defcon.planning.evidence import builtin_facts
+    from defcon.planning.rules import applicability_problem
+    from defcon.vocabulary import DataKind
+
+    spec = builtin_catalog()["confidence_masking"]
+    (declared,) = spec.not_applicable
+    assert declared.kind is DataKind.TABULAR and "Choquette-Choo" in declared.reason
+    assert "not applicable to tabular data" in applicability_problem(spec, builtin_facts("adult"))
+    assert not applicability_problem(spec, builtin_facts("digits"))
