@@ -23,6 +23,13 @@ group's advantage and the equalized-odds gap grew, for every α and adversary sp
 it (the predictor's loss L_P − α·L_A, as in adversarial training of representations, Edwards &
 Storkey, ICLR 2016) and a small α the gap shrank with accuracy nearly unchanged.
 
+`stop_at_chance` (off by default) caps the adversary's loss the predictor pushes against at
+chance, the loss of an adversary that ignores the output (H(s | y) on the batch): Zhang et al.'s
+equilibrium is an adversary no better than guessing, and pushing past it rewards fooling a
+lagging adversary, i.e. reversing the groups' advantage. On Adult it made the gap steadier across
+seeds but did not make the defense effective alone on the second seed set, so it is not the
+default (docs/measurement.md).
+
 The term cannot share the loop with a DP optimizer (the spec's `excludes`): the adversary learns
 from the training records without clipping or noise and shapes every later gradient, so the
 accountant's ε would bound nothing; and κ needs two extra backward passes per batch, which
@@ -73,6 +80,11 @@ class AdversarialDebiasingConfig(DefenseConfig):
     )
     adversary_steps: int = Field(
         default=1, ge=1, description="adversary updates per batch, before the predictor's update"
+    )
+    stop_at_chance: bool = Field(
+        default=False,
+        description="push against the adversary only while its loss is below what guessing s "
+        "from the batch's base rates (per label under equalized_odds) would score",
     )
 
 
@@ -136,7 +148,11 @@ class AdversarialDebiasing(InTrainingDefense):
             state.optimizer.step()
         adversary_loss = F.binary_cross_entropy_with_logits(state.adversary(z, label), target)
         kappa = self._projection(run, logits, y, adversary_loss) if self.config.projection else 0.0
-        term = -(kappa + self.config.alpha) * adversary_loss
+        pushed = adversary_loss
+        if self.config.stop_at_chance:
+            given = label if self.config.criterion == "equalized_odds" else torch.zeros_like(label)
+            pushed = up_to_chance(adversary_loss, target, given)
+        term = -(kappa + self.config.alpha) * pushed
         state.share.add(run, self.name, abs(float(term.detach())), logits, y)
         return term
 
@@ -161,6 +177,28 @@ class AdversarialDebiasing(InTrainingDefense):
         """fairlearn's equalized-odds difference of `model` on the test split."""
         _check(env, env.dataset.num_classes)
         return {"equalized_odds_difference": equalized_odds_gap(model, env.dataset.test)}
+
+
+def chance_loss(target: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of the best adversary that ignores the output: it predicts each
+    group's base rate of s within each value of `given` (the label, or one group), i.e. the
+    conditional entropy H(s | given) on the batch, in nats."""
+    total = torch.zeros(())
+    for value in torch.unique(given):
+        members = target[given == value]
+        rate = members.mean().clamp(1e-6, 1 - 1e-6)
+        entropy = -(rate * rate.log() + (1 - rate) * (1 - rate).log())
+        total = total + entropy * len(members) / len(target)
+    return total
+
+
+def up_to_chance(
+    adversary_loss: torch.Tensor, target: torch.Tensor, given: torch.Tensor
+) -> torch.Tensor:
+    """The adversary's loss, capped at chance (`chance_loss`): pushing the predictor past it
+    only makes a lagging adversary confidently wrong (the groups' advantage reversed), so the
+    cap's gradient vanishes there."""
+    return torch.minimum(adversary_loss, chance_loss(target, given))
 
 
 def _check(env: Environment, num_classes: int) -> None:
