@@ -112,7 +112,8 @@ def markdown(rows: list[Row], footer: str) -> str:
     for r in rows:
         if r.not_applicable is not None:
             lines.append(
-                f"| {r.dataset} | {r.defense} | | | | | | | | not applicable: {r.not_applicable} | |"
+                f"| {r.dataset} | {r.defense} | | | | | | | | "
+                f"not applicable: {r.not_applicable} | |"
             )
             continue
         ci = f"[{_number(r.gain_lower)}, {_number(r.gain_upper)}]"
@@ -181,8 +182,8 @@ def main() -> None:
                 if row.defense == name and row.dataset == dataset:
                     print(row.model_dump_json(), flush=True)
             footer = (
-                f"Profile `{args.profile}`, seeds {args.seed_start}–{last_seed}; values mean ± std over "
-                f"seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
+                f"Profile `{args.profile}`, seeds {args.seed_start}–{last_seed}; values mean ± "
+                f"std over seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
                 f"Produced by `{command}`."
             )
             out.mkdir(parents=True, exist_ok=True)  # rewritten after each defense: a cut-off

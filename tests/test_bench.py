@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from defcon.bench.provenance import source_commit
 from defcon.bench.results import results_markdown, write_results
 from defcon.bench.run import combinations_for, load_triples, run_bench
 
@@ -39,6 +40,8 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     (run,) = result.runs  # the measuring run is logged, so a later --report-only can say it
     assert run.combinations_run == 3 and run.workers == 2 and run.wall_time_s > 0
     assert f"3 combinations (seeds from 0) in {run.wall_time_s:.0f} s wall time" in text
+    assert run.commit == source_commit()  # the checkout it ran from (None outside one)
+    assert run.commit is None or f"code at commit {run.commit}" in text
 
     # Killed and restarted: only the combination whose record is missing runs again.
     victim = next((tmp_path / "records" / "digits").glob("*model_watermark+explanations*.json"))

@@ -390,7 +390,8 @@ def run_bench(
         raise DefconError(f"unknown executor '{executor}'; accepted: local, ray")
     out = Path(out)
     started = time.perf_counter()
-    commit = source_commit()  # before measuring: the code that ran, not what was edited since
+    # before measuring: the code that ran, not what was edited since (a report measures nothing)
+    commit = source_commit() if measure else None
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
     threads = max(1, (os.cpu_count() or 1) // workers)
     tasks, skipped, paths = [], [], []

@@ -11,12 +11,11 @@ who hides the backdoor in units clean data also uses (the paper's pruning-aware 
 fine-tuning then moves the remaining units' weights away from the trigger, and restores the
 accuracy pruning cost.
 
-The fine-tuning's learning rate. The paper fine-tunes briefly at a learning rate below the one
-that trained the network, so that clean accuracy recovers without forgetting the task. At 0.01
-(momentum 0.9, a few hundred steps on the defender's clean set) the remaining units barely moved
-on the small image network of the quick profile and the backdoor survived on Fashion-MNIST; at
-0.05 the trigger's weights move and clean accuracy stays within the pruning's own
-`accuracy_budget`. The default was chosen measuring the defense alone and confirmed on a second,
+The fine-tuning's learning rate. The fine-tuning is brief (a few hundred SGD steps with
+momentum 0.9 on the defender's clean set), so its rate decides whether the remaining units move
+at all. At 0.01 they barely moved on the small image network of the quick profile and the
+backdoor survived on Fashion-MNIST; at 0.05 the trigger's weights move and clean accuracy stays
+within the pruning's own `accuracy_budget`. The default was chosen measuring the defense alone and confirmed on a second,
 disjoint seed set and on the tabular set (benchmarks/results/effective_alone/table.md).
 
 How it differs from the project's other backdoor defenses:

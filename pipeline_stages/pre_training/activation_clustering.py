@@ -127,7 +127,8 @@ class LabelSplit:
 
     def clean_shares(self, reference: np.ndarray) -> np.ndarray:
         """Share of the defender's clean rows `reference` that fall in each cluster."""
-        placed = self.kmeans.predict(self.reducer.transform(reference))  # type: ignore[attr-defined]
+        reduced = self.reducer.transform(reference)  # type: ignore[attr-defined]
+        placed = self.kmeans.predict(reduced)
         return np.bincount(placed, minlength=2) / len(reference)
 
     def most_avoided(self, reference: np.ndarray) -> tuple[int, float]:
