@@ -93,3 +93,28 @@ def test_each_row_shows_the_clean_accuracy_without_and_with_the_defense() -> Non
     (row,) = bench.rows_of(result, {"gap": METRIC})
     assert row.passed and row.clean_accuracy == "0.853 ± 0.006 → 0.603 ± 0.006"
     assert "| 0.853 ± 0.006 → 0.603 ± 0.006 |" in bench.markdown([row], "")
+
+
+def test_a_second_seed_set_is_measured_and_named(tmp_path, monkeypatch) -> None:
+    """`--seed-start 1000` measures seeds 1000… and the table says so."""
+    from defcon.effectiveness import Summary
+    from defcon.measure.standalone import StandaloneResult
+
+    bench = _bench()
+    calls = []
+
+    def fake(composer, name, seeds, first_seed=0):
+        calls.append((name, seeds, first_seed))
+        values = Summary.of([0.9, 0.9, 0.9])
+        return StandaloneResult(
+            defense=name, dataset="digits", profile="quick", seeds=seeds,
+            metrics={}, directions={}, clean_accuracy=(values, values), wall_time_s=0.0,
+        )  # fmt: skip
+
+    monkeypatch.setattr(bench, "measure_standalone", fake)
+    argv = ["effective_alone.py", "--datasets", "digits", "--defenses", "model_watermark"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seed-start", "1000", "--out", str(tmp_path)])
+    bench.main()
+    assert calls == [("model_watermark", 3, 1000)]
+    table = (tmp_path / "table.md").read_text()
+    assert "seeds 1000–1002" in table and "--seed-start 1000`" in table
