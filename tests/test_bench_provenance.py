@@ -31,3 +31,18 @@ def test_the_commit_of_the_checkout_and_whether_its_source_was_edited(tmp_path) 
     assert source_commit(tmp_path) == head  # neither docs nor untracked files ran as source
     (tmp_path / "defcon/a.py").write_text("A = 2\n")
     assert source_commit(tmp_path) == f"{head}+dirty"
+
+
+def test_a_repositorys_fsmonitor_command_is_never_run(tmp_path) -> None:
+    """Asking git whether the source changed runs no command the repository's config names."""
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "config", "user.email", "t@example.org")
+    git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "defcon").mkdir()
+    (tmp_path / "defcon/a.py").write_text("A = 1\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "one")
+    marker = tmp_path / "ran"
+    git(tmp_path, "config", "core.fsmonitor", f"touch {marker}; false")
+    assert source_commit(tmp_path) == git(tmp_path, "rev-parse", "HEAD")
+    assert not marker.exists()

@@ -36,5 +36,9 @@ def source_commit(root: Path | None = None) -> str | None:
     commit = run("rev-parse", "HEAD")
     if not commit:
         return None
-    changed = run("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_FOLDERS)
+    # read-only, and no hook or fsmonitor command a repository's config names may run
+    changed = run(
+        "-c", "core.fsmonitor=false", "status", "--porcelain", "--untracked-files=no",
+        "--", *SOURCE_FOLDERS,
+    )  # fmt: skip
     return f"{commit}+dirty" if changed else commit
