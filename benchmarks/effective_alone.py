@@ -6,6 +6,10 @@ composer's arms and cache), each judged metric's paired gain from `defcon.effect
 least twice its declared tolerance and the lower bound of the gain's confidence interval is above
 the tolerance; a defense passes when one of its judged metrics does. Defenses the spec declares
 not applicable to the data kind are listed as such and never trained.
+
+With `--max-seeds`, seeds are added one at a time (as the benchmark adds them while a verdict is
+inconclusive) while no judged metric passes yet one still could: its gain's upper bound reaches
+the margin. The same stopping rule for every defense, so no defense gets seeds until it passes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from defcon.errors import DefconError
 from defcon.measure.composer import Composer, applicability_problem
 from defcon.measure.standalone import StandaloneResult, measure_standalone
 from defcon.storage import atomic_write_text
+from defcon.vocabulary import DefenseSpec
 
 ROOT = Path(__file__).resolve().parent
 MARGIN = 2.0  # the mean gain must be at least this many tolerances
@@ -48,6 +53,7 @@ class Row(BaseModel):
     passed: bool | None = None
     not_applicable: str | None = None
     clean_accuracy: str = ""  # no defense → alone: a pass bought with accuracy shows here
+    seeds: int | None = None
 
 
 def passes(verdict: MetricVerdict) -> bool:
@@ -62,6 +68,18 @@ def passes(verdict: MetricVerdict) -> bool:
         and lower is not None
         and lower > tolerance
         and (mean is None or mean >= MARGIN * tolerance)
+    )
+
+
+def undecided(rows: list[Row]) -> bool:
+    """No judged metric passes, yet one could with more seeds: its gain's upper confidence
+    bound reaches MARGIN × tolerance (or is unknown)."""
+    measured = [r for r in rows if r.not_applicable is None]
+    if not measured or any(r.passed for r in measured):
+        return False
+    return any(
+        r.gain_upper is None or r.tolerance is None or r.gain_upper >= MARGIN * r.tolerance
+        for r in measured
     )
 
 
@@ -89,9 +107,24 @@ def rows_of(result: StandaloneResult, catalog_metrics: dict[str, object]) -> lis
                 ratio=None if gain is None or tolerance == 0 else gain / tolerance,
                 passed=passes(verdict),
                 clean_accuracy=f"{result.clean_accuracy[0]} → {result.clean_accuracy[1]}",
+                seeds=result.seeds,
             )
         )
     return rows
+
+
+def standalone_rows(
+    composer: Composer, spec: DefenseSpec, seeds: int, max_seeds: int, seed_start: int
+) -> list[Row]:
+    """`seeds` seeds, then one more at a time up to `max_seeds` while `undecided` (earlier
+    seeds' models and readings come from the cache)."""
+    metrics = {m.name: m for m in spec.metrics}
+    count = seeds
+    while True:
+        rows = rows_of(measure_standalone(composer, spec.name, count, seed_start), metrics)
+        if count >= max_seeds or not undecided(rows):
+            return rows
+        count += 1
 
 
 def _number(value: float | None) -> str:
@@ -106,21 +139,21 @@ def markdown(rows: list[Row], footer: str) -> str:
         f"Pass: mean gain ≥ {MARGIN:g} × tolerance and the gain's lower 90 % bound > tolerance.",
         "",
         "| dataset | defense | metric | no defense | alone | gain | tolerance | ratio "
-        "| gain CI (90 %) | pass | clean accuracy (no defense → alone) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gain CI (90 %) | pass | clean accuracy (no defense → alone) | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.not_applicable is not None:
             lines.append(
                 f"| {r.dataset} | {r.defense} | | | | | | | | "
-                f"not applicable: {r.not_applicable} | |"
+                f"not applicable: {r.not_applicable} | | |"
             )
             continue
         ci = f"[{_number(r.gain_lower)}, {_number(r.gain_upper)}]"
         lines.append(
             f"| {r.dataset} | {r.defense} | {r.metric} | {r.no_defense} | {r.alone} | "
             f"{_number(r.gain)} | {_number(r.tolerance)} | {_number(r.ratio)} | {ci} | "
-            f"{'yes' if r.passed else 'no'} | {r.clean_accuracy} |"
+            f"{'yes' if r.passed else 'no'} | {r.clean_accuracy} | {r.seeds or ''} |"
         )
     return "\n".join(lines) + "\n\n" + footer + "\n"
 
@@ -133,6 +166,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
         "--seed-start", type=int, default=0, help="first seed (a second, disjoint seed set)"
+    )
+    parser.add_argument(
+        "--max-seeds",
+        type=int,
+        default=None,
+        help="add seeds one at a time up to this many while a defense is undecided "
+        "(default: --seeds, no extra seeds)",
     )
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
@@ -153,6 +193,9 @@ def main() -> None:
         defenses = [name for name in defenses if name in args.defenses.split(",")]
     if args.seeds < 2:
         parser.error("--seeds: need at least 2 seeds for a confidence interval")
+    max_seeds = args.seeds if args.max_seeds is None else args.max_seeds
+    if max_seeds < args.seeds:
+        parser.error(f"--max-seeds ({max_seeds}) must be at least --seeds ({args.seeds})")
     try:
         configs = validated(parse_assignments(args.set), catalog)
     except DefconError as error:
@@ -167,7 +210,8 @@ def main() -> None:
     ) + "".join(f" --set {item}" for item in args.set)
     if args.seed_start:
         command += f" --seed-start {args.seed_start}"
-    last_seed = args.seed_start + args.seeds - 1
+    if max_seeds > args.seeds:
+        command += f" --max-seeds {max_seeds}"
     for dataset in args.datasets.split(","):
         composer = Composer(dataset, profile=args.profile, cache_dir=args.cache, configs=configs)
         for name in defenses:
@@ -176,14 +220,13 @@ def main() -> None:
             if problem:
                 rows.append(Row(dataset=dataset, defense=name, not_applicable=problem))
             else:
-                result = measure_standalone(composer, name, args.seeds, args.seed_start)
-                rows += rows_of(result, {m.name: m for m in spec.metrics})
+                rows += standalone_rows(composer, spec, args.seeds, max_seeds, args.seed_start)
             for row in rows[-len(spec.metrics) :]:
                 if row.defense == name and row.dataset == dataset:
                     print(row.model_dump_json(), flush=True)
             footer = (
-                f"Profile `{args.profile}`, seeds {args.seed_start}–{last_seed}; values mean ± "
-                f"std over seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
+                f"Profile `{args.profile}`, seeds from {args.seed_start} (the `seeds` column); "
+                f"values mean ± std over seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
                 f"Produced by `{command}`."
             )
             out.mkdir(parents=True, exist_ok=True)  # rewritten after each defense: a cut-off

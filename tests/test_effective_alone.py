@@ -117,4 +117,58 @@ def test_a_second_seed_set_is_measured_and_named(tmp_path, monkeypatch) -> None:
     bench.main()
     assert calls == [("model_watermark", 3, 1000)]
     table = (tmp_path / "table.md").read_text()
-    assert "seeds 1000–1002" in table and "--seed-start 1000`" in table
+    assert "seeds from 1000" in table and "--seed-start 1000`" in table
+
+
+def _standalone(values_by_count):
+    """A fake `measure_standalone` whose alone-arm gap values depend on the seed count."""
+    from defcon.effectiveness import Summary
+    from defcon.measure.standalone import StandaloneResult
+
+    calls = []
+
+    def fake(composer, name, seeds, first_seed=0):
+        calls.append(seeds)
+        none, alone = values_by_count(seeds)
+        return StandaloneResult(
+            defense=name, dataset="adult", profile="quick", seeds=seeds,
+            metrics={"gap": (Summary.of(none), Summary.of(alone))},
+            directions={"gap": Direction.LOWER},
+            clean_accuracy=(Summary.of(none), Summary.of(alone)), wall_time_s=0.0,
+        )  # fmt: skip
+
+    return fake, calls
+
+
+def _rows(monkeypatch, values_by_count, seeds=3, max_seeds=6):
+    from defcon.vocabulary import DefenseSpec
+
+    bench = _bench()
+    fake, calls = _standalone(values_by_count)
+    monkeypatch.setattr(bench, "measure_standalone", fake)
+    spec = DefenseSpec.model_validate(
+        {"name": "d", "title": "d", "stage": "post", "mitigates": ["discrimination"],
+         "metrics": [METRIC.model_dump()]}
+    )  # fmt: skip
+    return bench.standalone_rows(None, spec, seeds, max_seeds, 0), calls
+
+
+def test_max_seeds_adds_seeds_while_the_margin_is_still_within_reach(monkeypatch) -> None:
+    """A noisy gain of about three tolerances: undecided at 3 seeds, decided with more."""
+    gains = [0.25, 0.05, 0.15, 0.16, 0.14, 0.15]
+
+    def values(n):
+        return [0.30] * n, [0.30 - g for g in gains[:n]]
+
+    rows, calls = _rows(monkeypatch, values)
+    assert calls[0] == 3 and len(calls) > 1 and calls == list(range(3, 3 + len(calls)))
+    assert rows[0].seeds == calls[-1] and (rows[0].passed or calls[-1] == 6)
+    assert f"| {calls[-1]} |" in _bench().markdown(rows, "")
+
+
+def test_max_seeds_stops_at_a_pass_and_at_a_hopeless_gain(monkeypatch) -> None:
+    """No extra seeds once a metric passes, nor when even its upper bound is below the margin."""
+    rows, calls = _rows(monkeypatch, lambda n: ([0.30, 0.31, 0.29], [0.10, 0.11, 0.10]))
+    assert calls == [3] and rows[0].passed
+    rows, calls = _rows(monkeypatch, lambda n: ([0.30, 0.31, 0.30], [0.30, 0.30, 0.31]))
+    assert calls == [3] and not rows[0].passed
