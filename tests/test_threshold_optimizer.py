@@ -1,4 +1,4 @@
-"""Threshold optimizer: fairlearn's ThresholdOptimizer fitted on validation data around the model,
+"""Threshold optimizer: fairlearn's ThresholdOptimizer fitted on held data (never test data) around the model,
 served as an API whose answers are fairlearn's randomised rule with a keyed draw per query."""
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def _setup() -> tuple[Environment, torch.nn.Module]:
     return dataclasses.replace(env, record={}), model
 
 
-def test_fairlearn_is_fitted_on_the_validation_split(monkeypatch):
-    env, model = _setup()
+def _fitted_on(monkeypatch, defense: ThresholdOptimizer, env: Environment, model):
+    """What fairlearn's `fit` received: (params, X, y, sensitive_features)."""
     seen = []
     original = Fairlearn.fit
 
@@ -57,13 +57,46 @@ def test_fairlearn_is_fitted_on_the_validation_split(monkeypatch):
         return original(self, X, y, sensitive_features=sensitive_features, **kwargs)
 
     monkeypatch.setattr(Fairlearn, "fit", spy)
-    ThresholdOptimizer().apply(model, env)
-    ((params, x, y, s),) = seen
+    defense.apply(model, env)
+    (fitted,) = seen
+    return fitted
+
+
+def test_fairlearn_is_fitted_on_training_and_validation_records(monkeypatch):
+    """By default on the clean training records and the validation split, never test data
+    (when the model is not overfit: its accuracy the same on both)."""
+    import pipeline_stages.post_training.threshold_optimizer as module
+
+    env, model = _setup()
+    monkeypatch.setattr(module, "accuracy", lambda m, x, y: 0.8)
+    params, x, y, s = _fitted_on(monkeypatch, ThresholdOptimizer(), env, model)
     assert params["constraints"] == "equalized_odds" and params["prefit"] is True
     assert params["predict_method"] == "decision_function"
-    val = env.dataset.val
+    both = env.dataset.train.concat(env.dataset.val)
+    assert np.array_equal(x, both.x.numpy()) and np.array_equal(y, both.y.numpy())
+    assert np.array_equal(s, both.s.numpy())
+    assert env.record["threshold_optimizer.fitted_on_validation_only"] == 0.0
+
+
+def test_an_overfit_model_is_fitted_on_the_validation_split_only(monkeypatch):
+    """Scores on records the model memorised are optimistic: the validation split alone, and
+    the record says so; `fit_on="validation"` always fits there."""
+    import pipeline_stages.post_training.threshold_optimizer as module
+
+    env, model = _setup()
+    train, val = env.dataset.train, env.dataset.val
+    monkeypatch.setattr(module, "accuracy", lambda m, x, y: 0.99 if len(y) == len(train) else 0.8)
+    _, x, y, s = _fitted_on(monkeypatch, ThresholdOptimizer(), env, model)
     assert np.array_equal(x, val.x.numpy()) and np.array_equal(y, val.y.numpy())
     assert np.array_equal(s, val.s.numpy())
+    assert env.record["threshold_optimizer.fitted_on_validation_only"] == 1.0
+    assert env.record["threshold_optimizer.overfit_gap"] == pytest.approx(0.19)
+
+    env, model = _setup()
+    monkeypatch.setattr(module, "accuracy", lambda m, x, y: 0.8)  # not overfit, yet asked
+    only_val = ThresholdOptimizer({"fit_on": "validation"})
+    _, x, _, _ = _fitted_on(monkeypatch, only_val, env, model)
+    assert np.array_equal(x, val.x.numpy())
 
 
 def test_answers_are_fairlearns_rule_with_the_keyed_draw():
