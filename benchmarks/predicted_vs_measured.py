@@ -1,7 +1,7 @@
 """Benchmark: each prediction technique's labels vs the measured labels (thin entry point).
 
 Same options as `defcon bench`; by default every pair and the committed triples on Fashion-MNIST
-and Adult (among the BENCHMARKED defenses) with the quick profile, 3 seeds (up to 5 while a verdict is inconclusive), repeated on
+and Adult (among the BENCHMARKED defenses) with the quick profile, 3 seeds (up to 10 while a verdict is inconclusive), repeated on
 the disjoint seed set from 1000 for the label flip rate; results under benchmarks/results/.
 
     python benchmarks/predicted_vs_measured.py --workers 2
@@ -27,7 +27,7 @@ if __name__ == "__main__":
     defaults = [
         "bench", "--triples", str(HERE / "triples.toml"), "--out", str(HERE / "results"),
         "--cache", str(HERE.parent / ".defcon-cache"),
-        "--seeds", "3", "--max-seeds", "5", "--stability-start", "1000",
+        "--seeds", "3", "--max-seeds", "10", "--stability-start", "1000",
         "--defenses", ",".join(BENCHMARKED),
     ]  # fmt: skip
     app(defaults + sys.argv[1:], prog_name="predicted_vs_measured.py")
