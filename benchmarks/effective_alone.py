@@ -226,7 +226,8 @@ def main() -> None:
                     print(row.model_dump_json(), flush=True)
             footer = (
                 f"Profile `{args.profile}`, seeds from {args.seed_start} (the `seeds` column); "
-                f"values mean ± std over seeds. Wall time so far {time.perf_counter() - started:.0f} s. "
+                "values mean ± std over seeds. "
+                f"Wall time so far {time.perf_counter() - started:.0f} s. "
                 f"Produced by `{command}`."
             )
             out.mkdir(parents=True, exist_ok=True)  # rewritten after each defense: a cut-off

@@ -65,8 +65,11 @@ def test_watermark_evidence_is_the_binomial_test_against_an_independent_models_c
 
 
 def test_the_early_stopping_thief_still_leaves_evidence_an_honest_copy_does_not(trained):
+    """A fifth of the answers marked: on the tiny digits slice the default twentieth leaves
+    the thief's evidence near 1 (−log10 p), on either side of it depending on the CPU's last
+    bits; the benchmarks measure the default's strength at the quick profile."""
     env, model = trained
-    defense = OutputWatermark()
+    defense = OutputWatermark({"fraction": 0.2})
     protected = defense.measure(defense.apply(model, env), env)["watermark_evidence"]
     unprotected = defense.measure(model, env)["watermark_evidence"]
     assert unprotected < 1.0 < protected

@@ -15,7 +15,8 @@ hundred such rows, so the fitted point's rates miss the test rates by several hu
 defense's own equalized-odds gap varied across seeds as much as the undefended one). Scores on
 training records are optimistic when the model overfits them, so when the model's accuracy on
 its training records exceeds its validation accuracy by more than `overfit_gap`, it is fitted on
-the validation split alone; the record's training facts say which (`fitted_on_validation_only`). `fit_on="validation"` always fits there. `predict_method="decision_function"` scores a row by the model's margin
+the validation split alone (the run's facts, `env.record`, say which); `fit_on="validation"`
+always fits there. `predict_method="decision_function"` scores a row by the model's margin
 ℓ₁ − ℓ₀ rather than by its probability: thresholding works on ranks, so the optimum is the same,
 and margins do not saturate (confident rows' float32 probabilities round to exactly 1 and tie).
 
@@ -270,9 +271,9 @@ class ThresholdOptimizer(PostTrainingDefense):
     def fit(self, model: nn.Module, env: Environment) -> FairlearnThresholdOptimizer:
         """fairlearn's optimizer fitted around `model` on `fitting_records`."""
         self._check(env.dataset)
-        val = self.fitting_records(model, env)
-        assert val.s is not None
-        present = set(val.s.unique().tolist())
+        records = self.fitting_records(model, env)
+        assert records.s is not None
+        present = set(records.s.unique().tolist())
         if present != set(env.dataset.train.s.unique().tolist()):  # type: ignore[union-attr]
             raise DefconError(f"{self.name}: the records it is fitted on lack a sensitive group")
         optimizer = FairlearnThresholdOptimizer(
@@ -284,9 +285,9 @@ class ThresholdOptimizer(PostTrainingDefense):
             predict_method="decision_function",
         )
         return optimizer.fit(
-            val.x.numpy(),
-            (val.y == POSITIVE_CLASS).long().numpy(),
-            sensitive_features=val.s.numpy(),
+            records.x.numpy(),
+            (records.y == POSITIVE_CLASS).long().numpy(),
+            sensitive_features=records.s.numpy(),
         )
 
     def key(self, env: Environment) -> bytes:
