@@ -51,6 +51,16 @@ def test_underfit_reasons():
     assert underfit_reasons([swinging], [0.9], 0.6) == ()
     (reason,) = underfit_reasons([{**swinging, "training.val_swing": 0.0}], [0.9], 0.6)
     assert "0.014" in reason and "swing" in reason  # a steady learner never falls: not noise
+    # read over the seeds, as the verdict is: one seed's noise gain among converged ones is not
+    # a recipe still learning, nor is one weak model among clearly better ones
+    one_gains = [{"training.last_epoch_val_gain": 0.012}] + converged * 4
+    assert underfit_reasons(one_gains, [0.9] * 5, 0.6) == ()
+    all_gain = [{"training.last_epoch_val_gain": 0.03}] * 4 + converged
+    (reason,) = underfit_reasons(all_gain, [0.9] * 5, 0.6)
+    assert "0.024" in reason and "mean over 5 seed(s)" in reason
+    assert underfit_reasons(converged, [0.61, 0.9, 0.9, 0.9], majority=0.6) == ()
+    (reason,) = underfit_reasons(converged, [0.61, 0.62, 0.63], majority=0.6)
+    assert "0.620, mean over 3 seed(s)" in reason
     # epochs chosen by early stopping: its best epoch gained by construction; only the cap counts
     still_learning = [{"training.last_epoch_val_gain": 0.05}]
     stopped = {"early_stopping.epochs_run": 53.0, "early_stopping.cap": 200.0}
