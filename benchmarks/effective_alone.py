@@ -116,15 +116,13 @@ def rows_of(result: StandaloneResult, catalog_metrics: dict[str, object]) -> lis
 def standalone_rows(
     composer: Composer, spec: DefenseSpec, seeds: int, max_seeds: int, seed_start: int
 ) -> list[Row]:
-    """`seeds` seeds, then one more at a time up to `max_seeds` while `undecided` (earlier
-    seeds' models and readings come from the cache)."""
+    """`seeds` seeds, then one more at a time up to `max_seeds` while `undecided`."""
     metrics = {m.name: m for m in spec.metrics}
-    count = seeds
-    while True:
-        rows = rows_of(measure_standalone(composer, spec.name, count, seed_start), metrics)
-        if count >= max_seeds or not undecided(rows):
-            return rows
-        count += 1
+    result = measure_standalone(
+        composer, spec.name, seeds, seed_start, max_seeds=max_seeds,
+        enough=lambda so_far: not undecided(rows_of(so_far, metrics)),
+    )  # fmt: skip
+    return rows_of(result, metrics)
 
 
 def _number(value: float | None) -> str:

@@ -34,3 +34,23 @@ def test_standalone_reads_the_arms_compose_measured(tmp_path: Path) -> None:
     assert defended.values == verdict.alone.values
     assert alone.clean_accuracy[0] == record.clean_accuracy_no_defense
     assert alone.clean_accuracy[1] == record.result("model_watermark").clean_accuracy_alone
+
+
+def test_standalone_adds_seeds_until_enough_each_measured_once(tmp_path: Path) -> None:
+    """Seeds added one at a time read each seed once: the same cache traffic as asking for that
+    many seeds up front (re-measuring from the start per added seed would re-read them)."""
+    direct = Composer("digits", profile="tiny", cache_dir=tmp_path / "a")
+    fixed = measure_standalone(direct, "model_watermark", seeds=2)
+    stepped = Composer("digits", profile="tiny", cache_dir=tmp_path / "b")
+    seen: list[int] = []
+
+    def enough(so_far) -> bool:
+        seen.append(so_far.seeds)
+        return so_far.seeds >= 2
+
+    result = measure_standalone(stepped, "model_watermark", 1, max_seeds=3, enough=enough)
+    assert seen == [1, 2] and result.seeds == 2
+    assert result.metrics == fixed.metrics and result.clean_accuracy == fixed.clean_accuracy
+    assert stepped.cache.stats() == direct.cache.stats()
+    unbounded = measure_standalone(stepped, "model_watermark", 1, max_seeds=3)
+    assert unbounded.seeds == 1  # without a predicate no seed is added

@@ -103,7 +103,7 @@ def test_a_second_seed_set_is_measured_and_named(tmp_path, monkeypatch) -> None:
     bench = _bench()
     calls = []
 
-    def fake(composer, name, seeds, first_seed=0):
+    def fake(composer, name, seeds, first_seed=0, **_):
         calls.append((name, seeds, first_seed))
         values = Summary.of([0.9, 0.9, 0.9])
         return StandaloneResult(
@@ -127,15 +127,22 @@ def _standalone(values_by_count):
 
     calls = []
 
-    def fake(composer, name, seeds, first_seed=0):
+    def measured(seeds):
         calls.append(seeds)
         none, alone = values_by_count(seeds)
         return StandaloneResult(
-            defense=name, dataset="adult", profile="quick", seeds=seeds,
+            defense="d", dataset="adult", profile="quick", seeds=seeds,
             metrics={"gap": (Summary.of(none), Summary.of(alone))},
             directions={"gap": Direction.LOWER},
             clean_accuracy=(Summary.of(none), Summary.of(alone)), wall_time_s=0.0,
         )  # fmt: skip
+
+    def fake(composer, name, seeds, first_seed=0, *, max_seeds=None, enough=None):
+        """measure_standalone's seed loop (tested on real models in tests/test_arms.py)."""
+        result = measured(seeds)
+        while enough is not None and result.seeds < (max_seeds or seeds) and not enough(result):
+            result = measured(result.seeds + 1)
+        return result
 
     return fake, calls
 

@@ -82,10 +82,18 @@ def _invariance(
 
 
 def measure_standalone(
-    composer: Composer, name: str, seeds: int, first_seed: int = 0
+    composer: Composer,
+    name: str,
+    seeds: int,
+    first_seed: int = 0,
+    *,
+    max_seeds: int | None = None,
+    enough: Callable[[StandaloneResult], bool] | None = None,
 ) -> StandaloneResult:
     """Measure defense `name` alone vs no defense over seeds first_seed … first_seed + seeds − 1
-    (a second seed set shows whether a reading reproduces).
+    (a second seed set shows whether a reading reproduces); then, up to `max_seeds`, one more
+    seed at a time until `enough` says the result so far suffices (as the composer adds seeds
+    to an inconclusive verdict; each seed is measured once; without `enough`, none is added).
 
     The composer's arm loop (`defcon.measure.arms`) on a one-defense "combination", so no combined arm,
     under the defense's own scenario; invariance is one more reading on both arms.
@@ -105,15 +113,15 @@ def measure_standalone(
     readings = [Reading(INVARIANCE_ERROR, invariance)] if evasion and note is None else []
     arms = ArmComparison(composer, [name], poisoned=Scenario.of([spec]).poisoned, readings=readings)
     label_changing: list[int] = []
-    with composer.membership_regime(composer.measures_membership([name])):
-        for seed in range(first_seed, first_seed + seeds):
-            arms.add_seed(seed)
-            if readings:
-                (count,) = {  # the same perturbations for both models of a seed
-                    int(arms.series(arm, INVARIANCE_ERROR)[-1][LABEL_CHANGING])
-                    for arm in (NO_DEFENSE, name)
-                }
-                label_changing.append(count)
+
+    def add_seed(seed: int) -> None:
+        arms.add_seed(seed)
+        if readings:
+            (count,) = {  # the same perturbations for both models of a seed
+                int(arms.series(arm, INVARIANCE_ERROR)[-1][LABEL_CHANGING])
+                for arm in (NO_DEFENSE, name)
+            }
+            label_changing.append(count)
 
     def both(values: Callable[[str], list[float]]) -> tuple[Summary, Summary]:
         return Summary.of(values(NO_DEFENSE)), Summary.of(values(name))
@@ -122,23 +130,35 @@ def measure_standalone(
         return [m[INVARIANCE_ERROR] for m in arms.series(arm, INVARIANCE_ERROR)]
 
     role: dict[str, Role] = {NO_DEFENSE: "none", name: "alone"}
-    return StandaloneResult(
-        defense=name,
-        dataset=composer.dataset_name,
-        profile=composer.profile.name,
-        seeds=seeds,
-        metrics={
-            m.name: both(lambda arm, m=m: arms.values[(name, m.name, role[arm])])
-            for m in spec.metrics
-        },
-        directions={m.name: m.direction for m in spec.metrics},
-        clean_accuracy=both(lambda arm: arms.clean[arm]),
-        wall_time_s=round(time.perf_counter() - started, 1),
-        invariance=both(errors) if radii else None,
-        label_changing=tuple(label_changing),
-        invariance_eps=radii[-1] if radii else None,
-        invariance_note=note,
-    )
+
+    def result() -> StandaloneResult:
+        return StandaloneResult(
+            defense=name,
+            dataset=composer.dataset_name,
+            profile=composer.profile.name,
+            seeds=len(arms.seeds),
+            metrics={
+                m.name: both(lambda arm, m=m: arms.values[(name, m.name, role[arm])])
+                for m in spec.metrics
+            },
+            directions={m.name: m.direction for m in spec.metrics},
+            clean_accuracy=both(lambda arm: arms.clean[arm]),
+            wall_time_s=round(time.perf_counter() - started, 1),
+            invariance=both(errors) if radii else None,
+            label_changing=tuple(label_changing),
+            invariance_eps=radii[-1] if radii else None,
+            invariance_note=note,
+        )
+
+    last = first_seed + max(seeds, max_seeds or seeds)
+    with composer.membership_regime(composer.measures_membership([name])):
+        for seed in range(first_seed, first_seed + seeds):
+            add_seed(seed)
+        for seed in range(first_seed + seeds, last):
+            if enough is None or enough(result()):
+                break
+            add_seed(seed)
+    return result()
 
 
 def invariance_cell(values: Summary, label_changing: Sequence[int]) -> str:
