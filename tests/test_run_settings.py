@@ -88,6 +88,8 @@ def _compose(tmp_path, *extra: str):
 def test_an_underfit_verdict_says_unreliable_before_the_table(tmp_path):
     result, record = _compose(tmp_path, "--epochs", "1", "--lr", "0.0001")
     assert record.unreliable and not record.conclusive  # so the benchmark never scores it
+    gains = record.undefended_facts["training.last_epoch_val_gain"]  # what the check read
+    assert len(gains.values) == len(record.seeds) == 2
     assert record.training["epochs"] == 1 and record.training["lr"] == 0.0001
     assert "early_stopping.best_epoch" not in record.training  # --epochs given: no fitting
     text = result.stdout

@@ -496,10 +496,19 @@ class Composer:
             warnings=notes,
             unreliable=unreliable,
             training={**training_used(self.profile, self.dataset_name), **self.fitted},
+            undefended_facts=fact_summaries(arms.series(NO_DEFENSE, FACTS)),
             alternatives=planned.alternatives,
             notices=data_and_model_notices(self.runner, order, seed_start)
             + acted_notices(arms, order),
         )
+
+
+def fact_summaries(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
+    """Fact → mean ± std over seeds, for the facts every seed recorded."""
+    if not per_seed:
+        return {}
+    shared = set.intersection(*(set(facts) for facts in per_seed))
+    return {fact: Summary.of([facts[fact] for facts in per_seed]) for fact in sorted(shared)}
 
 
 def probe_summaries(arms: ArmComparison, labels: Sequence[str]) -> dict[str, dict[str, Summary]]:

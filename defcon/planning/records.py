@@ -118,6 +118,11 @@ class CompositionRecord(RecordHeader):
         default_factory=dict,
         description="epochs, lr and batch_size the models trained with (profile + RunSettings)",
     )
+    undefended_facts: dict[str, Summary] = Field(
+        default_factory=dict,
+        description="the undefended model's training facts over the seeds (last-epoch "
+        "validation gain, swing, …): what the reliability check read, so it can be re-derived",
+    )
     alternatives: tuple[tuple[str, ...], ...] = Field(
         default=(),
         description="after a predicted conflict (--force): conflict-free combinations for the "
