@@ -32,6 +32,13 @@ training loop nor yields the single nn.Module every other defense trains and mea
 Effectiveness: fairlearn's ``equalized_odds_difference`` (the larger of the TPR and FPR gaps
 between groups) of the model's hard predictions on the test split, ``env.dataset.test.s`` being
 the sensitive feature.
+
+Known limit: where a (group, label) cell is small (Adult's women earning >50K), the last model's
+rates for that cell swing from one step to the next, so the served model's gap depends on where
+training stops, and the validation estimate that drives the multipliers is itself noisy. The
+reductions approach answers this with an average of its iterates; this single-model term does
+not, and post-processing (threshold_optimizer) is the steadier choice there
+(docs/benchmarks.md, "group_fairness on Adult, diagnosed").
 """
 
 from __future__ import annotations
