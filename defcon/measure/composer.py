@@ -454,8 +454,9 @@ class Composer:
         )
         first = self.dataset(seed_start)
         test_counts = first.test.y.bincount()
+        undefended_facts = arms.series(NO_DEFENSE, FACTS)
         unreliable = underfit_reasons(
-            arms.series(NO_DEFENSE, FACTS), arms.clean[NO_DEFENSE],
+            undefended_facts, arms.clean[NO_DEFENSE],
             float(test_counts.max()) / float(test_counts.sum()), len(first.val),
             early_stopping=self.fitted,
         )  # fmt: skip
@@ -496,29 +497,25 @@ class Composer:
             warnings=notes,
             unreliable=unreliable,
             training={**training_used(self.profile, self.dataset_name), **self.fitted},
-            undefended_facts=fact_summaries(arms.series(NO_DEFENSE, FACTS)),
+            undefended_facts=summaries_over_seeds(undefended_facts),
             alternatives=planned.alternatives,
             notices=data_and_model_notices(self.runner, order, seed_start)
             + acted_notices(arms, order),
         )
 
 
-def fact_summaries(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
-    """Fact → mean ± std over seeds, for the facts every seed recorded."""
+def summaries_over_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
+    """Key → mean ± std over seeds, for the keys every seed reported (a fact, a probe)."""
     if not per_seed:
         return {}
-    shared = set.intersection(*(set(facts) for facts in per_seed))
-    return {fact: Summary.of([facts[fact] for facts in per_seed]) for fact in sorted(shared)}
+    shared = set.intersection(*(set(reading) for reading in per_seed))
+    return {key: Summary.of([reading[key] for reading in per_seed]) for key in sorted(shared)}
 
 
 def probe_summaries(arms: ArmComparison, labels: Sequence[str]) -> dict[str, dict[str, Summary]]:
     """Arm → factor probe → mean ± std over seeds (probes every seed of the arm reported)."""
-    summaries = {}
-    for label in labels:
-        readings = arms.series(label, PROBES)
-        if readings:
-            summaries[label] = {
-                probe: Summary.of([reading[probe] for reading in readings])
-                for probe in sorted(set.intersection(*(set(r) for r in readings)))
-            }
-    return summaries
+    return {
+        label: summaries_over_seeds(readings)
+        for label in labels
+        if (readings := arms.series(label, PROBES))
+    }

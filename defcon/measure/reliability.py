@@ -15,6 +15,7 @@ composer's warnings (`degenerate_models`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from statistics import fmean
 
 from defcon.engine.training import CONVERGED_GAIN
 
@@ -54,21 +55,17 @@ def underfit_reasons(
                 f"the undefended model is not converged: early stopping reached its cap of "
                 f"{cap:.0f} epochs while validation accuracy was still improving; raise --epochs"
             )
-    elif gains and (gain := _mean([g for g, _ in gains])) > (limit := _mean([t for _, t in gains])):
+    elif gains and (gain := fmean([g for g, _ in gains])) > (limit := fmean([t for _, t in gains])):
         reasons.append(
             f"the undefended model is not converged (its last epoch beat the best of the epochs "
             f"before it by {gain:.3f} validation accuracy, mean over {len(gains)} seed(s), > "
             f"{limit:.3f}, the mean of the larger of the noise floor and each seed's own "
             "epoch-to-epoch swing); train longer (--epochs)"
         )
-    if clean and (accuracy := _mean(clean)) <= majority + CLEAR_MARGIN:
+    if clean and (accuracy := fmean(clean)) <= majority + CLEAR_MARGIN:
         reasons.append(
             f"the undefended model is not clearly better than predicting the majority class "
             f"(clean accuracy {accuracy:.3f}, mean over {len(clean)} seed(s), vs {majority:.3f} "
             f"+ {CLEAR_MARGIN})"
         )
     return tuple(reasons)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
