@@ -7,9 +7,10 @@ least twice its declared tolerance and the lower bound of the gain's confidence 
 the tolerance; a defense passes when one of its judged metrics does. Defenses the spec declares
 not applicable to the data kind are listed as such and never trained.
 
-With `--max-seeds`, seeds are added one at a time (as the benchmark adds them while a verdict is
-inconclusive) while no judged metric passes yet one still could: its gain's upper bound reaches
-the margin. The same stopping rule for every defense, so no defense gets seeds until it passes.
+With `--max-seeds`, seeds are added up to each next look (`defcon.effectiveness.looks`, as the
+benchmark adds them while a verdict is inconclusive, each look at the per-look confidence) while no
+judged metric passes yet one still could: its gain's upper bound reaches the margin. The same
+stopping rule for every defense, so no defense gets seeds until it passes.
 """
 
 from __future__ import annotations
@@ -91,7 +92,14 @@ def rows_of(result: StandaloneResult, catalog_metrics: dict[str, object]) -> lis
         if not metric.judged:  # type: ignore[attr-defined]
             continue
         alone, none = defended.raw(), without.raw()
-        verdict = judge(result.defense, metric, alone, alone, none)  # type: ignore[arg-type]
+        verdict = judge(
+            result.defense,
+            metric,  # type: ignore[arg-type]
+            alone,
+            alone,
+            none,
+            confidence=result.confidence,
+        )
         gain, tolerance = verdict.gain.mean, verdict.declared_tolerance
         rows.append(
             Row(
@@ -116,7 +124,7 @@ def rows_of(result: StandaloneResult, catalog_metrics: dict[str, object]) -> lis
 def standalone_rows(
     composer: Composer, spec: DefenseSpec, seeds: int, max_seeds: int, seed_start: int
 ) -> list[Row]:
-    """`seeds` seeds, then one more at a time up to `max_seeds` while `undecided`."""
+    """`seeds` seeds, then more up to each look until `max_seeds` while `undecided`."""
     metrics = {m.name: m for m in spec.metrics}
     result = measure_standalone(
         composer, spec.name, seeds, seed_start, max_seeds=max_seeds,
@@ -169,7 +177,7 @@ def main() -> None:
         "--max-seeds",
         type=int,
         default=None,
-        help="add seeds one at a time up to this many while a defense is undecided "
+        help="add seeds up to each look, at most this many, while a defense is undecided "
         "(default: --seeds, no extra seeds)",
     )
     parser.add_argument("--profile", default="quick")

@@ -11,9 +11,16 @@ scenario: no defense, the defense alone, and the combination. Per judged metric:
 2. **Tolerance.** The declared tolerance, or half the defense's own mean gain where that is
    smaller, so that losing half of what the defense achieves always counts.
 3. **Three outcomes.** The paired drop d_i (alone vs combined, in the bad direction) has a
-   two-sided confidence interval [L, U] (Student t, n − 1 degrees of freedom, each side at
-   `CONFIDENCE`). `dropped` when L > tolerance, `held` when U < tolerance, `inconclusive` when
-   the interval straddles it (and whenever a value is NaN or there is a single seed).
+   two-sided confidence interval [L, U] (Student t, n − 1 degrees of freedom). `dropped` when
+   L > tolerance, `held` when U < tolerance, `inconclusive` when the interval straddles it (and
+   whenever a value is NaN or there is a single seed).
+4. **Seeds added while undecided.** A measurement may add seeds while a verdict is inconclusive,
+   up to a cap. It reads its verdicts only at a few looks (the first seeds, then doubling, then
+   the cap) and spends the error 1 − `CONFIDENCE` over them in proportion to the seeds each
+   look adds (a linear spending function, Lan and DeMets, Biometrika 1983): each side of the look
+   at n of N seeds errs with chance at most (1 − `CONFIDENCE`)·(n − n_before)/N. By Bonferroni the
+   chance that a true drop at the tolerance ends `dropped` (or `held`) over the whole measurement
+   stays within 1 − `CONFIDENCE`. Without extra seeds there is one look, at `CONFIDENCE`.
 
 A defense is `not_effective_alone` when none of its judged metrics passes the gate; otherwise it
 `dropped` if one of its gated metrics dropped, is `inconclusive` if none dropped and one is
@@ -35,7 +42,36 @@ from scipy import stats
 
 from defcon.vocabulary import Direction, Metric
 
-CONFIDENCE = 0.90  # per side: P(dropped | true drop = tolerance) ≤ 10 %, same for held
+# Per side, per measurement: P(dropped | true drop = tolerance) ≤ 10 %, and the same for held.
+CONFIDENCE = 0.90
+
+
+def looks(first: int, most: int) -> tuple[int, ...]:
+    """The seed counts at which a measurement that adds seeds while undecided reads its verdicts:
+    `first`, then doubling, ending at `most`. Reading after every added seed would let chance
+    decide at whichever look it first crosses a bound (optional stopping); few looks keep the
+    correction that prevents it (`look_confidences`) mild."""
+    if first < 1 or most < first:
+        raise ValueError(f"need 1 ≤ first ≤ most seeds, got first {first}, most {most}")
+    counts = [first]
+    while counts[-1] < most:
+        counts.append(min(most, 2 * counts[-1]))
+    return tuple(counts)
+
+
+def look_confidences(schedule: tuple[int, ...]) -> tuple[float, ...]:
+    """Per-side confidence of each look of `schedule` (`looks`): the look at n of N seeds may err
+    by α·(n − n_before)/N, α = 1 − CONFIDENCE. The errors sum to α, so by Bonferroni the whole
+    measurement errs, per side, with chance at most α, whatever the looks' dependence; one look
+    gets CONFIDENCE itself. Linear, not front-light spending (O'Brien–Fleming-like): the first
+    look stays usable, and most verdicts are clear at the first seeds."""
+    if not schedule or list(schedule) != sorted(set(schedule)) or schedule[0] < 1:
+        raise ValueError(f"need increasing seed counts ≥ 1, got {schedule}")
+    alpha = 1.0 - CONFIDENCE
+    before = [0, *schedule[:-1]]
+    return tuple(
+        1.0 - alpha * (n - b) / schedule[-1] for n, b in zip(schedule, before, strict=True)
+    )
 
 
 def verdict_rule() -> str:
@@ -121,7 +157,8 @@ class Summary(BaseModel):
 
 
 class Interval(BaseModel):
-    """Mean of paired differences and its two-sided confidence interval (each side CONFIDENCE).
+    """Mean of paired differences and its two-sided confidence interval (each side at the
+    verdict's per-look confidence).
 
     JSON-safe: an undefined value is null; a bound of ±∞ is kept as ±1e300 so its sign survives.
     """
@@ -138,8 +175,11 @@ class Interval(BaseModel):
         return cls(mean=_finite_or_none(mean), lower=_bound(lower), upper=_bound(upper), n=n)
 
 
-def interval(differences: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, lower, upper) of paired differences; NaN bounds when they cannot be estimated.
+def interval(
+    differences: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
+    """(mean, lower, upper) of paired differences, each bound at `confidence` (one side); NaN
+    bounds when they cannot be estimated.
 
     ±∞ differences (a guarantee lost or gained entirely) make the interval that infinity on both
     sides when they all agree in sign; mixed signs or NaN give NaN.
@@ -157,7 +197,7 @@ def interval(differences: Sequence[float]) -> tuple[float, float, float]:
     if len(d) < 2:
         return mean, math.nan, math.nan
     se = float(d.std(ddof=1)) / math.sqrt(len(d))
-    t = float(stats.t.ppf(CONFIDENCE, df=len(d) - 1))
+    t = float(stats.t.ppf(confidence, df=len(d) - 1))
     return mean, mean - t * se, mean + t * se
 
 
@@ -179,6 +219,9 @@ class MetricVerdict(BaseModel):
     drop: Interval  # alone vs combined, positive = worse in combination
     effective_alone: bool
     outcome: Outcome
+    # Per side, at the look that decided (rule point 4); records made before looks existed read
+    # every added seed at CONFIDENCE, which is what the default says.
+    confidence: float = CONFIDENCE
 
     @property
     def conclusive(self) -> bool:
@@ -214,15 +257,17 @@ def judge(
     combined: Sequence[float],
     no_defense: Sequence[float],
     tolerance: float | None = None,
+    confidence: float = CONFIDENCE,
 ) -> MetricVerdict:
-    """The outcome of `defense` on `metric` (see the module docstring for the rule)."""
+    """The outcome of `defense` on `metric` (see the module docstring for the rule); each bound
+    at `confidence` per side (`look_confidences` of the measurement's looks)."""
     if not (len(alone) == len(combined) == len(no_defense)) or not alone:
         raise ValueError("no defense, alone and combined need the same, non-zero number of seeds")
     declared = metric.tolerance if tolerance is None else tolerance
     if not math.isfinite(declared) or declared < 0:
         raise ValueError(f"tolerance of {metric.name} must be a finite number ≥ 0, got {declared}")
     gains = [_worse_by(metric, a, n) for a, n in zip(alone, no_defense, strict=True)]
-    gain_mean, gain_lower, gain_upper = interval(gains)
+    gain_mean, gain_lower, gain_upper = interval(gains, confidence)
     significant = (
         bool(gain_mean > 0)
         if len(gains) == 1
@@ -234,7 +279,7 @@ def judge(
     if effective_alone and math.isfinite(gain_mean):
         used = min(declared, gain_mean / 2)
     drops = [_worse_by(metric, a, c) for a, c in zip(alone, combined, strict=True)]
-    drop_mean, drop_lower, drop_upper = interval(drops)
+    drop_mean, drop_lower, drop_upper = interval(drops, confidence)
     if not metric.judged:
         outcome: Outcome = "diagnostic"
     elif not effective_alone:
@@ -259,6 +304,7 @@ def judge(
         drop=Interval.of(drop_mean, drop_lower, drop_upper, len(drops)),
         effective_alone=effective_alone,
         outcome=outcome,
+        confidence=confidence,
     )
 
 

@@ -54,3 +54,27 @@ def test_standalone_adds_seeds_until_enough_each_measured_once(tmp_path: Path) -
     assert stepped.cache.stats() == direct.cache.stats()
     unbounded = measure_standalone(stepped, "model_watermark", 1, max_seeds=3)
     assert unbounded.seeds == 1  # without a predicate no seed is added
+
+
+def test_compose_reads_verdicts_only_at_its_looks_each_at_its_confidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While undecided, seeds are added up to the next look (1, 2, 4 of at most 4), never judged
+    in between, and the record keeps the confidence of the look that ended it."""
+    import defcon.measure.composer as composer_module
+    from defcon.effectiveness import judge, look_confidences
+
+    seen: list[tuple[int, float]] = []
+
+    def undecided(*args, **kwargs):
+        verdict = judge(*args, **kwargs)
+        seen.append((len(args[2]), verdict.confidence))
+        return verdict.model_copy(update={"outcome": "inconclusive"})
+
+    monkeypatch.setattr(composer_module, "judge", undecided)
+    composer = Composer("digits", profile="tiny", cache_dir=tmp_path)
+    record = composer.compose(["model_watermark", "explanations"], seeds=1, max_seeds=4)
+    looked = list(dict.fromkeys(seen))
+    assert [n for n, _ in looked] == [1, 2, 4] and len(record.seeds) == 4
+    assert [c for _, c in looked] == pytest.approx(look_confidences((1, 2, 4)))
+    assert record.results[0].metrics[0].confidence == pytest.approx(looked[-1][1])

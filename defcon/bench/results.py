@@ -10,8 +10,8 @@ from pathlib import Path
 
 from defcon.bench.run import BenchResult
 from defcon.checker import TECHNIQUES
+from defcon.effectiveness import CONFIDENCE, looks, verdict_rule
 from defcon.effectiveness import LABELS as MEASURED_LABELS
-from defcon.effectiveness import verdict_rule
 from defcon.planning.records import CompositionRecord
 from defcon.report.reports import save_figure
 from defcon.report.scoring import (
@@ -258,6 +258,21 @@ class BenchSummary:
         return list(self.result.records)
 
 
+def _added_seeds(seeds: int, most: int, records: Sequence[CompositionRecord]) -> str:
+    """How seeds were added while undecided, as the records' verdicts say (records made before
+    the looks of rule point 4 read every added seed at the nominal confidence)."""
+    if most <= seeds:
+        return "no seeds added"
+    used = {v.confidence for r in records for d in r.results for v in d.metrics}
+    if used and used <= {CONFIDENCE}:
+        return (
+            f"more added one at a time up to {most} while a verdict is inconclusive, each at "
+            f"{CONFIDENCE:.0%} per side (measured before the rule's looks, point 4)"
+        )
+    schedule = ", ".join(str(n) for n in looks(seeds, most))
+    return f"more added while a verdict is inconclusive, read at {schedule} seeds"
+
+
 def _overview(summary: BenchSummary) -> list[str]:
     """Title, the verdict rule quoted from the code, and what was measured, when and how fast."""
     result, records = summary.result, summary.records
@@ -269,8 +284,8 @@ def _overview(summary: BenchSummary) -> list[str]:
         "# defcon benchmark: predicted vs measured",
         "",
         f"Profile `{result.profile}`; seeds from {result.seed_start}, {result.seeds} per "
-        f"combination, more added one at a time up to {result.max_seeds} while a verdict is "
-        f"inconclusive; executor `{result.executor}` with {result.workers} worker(s).",
+        f"combination, {_added_seeds(result.seeds, result.max_seeds, records)}; executor "
+        f"`{result.executor}` with {result.workers} worker(s).",
         "",
         "Rule (`defcon/effectiveness.py`, quoted from the code's own statement):",
         "",

@@ -217,8 +217,9 @@ RUN_OPTIONS: dict[str, Any] = {
     ),
     "max_seeds": option(
         int | None, "--max-seeds", show_default=False,
-        help="Add seeds one at a time, up to this many, while a verdict is inconclusive "
-        "(default: --seeds, no extra seeds).",
+        help="Add seeds while a verdict is inconclusive, up to this many: read at looks "
+        "that double the seeds, each stricter so the error rate holds (default: --seeds, "
+        "no extra seeds).",
     ),
     "seed_start": option(int, "--seed-start", help="First seed (seeds are START, START+1, ...)."),
     "profile": option(

@@ -34,6 +34,8 @@ from defcon.effectiveness import (
     combination_label,
     defense_outcome,
     judge,
+    look_confidences,
+    looks,
 )
 from defcon.engine.data import Dataset, UserData, dataset_source
 from defcon.engine.defense import Defense, Environment
@@ -311,8 +313,10 @@ class Composer:
     ) -> CompositionRecord:
         """Measure a combination: no defense, each defense alone, combined, under one scenario.
 
-        Starts with `seeds` seeds (seed_start, seed_start + 1, …) and adds one at a time, up to
-        `max_seeds` (default: `seeds`, i.e. no extra seeds), while a verdict is inconclusive.
+        Starts with `seeds` seeds (seed_start, seed_start + 1, …) and, while a verdict is
+        inconclusive, adds seeds up to the next look (`defcon.effectiveness.looks`: doubling, up to
+        `max_seeds`; default `seeds`, i.e. no extra seeds), each look at the per-look confidence
+        that keeps the whole measurement's error rate (`look_confidences`).
         A value not given is the run settings' (`from_settings`; else 3 seeds from seed 0).
         `save_model`: an empty folder to save the combined model of the first seed in, as served
         (`defcon.measure.artefact`; `defcon.load_pipeline` reads it). `order`: the checker's order
@@ -361,7 +365,11 @@ class Composer:
             self.runner.profile = saved
 
     def _judge(
-        self, specs: Sequence[DefenseSpec], arms: ArmComparison, tolerances: Mapping[str, float]
+        self,
+        specs: Sequence[DefenseSpec],
+        arms: ArmComparison,
+        tolerances: Mapping[str, float],
+        confidence: float,
     ) -> list[tuple[DefenseSpec, tuple[MetricVerdict, ...]]]:
         judged = []
         for spec in specs:
@@ -373,6 +381,7 @@ class Composer:
                     arms.values[(spec.name, metric.name, "combined")],
                     arms.values[(spec.name, metric.name, "none")],
                     tolerances.get(metric.name),
+                    confidence,
                 )
                 for metric in spec.metrics
             )
@@ -416,6 +425,8 @@ class Composer:
                 Reading(ACTED, ChangedPredictions(self.runner)),
             ),
         )  # fmt: skip
+        schedule = looks(seeds, max_seeds)
+        confidence = dict(zip(schedule, look_confidences(schedule), strict=True))
         while True:
             done = len(arms.seeds)
             self.log(
@@ -423,9 +434,9 @@ class Composer:
                 f"{' → '.join(order)} on {self.dataset_name}"
             )
             arms.add_seed(seed_start + done)
-            if len(arms.seeds) < seeds:
+            if len(arms.seeds) not in schedule:
                 continue
-            judged = self._judge(ordered_specs, arms, tolerances)
+            judged = self._judge(ordered_specs, arms, tolerances, confidence[len(arms.seeds)])
             undecided = [
                 f"{v.defense}.{v.metric}"
                 for _, verdicts in judged
@@ -435,7 +446,8 @@ class Composer:
             if not undecided or len(arms.seeds) >= max_seeds:
                 break
             self.log(
-                f"inconclusive after {len(arms.seeds)} seeds ({', '.join(undecided)}): adding a seed"
+                f"inconclusive after {len(arms.seeds)} seeds ({', '.join(undecided)}): adding "
+                f"seeds up to the next look ({next(n for n in schedule if n > len(arms.seeds))})"
             )
         results = tuple(
             DefenseResult(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.effectiveness import Summary
+from defcon.effectiveness import CONFIDENCE, Summary, look_confidences, looks
 from defcon.engine.defense import Defense
 from defcon.engine.fingerprint import invariance_code
 from defcon.engine.invariance import (
@@ -57,6 +57,8 @@ class StandaloneResult(BaseModel):
     label_changing: tuple[int, ...] = ()
     invariance_eps: float | None = None
     invariance_note: str | None = None  # why an evasion defense has no invariance reported
+    # Per side, of the look these seeds make, to judge them at (`effectiveness.look_confidences`)
+    confidence: float = CONFIDENCE
 
 
 def _eps(defense: Defense, result: PipelineResult) -> float:
@@ -91,9 +93,10 @@ def measure_standalone(
     enough: Callable[[StandaloneResult], bool] | None = None,
 ) -> StandaloneResult:
     """Measure defense `name` alone vs no defense over seeds first_seed … first_seed + seeds − 1
-    (a second seed set shows whether a reading reproduces); then, up to `max_seeds`, one more
-    seed at a time until `enough` says the result so far suffices (as the composer adds seeds
-    to an inconclusive verdict; each seed is measured once; without `enough`, none is added).
+    (a second seed set shows whether a reading reproduces); then, up to `max_seeds`, more seeds
+    up to each next look (`defcon.effectiveness.looks`) until `enough` says the result so far
+    suffices, as the composer adds seeds to an inconclusive verdict (each seed is measured once;
+    without `enough`, none is added). The result's `confidence` is the per-look one to judge it at.
 
     The composer's arm loop (`defcon.measure.arms`) on a one-defense "combination", so no combined arm,
     under the defense's own scenario; invariance is one more reading on both arms.
@@ -148,16 +151,19 @@ def measure_standalone(
             label_changing=tuple(label_changing),
             invariance_eps=radii[-1] if radii else None,
             invariance_note=note,
+            confidence=confidence[len(arms.seeds)],
         )
 
-    last = first_seed + max(seeds, max_seeds or seeds)
+    schedule = looks(seeds, max(seeds, max_seeds or seeds))
+    confidence = dict(zip(schedule, look_confidences(schedule), strict=True))
     with composer.membership_regime(composer.measures_membership([name])):
         for seed in range(first_seed, first_seed + seeds):
             add_seed(seed)
-        for seed in range(first_seed + seeds, last):
+        for look in schedule[1:]:
             if enough is None or enough(result()):
                 break
-            add_seed(seed)
+            for seed in range(first_seed + len(arms.seeds), first_seed + look):
+                add_seed(seed)
     return result()
 
 

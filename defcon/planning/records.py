@@ -240,6 +240,7 @@ def rejudged(record: CompositionRecord) -> CompositionRecord:
                 v.alone.raw(),
                 v.combined.raw(),
                 v.no_defense.raw(),
+                confidence=v.confidence,  # the looks the measurement made stay its own
             )
             for v in result.metrics
         )
