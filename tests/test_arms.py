@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from defcon.effectiveness import CONFIDENCE
 from defcon.measure.arms import COMBINED, Arm, arms_of
 from defcon.measure.composer import NO_DEFENSE, Composer
 from defcon.measure.standalone import measure_standalone
@@ -53,7 +54,8 @@ def test_standalone_adds_seeds_until_enough_each_measured_once(tmp_path: Path) -
     assert result.metrics == fixed.metrics and result.clean_accuracy == fixed.clean_accuracy
     assert stepped.cache.stats() == direct.cache.stats()
     unbounded = measure_standalone(stepped, "model_watermark", 1, max_seeds=3)
-    assert unbounded.seeds == 1  # without a predicate no seed is added
+    assert unbounded.seeds == 1  # without a predicate no seed is added: one look, nominal level
+    assert unbounded.confidence == CONFIDENCE and result.confidence > CONFIDENCE  # stricter
 
 
 def test_compose_reads_verdicts_only_at_its_looks_each_at_its_confidence(

@@ -154,13 +154,13 @@ def measure_standalone(
             confidence=confidence[len(arms.seeds)],
         )
 
-    schedule = looks(seeds, max(seeds, max_seeds or seeds))
+    schedule = looks(seeds, max(seeds, max_seeds or seeds)) if enough else (seeds,)
     confidence = dict(zip(schedule, look_confidences(schedule), strict=True))
     with composer.membership_regime(composer.measures_membership([name])):
         for seed in range(first_seed, first_seed + seeds):
             add_seed(seed)
         for look in schedule[1:]:
-            if enough is None or enough(result()):
+            if enough is not None and enough(result()):
                 break
             for seed in range(first_seed + len(arms.seeds), first_seed + look):
                 add_seed(seed)
