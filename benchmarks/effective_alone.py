@@ -142,10 +142,12 @@ def markdown(rows: list[Row], footer: str) -> str:
     lines = [
         "# Every defense effective alone, by a margin",
         "",
-        f"Pass: mean gain ≥ {MARGIN:g} × tolerance and the gain's lower 90 % bound > tolerance.",
+        f"Pass: mean gain ≥ {MARGIN:g} × tolerance and the gain's lower bound > tolerance. The "
+        "bounds are 90 % per side with no seeds added, and the look's stricter confidence where "
+        "seeds were added (the verdict rule's point 4).",
         "",
         "| dataset | defense | metric | no defense | alone | gain | tolerance | ratio "
-        "| gain CI (90 %) | pass | clean accuracy (no defense → alone) | seeds |",
+        "| gain CI | pass | clean accuracy (no defense → alone) | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
