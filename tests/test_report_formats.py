@@ -214,8 +214,8 @@ def test_html_is_one_page_with_the_plot_embedded_summary_first() -> None:
     assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n")
     text = re.sub(r'src="data:[^"]+"', "", page)
     assert "Dropped (worse in the combination than alone)" in text
-    assert "<td>0.700 [0.694, 0.706]</td>" not in text  # numbers sit in tabular cells
-    assert '<td class="num">0.700 [0.694, 0.706]</td>' in text and "∞" in text
+    assert "<td>0.700 [0.688, 0.712]</td>" not in text  # numbers sit in tabular cells
+    assert '<td class="num">0.700 [0.688, 0.712]</td>' in text and "∞" in text  # 95 % t
     assert text.index("Summary") < text.index("<img") < text.index("Evidence")
     assert text.index("Evidence") < text.index("Regulatory crosswalk")
     assert not re.search(r"\bnan\b", text, re.IGNORECASE)
@@ -310,4 +310,19 @@ def test_reports_say_how_each_metric_was_measured_and_name_the_alternatives(fake
     )
     assert "alternatives for the same risks, in order: model_watermark → explanations" in (
         markdown([build_report(forced)])
+    )
+
+
+def test_the_evidence_interval_is_the_95_percent_t_interval_it_says() -> None:
+    """The reports say 95 %; the verdict rule's 90 %-per-side interval would be an 80 % one."""
+    from scipy import stats
+
+    from defcon.report.report_model import EVIDENCE_LEVEL, Estimate
+
+    values = (0.69, 0.70, 0.71)
+    estimate = Estimate.of(Summary.of(values))
+    half = stats.t.ppf(0.975, df=2) * stats.sem(values)
+    assert EVIDENCE_LEVEL == "95%"
+    assert estimate.lower == pytest.approx(0.70 - half) and estimate.upper == pytest.approx(
+        0.70 + half
     )

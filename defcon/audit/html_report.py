@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from defcon.planning.records import CompositionRecord
-from defcon.report.report_model import Report, build_report
+from defcon.report.report_model import EVIDENCE_LEVEL, Report, build_report
 
 if TYPE_CHECKING:
     from defcon.audit.auditor import AuditRecord
@@ -87,8 +87,9 @@ def section(report: Report, png: bytes | None, why_no_plot: str) -> str:
         parts.append(f'<p class="note">No plot: {_e(why_no_plot)}.</p>')
     parts.append("<h2>Evidence</h2>")
     parts.append(
-        f'<p class="note">Mean over {report.seeds} seeds with its 95% confidence interval '
-        "[lower, upper].</p>"
+        f'<p class="note">Mean over {report.seeds} seeds with its {EVIDENCE_LEVEL} confidence '
+        "interval [lower, upper] (Student t). The summary's changes carry the verdict rule's own "
+        "intervals.</p>"
     )
     rows = [
         (r.subject, r.metric, r.arm, r.estimate.text(), str(r.estimate.n), r.outcome or "")
@@ -98,7 +99,7 @@ def section(report: Report, png: bytes | None, why_no_plot: str) -> str:
         ("clean accuracy", "accuracy", arm, estimate.text(), str(estimate.n), "")
         for arm, estimate in report.clean_accuracy.items()
     ]
-    header = ("defense / risk", "metric", "arm", "mean [95% CI]", "seeds", "outcome")
+    header = ("defense / risk", "metric", "arm", f"mean [{EVIDENCE_LEVEL} CI]", "seeds", "outcome")
     parts.append(_table(header, rows, numeric=3))
     parts.append("<h2>Regulatory crosswalk</h2>")
     parts.append(

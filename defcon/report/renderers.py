@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import yaml
 
 from defcon.planning.dataset_info import datasets
-from defcon.report.report_model import Estimate, Report
+from defcon.report.report_model import EVIDENCE_LEVEL, Estimate, Report
 from defcon.vocabulary import DataKind
 
 FORMATS = ("text", "md", "html", "model-card", "cyclonedx")  # html: defcon.audit.html_report
@@ -30,8 +30,9 @@ def markdown_one(report: Report) -> str:
     lines += [f"- {line}" for line in report.summary]
     lines += [
         "", "## Evidence", "",
-        f"Mean over {report.seeds} seeds with its 95% confidence interval [lower, upper].", "",
-        "| defense / risk | metric | arm | mean [95% CI] | seeds | outcome |",
+        f"Mean over {report.seeds} seeds with its {EVIDENCE_LEVEL} confidence interval [lower, upper] "
+        "(Student t). The summary's changes carry the verdict rule's own intervals.", "",
+        f"| defense / risk | metric | arm | mean [{EVIDENCE_LEVEL} CI] | seeds | outcome |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in report.evidence:

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from defcon.audit.auditor import AuditRecord
 
 
+# Per side: the evidence's intervals are the two-sided 95 % t-intervals the report states, not the
+# verdict rule's decision intervals (90 % per side, stricter at its looks), which the summary's
+# changes quote as the rule computed them.
+EVIDENCE_CONFIDENCE = 0.975
+EVIDENCE_LEVEL = f"{2 * EVIDENCE_CONFIDENCE - 1:.0%}"  # two-sided, as the reports print it
+
+
 class Estimate(BaseModel):
     """A mean over seeds and its two-sided confidence interval (None where undefined)."""
 
@@ -42,7 +49,7 @@ class Estimate(BaseModel):
             return cls(
                 mean=None, lower=None, upper=None, n=len(raw), infinite=int(center > 0) * 2 - 1
             )
-        mean, lower, upper = interval(raw)
+        mean, lower, upper = interval(raw, EVIDENCE_CONFIDENCE)
         return cls(mean=_finite(mean), lower=_finite(lower), upper=_finite(upper), n=len(raw))
 
     @classmethod
@@ -148,7 +155,7 @@ def _paired(after: Summary, before: Summary) -> Estimate | None:
     a, b = after.raw(), before.raw()
     if len(a) != len(b) or not a:
         return None
-    mean, lower, upper = interval([x - y for x, y in zip(a, b, strict=True)])
+    mean, lower, upper = interval([x - y for x, y in zip(a, b, strict=True)], EVIDENCE_CONFIDENCE)
     return Estimate(mean=_finite(mean), lower=_finite(lower), upper=_finite(upper), n=len(a))
 
 
