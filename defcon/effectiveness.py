@@ -158,7 +158,7 @@ class Summary(BaseModel):
 
 class Interval(BaseModel):
     """Mean of paired differences and its two-sided confidence interval (each side at the
-    verdict's per-look confidence).
+    confidence it was judged at: a verdict's look, or CONFIDENCE).
 
     JSON-safe: an undefined value is null; a bound of ±∞ is kept as ±1e300 so its sign survives.
     """

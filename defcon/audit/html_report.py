@@ -88,8 +88,8 @@ def section(report: Report, png: bytes | None, why_no_plot: str) -> str:
     parts.append("<h2>Evidence</h2>")
     parts.append(
         f'<p class="note">Mean over {report.seeds} seeds with its {EVIDENCE_LEVEL} confidence '
-        "interval [lower, upper] (Student t). The summary's changes carry the verdict rule's own "
-        "intervals.</p>"
+        "interval [lower, upper] (Student t). The summary's changes carry the intervals they "
+        "were judged on.</p>"
     )
     rows = [
         (r.subject, r.metric, r.arm, r.estimate.text(), str(r.estimate.n), r.outcome or "")

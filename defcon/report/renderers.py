@@ -31,7 +31,7 @@ def markdown_one(report: Report) -> str:
     lines += [
         "", "## Evidence", "",
         f"Mean over {report.seeds} seeds with its {EVIDENCE_LEVEL} confidence interval [lower, upper] "
-        "(Student t). The summary's changes carry the verdict rule's own intervals.", "",
+        "(Student t). The summary's changes carry the intervals they were judged on.", "",
         f"| defense / risk | metric | arm | mean [{EVIDENCE_LEVEL} CI] | seeds | outcome |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 
 # Per side: the evidence's intervals are the two-sided 95 % t-intervals the report states, not the
-# verdict rule's decision intervals (90 % per side, stricter at its looks), which the summary's
-# changes quote as the rule computed them.
+# decision intervals (90 % per side, stricter at a verdict's looks), which the summary's changes
+# quote as they were judged.
 EVIDENCE_CONFIDENCE = 0.975
 EVIDENCE_LEVEL = f"{2 * EVIDENCE_CONFIDENCE - 1:.0%}"  # two-sided, as the reports print it
 
