@@ -80,3 +80,22 @@ def test_compose_reads_verdicts_only_at_its_looks_each_at_its_confidence(
     assert [n for n, _ in looked] == [1, 2, 4] and len(record.seeds) == 4
     assert [c for _, c in looked] == pytest.approx(look_confidences((1, 2, 4)))
     assert record.results[0].metrics[0].confidence == pytest.approx(looked[-1][1])
+
+
+def test_a_reading_that_runs_the_model_in_training_mode_changes_no_later_reading(
+    tmp_path: Path,
+) -> None:
+    """Each reader gets its own copy of the served model: an attack that runs it in training mode
+    updates BatchNorm's running statistics, and a shared object made every later reading (and the
+    cached values) depend on the order the readings ran in."""
+    import torch
+
+    composer = Composer("digits", profile="tiny", cache_dir=tmp_path)
+    result = composer.runner.run_pipeline(composer.pipeline([], 0, True))
+    before = {k: v.clone() for k, v in result.model.state_dict().items()}
+    assert any("running_mean" in k for k in before)  # the model has BatchNorm to disturb
+    attacked = result.model.train()
+    attacked(result.env.dataset.test.x[:64])  # updates the running statistics of this copy
+    after = result.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not all(torch.equal(attacked.state_dict()[k], v) for k, v in before.items())

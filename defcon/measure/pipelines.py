@@ -11,6 +11,7 @@ not cached.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -92,8 +93,16 @@ class PipelineResult:
     post_keys: tuple[dict[str, Any], ...] = ()
 
     @cached_property
-    def model(self) -> nn.Module:
+    def _built(self) -> nn.Module:
         return self.build()
+
+    @property
+    def model(self) -> nn.Module:
+        """A copy of the pipeline's final model for each reader. A reading that runs the model in
+        training mode (an attack, a probe) updates BatchNorm's running statistics in place; with
+        one shared object every later reading would measure a model the pipeline does not serve,
+        and the cached values would depend on the order the readings ran in."""
+        return copy.deepcopy(self._built)
 
 
 class PipelineRunner:
