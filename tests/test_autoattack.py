@@ -36,3 +36,24 @@ def test_autoattack_not_weaker_than_pgd10() -> None:
     assert aa_acc <= pgd_acc
     assert aa_acc < clean  # the attack does something
     assert "torchattacks" in autoattack_version()
+
+
+def test_a_tabular_model_is_attacked_and_read_in_eval_mode_and_left_unchanged() -> None:
+    """The reshaping wrapper starts in eval mode: torchattacks restores the mode it found, and a
+    wrapper in training mode switched the model to it after the first attack, so the reading used
+    BatchNorm batch statistics and moved the served model's running statistics."""
+    import torch
+    from torch import nn
+
+    from defcon.engine.attacks import autoattack_correct
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    model.train()
+    model(torch.randn(256, 6))  # running statistics away from their initial values
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.rand(64, 6), torch.randint(0, 4, (64,))
+    autoattack_correct(model, x, y, eps=0.1, num_classes=4, seed=0, steps=5)
+    assert not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())

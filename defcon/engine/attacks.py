@@ -286,7 +286,10 @@ def autoattack_correct(
     model.eval()
     shape = tuple(x.shape[1:])
     if x.dim() != 4:
-        model = _Reshaped(model, shape)
+        # In eval mode too: torchattacks restores the mode it found on the module it was given, so
+        # a wrapper left in training mode would switch the model to training mode after each
+        # attack, and the forward passes below would read (and update) BatchNorm batch statistics.
+        model = _Reshaped(model, shape).eval()
         x = x.reshape(x.shape[0], 1, 1, -1)
     attacks = [torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, seed=seed, loss="ce")]
     if num_classes >= 4:  # targeted DLR reads the 3rd and 4th largest logits
