@@ -8,14 +8,14 @@ tolerance τ, and judged by the rule itself. Two tables:
 2. A true drop exactly at the tolerance, where `held` and `dropped` are both wrong and the rule
    promises each at most 1 − CONFIDENCE: adding seeds while undecided and reading after every
    one at the nominal confidence (the rule before its looks) breaks the promise; the looks of
-   rule point 4 keep it, with a cap of 10 or 20 seeds. The last column pairs independent measurements (two seed sets) and
-   gives the share that agree on a conclusive outcome among those conclusive in either, as the
-   benchmark's `reproducible_share` counts.
+   rule point 4 keep it, with a cap of 10 or 20 seeds. The last column pairs independent
+   measurements (two seed sets) and gives the share that agree on a conclusive outcome among
+   those conclusive in either, as the benchmark's `reproducible_share` counts.
 
-The designs: 3 or 5 seeds with one look (`compose`'s default is 3), and 3 seeds plus seeds added
-while undecided up to 10, as `defcon bench --seeds 3 --max-seeds 10` does.
+The designs: 3, 5 or 10 seeds with one look (`compose`'s default is 3), and 3 seeds plus seeds
+added while undecided up to 10 or 20, as `defcon bench --seeds 3 --max-seeds 10` (or 20) does.
 
-    python benchmarks/verdict_rule.py [--trials 2000]    # about two minutes on one core
+    python benchmarks/verdict_rule.py [--trials 2000]    # about a minute on one core
 """
 
 from __future__ import annotations
@@ -100,13 +100,14 @@ def rates(
 def table(rows: Sequence[tuple[str, float, float]], trials: int) -> list[str]:
     """Markdown rows for (design, σ/τ, true drop in τ)."""
     tau = METRIC.tolerance
+    by_name = designs()
     lines = [
         "| seeds | σ/τ | true drop | dropped | held | inconclusive | mean seeds used "
         "| reproducible share |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, ratio, drop in rows:
-        r = rates(drop * tau, ratio * tau, designs()[name], trials, seed=1)
+        r = rates(drop * tau, ratio * tau, by_name[name], trials, seed=1)
         lines.append(
             f"| {name} | {ratio:g} | {drop:g}τ | {r['dropped']:.3f} | {r['held']:.3f} | "
             f"{r['inconclusive']:.3f} | {r['seeds']:.2f} | {r['reproducible']:.2f} |"

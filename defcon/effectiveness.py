@@ -74,6 +74,13 @@ def look_confidences(schedule: tuple[int, ...]) -> tuple[float, ...]:
     )
 
 
+def look_plan(first: int, most: int) -> dict[int, float]:
+    """Seed count of each look → its per-side confidence: what a measurement that starts with
+    `first` seeds and may add seeds up to `most` judges at (`looks`, `look_confidences`)."""
+    schedule = looks(first, most)
+    return dict(zip(schedule, look_confidences(schedule), strict=True))
+
+
 def verdict_rule() -> str:
     """The rule as this module's docstring states it, on one paragraph per point: reports quote
     it rather than restate it, so the prose cannot drift from the code beside it."""

@@ -34,8 +34,7 @@ from defcon.effectiveness import (
     combination_label,
     defense_outcome,
     judge,
-    look_confidences,
-    looks,
+    look_plan,
 )
 from defcon.engine.data import Dataset, UserData, dataset_source
 from defcon.engine.defense import Defense, Environment
@@ -425,8 +424,7 @@ class Composer:
                 Reading(ACTED, ChangedPredictions(self.runner)),
             ),
         )  # fmt: skip
-        schedule = looks(seeds, max_seeds)
-        confidence = dict(zip(schedule, look_confidences(schedule), strict=True))
+        confidence = look_plan(seeds, max_seeds)  # seed count of each look → its confidence
         while True:
             done = len(arms.seeds)
             self.log(
@@ -434,7 +432,7 @@ class Composer:
                 f"{' → '.join(order)} on {self.dataset_name}"
             )
             arms.add_seed(seed_start + done)
-            if len(arms.seeds) not in schedule:
+            if len(arms.seeds) not in confidence:
                 continue
             judged = self._judge(ordered_specs, arms, tolerances, confidence[len(arms.seeds)])
             undecided = [
@@ -447,7 +445,7 @@ class Composer:
                 break
             self.log(
                 f"inconclusive after {len(arms.seeds)} seeds ({', '.join(undecided)}): adding "
-                f"seeds up to the next look ({next(n for n in schedule if n > len(arms.seeds))})"
+                f"seeds up to the next look ({next(n for n in confidence if n > len(arms.seeds))})"
             )
         results = tuple(
             DefenseResult(

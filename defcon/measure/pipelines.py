@@ -99,7 +99,8 @@ class PipelineResult:
     @property
     def model(self) -> nn.Module:
         """A copy of the pipeline's final model for each reader. A reading that runs the model in
-        training mode (an attack, a probe) updates BatchNorm's running statistics in place; with
+        training mode (as AutoAttack's tabular wrapper did) updates BatchNorm's running statistics
+        in place; with
         one shared object every later reading would measure a model the pipeline does not serve,
         and the cached values would depend on the order the readings ran in."""
         return copy.deepcopy(self._built)
@@ -397,7 +398,7 @@ class PipelineRunner:
     def training_facts(self, result: PipelineResult) -> dict[str, float]:
         """Facts the training recorded (convergence, ε, …), from the cache when possible."""
         if not result.env.record:
-            _ = result.model
+            _ = result._built  # building fills the record; no reader needs a copy here
         return dict(result.env.record)
 
 

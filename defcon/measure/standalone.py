@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.effectiveness import CONFIDENCE, Summary, look_confidences, looks
+from defcon.effectiveness import CONFIDENCE, Summary, look_plan
 from defcon.engine.defense import Defense
 from defcon.engine.fingerprint import invariance_code
 from defcon.engine.invariance import (
@@ -57,7 +57,7 @@ class StandaloneResult(BaseModel):
     label_changing: tuple[int, ...] = ()
     invariance_eps: float | None = None
     invariance_note: str | None = None  # why an evasion defense has no invariance reported
-    # Per side, of the look these seeds make, to judge them at (`effectiveness.look_confidences`)
+    # Per side, of the look these seeds make, to judge them at (`effectiveness.look_plan`)
     confidence: float = CONFIDENCE
 
 
@@ -154,12 +154,12 @@ def measure_standalone(
             confidence=confidence[len(arms.seeds)],
         )
 
-    schedule = looks(seeds, max(seeds, max_seeds or seeds)) if enough else (seeds,)
-    confidence = dict(zip(schedule, look_confidences(schedule), strict=True))
+    # Without `enough` no seed is added: one look, at the nominal confidence.
+    confidence = look_plan(seeds, max(seeds, max_seeds or seeds) if enough else seeds)
     with composer.membership_regime(composer.measures_membership([name])):
         for seed in range(first_seed, first_seed + seeds):
             add_seed(seed)
-        for look in schedule[1:]:
+        for look in list(confidence)[1:]:
             if enough is not None and enough(result()):
                 break
             for seed in range(first_seed + len(arms.seeds), first_seed + look):
