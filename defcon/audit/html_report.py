@@ -86,11 +86,7 @@ def section(report: Report, png: bytes | None, why_no_plot: str) -> str:
     else:
         parts.append(f'<p class="note">No plot: {_e(why_no_plot)}.</p>')
     parts.append("<h2>Evidence</h2>")
-    parts.append(
-        f'<p class="note">Mean over {report.seeds} seeds with its {EVIDENCE_LEVEL} confidence '
-        "interval [lower, upper] (Student t). The summary's changes carry the intervals they "
-        "were judged on.</p>"
-    )
+    parts.append(f'<p class="note">{_e(report.evidence_note)}</p>')
     rows = [
         (r.subject, r.metric, r.arm, r.estimate.text(), str(r.estimate.n), r.outcome or "")
         for r in report.evidence

@@ -30,8 +30,7 @@ def markdown_one(report: Report) -> str:
     lines += [f"- {line}" for line in report.summary]
     lines += [
         "", "## Evidence", "",
-        f"Mean over {report.seeds} seeds with its {EVIDENCE_LEVEL} confidence interval [lower, upper] "
-        "(Student t). The summary's changes carry the intervals they were judged on.", "",
+        report.evidence_note, "",
         f"| defense / risk | metric | arm | mean [{EVIDENCE_LEVEL} CI] | seeds | outcome |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip

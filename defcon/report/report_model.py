@@ -133,6 +133,15 @@ class Report(BaseModel):
     versions: dict[str, str]
     methods: dict[str, str] = Field(default_factory=dict)  # "defense.metric" → how it is measured
 
+    @property
+    def evidence_note(self) -> str:
+        """What the evidence table's intervals are: one sentence for every format."""
+        return (
+            f"Mean over {self.seeds} seeds with its {EVIDENCE_LEVEL} confidence interval "
+            "[lower, upper] (Student t). The summary's changes carry the intervals they were "
+            "judged on."
+        )
+
 
 def build_report(record: CompositionRecord | AuditRecord) -> Report:
     """The report of either kind of record."""
