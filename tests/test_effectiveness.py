@@ -219,3 +219,42 @@ def test_sequential_looks_keep_the_error_at_the_tolerance_within_the_promise() -
     new = script.rates(tau, tau, now, trials=300, seed=0)
     assert old["held"] > 0.17 and old["dropped"] > 0.17, old  # nominal 0.10 each
     assert new["held"] <= 0.13 and new["dropped"] <= 0.13, new  # 0.10 + two binomial SEs
+
+
+def test_resampling_a_records_drops_shows_when_an_early_look_is_misled() -> None:
+    """benchmarks/verdict_rule.py --record: a clear drop is `dropped` and no drop `held` at every
+    first look; a skewed drop (rare large seeds) fools a first look of 3 more often than one of 6."""
+    from pathlib import Path
+
+    from benchmark_scripts import load_script
+
+    from defcon.planning.records import CompositionRecord
+
+    script = load_script("verdict_rule")
+    path = next(Path(__file__).parents[1].glob("benchmarks/results/*/records/adult/*.json"))
+    data = json.loads(path.read_text())
+    data["max_seeds"] = 20
+    rng = np.random.default_rng(0)
+    alone = 0.5 + rng.normal(0, 0.001, 20)
+
+    def with_drops(drops: np.ndarray) -> CompositionRecord:
+        metric = data["results"][0]["metrics"][0]
+        sign = 1.0 if metric["direction"] == "higher" else -1.0
+        metric["judged"], metric["tolerance"] = True, 0.05
+        metric["alone"]["values"] = alone.tolist()
+        metric["combined"]["values"] = (alone - sign * drops).tolist()
+        data["results"] = data["results"][:1]
+        data["results"][0]["metrics"] = [metric]
+        return CompositionRecord.model_validate(data)
+
+    def shares(drops: np.ndarray) -> dict[str, tuple[float, float, float]]:
+        rows = script.resampled(with_drops(drops), trials=300)[2:]
+        cells = [row.strip("|").split("|") for row in rows]
+        return {c[3].strip(): tuple(float(x) for x in c[4:7]) for c in cells}
+
+    clear = shares(0.3 + rng.normal(0, 0.01, 20))
+    assert all(dropped > 0.99 for dropped, _, _ in clear.values()), clear
+    none = shares(rng.normal(0, 0.01, 20))
+    assert all(held > 0.99 for _, held, _ in none.values()), none
+    skewed = shares(np.r_[np.abs(rng.normal(0, 0.005, 17)), [0.4, 0.4, 0.4]])  # mean 0.064
+    assert skewed["3, 6, 12, 20"][1] > skewed["6, 12, 20"][1] + 0.05, skewed
