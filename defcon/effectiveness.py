@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -79,6 +79,33 @@ def look_plan(first: int, most: int) -> dict[int, float]:
     `first` seeds and may add seeds up to `most` judges at (`looks`, `look_confidences`)."""
     schedule = looks(first, most)
     return dict(zip(schedule, look_confidences(schedule), strict=True))
+
+
+def read_at_looks(
+    add_seed: Callable[[int], None],
+    decided: Callable[[int, float], bool],
+    *,
+    seeds: int,
+    max_seeds: int,
+    seed_start: int,
+) -> float:
+    """Point 4 as a loop: measure seeds `seed_start`, `seed_start` + 1, … up to the first look,
+    ask `decided(seed count, that look's confidence)`, and while it says no and a look remains,
+    measure the seeds up to the next look. Returns the confidence of the last look read.
+
+    It lives here, beside the rule, not in the composer: the composer's code keys every cached
+    model, so a change to when verdicts are read re-reads cached models instead of retraining
+    them (the record's code hash still names this module: `defcon.engine.fingerprint.rule_code`).
+    """
+    measured = 0
+    confidence = CONFIDENCE
+    for count, confidence in look_plan(seeds, max_seeds).items():
+        for seed in range(seed_start + measured, seed_start + count):
+            add_seed(seed)
+        measured = count
+        if decided(count, confidence):
+            break
+    return confidence
 
 
 def verdict_rule() -> str:

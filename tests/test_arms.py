@@ -80,6 +80,11 @@ def test_compose_reads_verdicts_only_at_its_looks_each_at_its_confidence(
     assert [n for n, _ in looked] == [1, 2, 4] and len(record.seeds) == 4
     assert [c for _, c in looked] == pytest.approx(look_confidences((1, 2, 4)))
     assert record.results[0].metrics[0].confidence == pytest.approx(looked[-1][1])
+    from defcon.engine.fingerprint import CORE_MODULES, core_code, rule_code
+
+    # the record names the rule it was judged under; the rule is not in the models' cache key
+    assert record.code.startswith(core_code()) and record.code.endswith(f"+{rule_code()}")
+    assert "effectiveness" not in CORE_MODULES
 
 
 def test_a_reading_that_runs_the_model_in_training_mode_changes_no_later_reading(

@@ -258,3 +258,35 @@ def test_resampling_a_records_drops_shows_when_an_early_look_is_misled() -> None
     assert all(held > 0.99 for _, held, _ in none.values()), none
     skewed = shares(np.r_[np.abs(rng.normal(0, 0.005, 17)), [0.4, 0.4, 0.4]])  # mean 0.064
     assert skewed["3, 6, 12, 20"][1] > skewed["6, 12, 20"][1] + 0.05, skewed
+
+
+def test_read_at_looks_measures_up_to_each_look_and_stops_when_decided() -> None:
+    """Seeds are measured in order, `decided` is asked only at looks with each look's confidence,
+    and the loop stops at the first look that decides (or at the cap)."""
+    from defcon.effectiveness import CONFIDENCE, look_plan, read_at_looks
+
+    measured: list[int] = []
+    asked: list[tuple[int, float]] = []
+
+    def decide_at(n: int):
+        def decided(count: int, confidence: float) -> bool:
+            assert count == len(measured)
+            asked.append((count, confidence))
+            return count >= n
+
+        return decided
+
+    last = read_at_looks(measured.append, decide_at(6), seeds=3, max_seeds=20, seed_start=100)
+    assert measured == list(range(100, 106)) and [n for n, _ in asked] == [3, 6]
+    assert last == pytest.approx(look_plan(3, 20)[6]) == asked[-1][1]
+    measured.clear()
+    asked.clear()
+    last = read_at_looks(measured.append, decide_at(99), seeds=3, max_seeds=10, seed_start=0)
+    assert measured == list(range(10)) and [n for n, _ in asked] == [3, 6, 10]
+    assert last == pytest.approx(look_plan(3, 10)[10])
+    measured.clear()
+    asked.clear()
+    assert read_at_looks(measured.append, decide_at(99), seeds=3, max_seeds=3, seed_start=0) == (
+        CONFIDENCE
+    )
+    assert measured == [0, 1, 2]

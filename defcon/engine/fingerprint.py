@@ -45,6 +45,14 @@ def core_code() -> str:
 
 
 @cache
+def rule_code() -> str:
+    """Hash of the verdict rule and its looks (`defcon.effectiveness`): it names a composition
+    record's rule beside the core's hash, and, kept out of the core, a change to it re-judges
+    cached models instead of retraining them."""
+    return _digest([Path(defcon.__file__).parent / "effectiveness.py"])
+
+
+@cache
 def probes_code() -> str:
     """Hash of the factor probes: a change re-probes cached models without retraining them."""
     return _digest([Path(defcon.__file__).parent / "engine" / "probes.py"])

@@ -34,12 +34,13 @@ from defcon.effectiveness import (
     combination_label,
     defense_outcome,
     judge,
-    look_plan,
+    looks,
+    read_at_looks,
 )
 from defcon.engine.data import Dataset, UserData, dataset_source
 from defcon.engine.defense import Defense, Environment
 from defcon.engine.devices import resolve_device
-from defcon.engine.fingerprint import core_code
+from defcon.engine.fingerprint import core_code, rule_code
 from defcon.engine.models import ArchConfig, ModelFactory, check_model, factory_name
 from defcon.engine.rmia import MEMBERSHIP_METRICS
 from defcon.engine.settings import RunSettings, training_used
@@ -424,29 +425,31 @@ class Composer:
                 Reading(ACTED, ChangedPredictions(self.runner)),
             ),
         )  # fmt: skip
-        confidence = look_plan(seeds, max_seeds)  # seed count of each look → its confidence
-        while True:
+        judged: list[tuple[DefenseSpec, tuple[MetricVerdict, ...]]] = []
+
+        def add_seed(seed: int) -> None:
             done = len(arms.seeds)
             self.log(
                 f"seed {done + 1}/{seeds if done < seeds else max_seeds}: "
                 f"{' → '.join(order)} on {self.dataset_name}"
             )
-            arms.add_seed(seed_start + done)
-            if len(arms.seeds) not in confidence:
-                continue
-            judged = self._judge(ordered_specs, arms, tolerances, confidence[len(arms.seeds)])
+            arms.add_seed(seed)
+
+        def decided(count: int, confidence: float) -> bool:
+            judged[:] = self._judge(ordered_specs, arms, tolerances, confidence)
             undecided = [
                 f"{v.defense}.{v.metric}"
                 for _, verdicts in judged
                 for v in verdicts
                 if v.judged and not v.conclusive
             ]
-            if not undecided or len(arms.seeds) >= max_seeds:
-                break
-            self.log(
-                f"inconclusive after {len(arms.seeds)} seeds ({', '.join(undecided)}): adding "
-                f"seeds up to the next look ({next(n for n in confidence if n > len(arms.seeds))})"
-            )
+            if undecided and count < max_seeds:
+                upcoming = next(n for n in looks(seeds, max_seeds) if n > count)
+                self.log(f"inconclusive after {count} seeds ({', '.join(undecided)}): adding "
+                         f"seeds up to the next look ({upcoming})")  # fmt: skip
+            return not undecided
+
+        read_at_looks(add_seed, decided, seeds=seeds, max_seeds=max_seeds, seed_start=seed_start)
         results = tuple(
             DefenseResult(
                 defense=spec.name,
@@ -499,7 +502,7 @@ class Composer:
             device=str(self.device),
             model=self.model_factory,
             dataset_sha256=self.source.digest if isinstance(self.source, UserData) else None,
-            code=self._code(order),
+            code=f"{self._code(order)}+{rule_code()}",
             versions=versions(),
             wall_time_s=round(time.perf_counter() - started, 2),
             cache=self.cache.stats(),

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from defcon.effectiveness import CONFIDENCE, Summary, look_plan
+from defcon.effectiveness import CONFIDENCE, Summary, look_plan, read_at_looks
 from defcon.engine.defense import Defense
 from defcon.engine.fingerprint import invariance_code
 from defcon.engine.invariance import (
@@ -155,15 +155,13 @@ def measure_standalone(
         )
 
     # Without `enough` no seed is added: one look, at the nominal confidence.
-    confidence = look_plan(seeds, max(seeds, max_seeds or seeds) if enough else seeds)
+    most = max(seeds, max_seeds or seeds) if enough else seeds
+    confidence = look_plan(seeds, most)
     with composer.membership_regime(composer.measures_membership([name])):
-        for seed in range(first_seed, first_seed + seeds):
-            add_seed(seed)
-        for look in list(confidence)[1:]:
-            if enough is not None and enough(result()):
-                break
-            for seed in range(first_seed + len(arms.seeds), first_seed + look):
-                add_seed(seed)
+        read_at_looks(
+            add_seed, lambda count, _: enough is None or count >= most or enough(result()),
+            seeds=seeds, max_seeds=most, seed_start=first_seed,
+        )  # fmt: skip
     return result()
 
 
