@@ -203,3 +203,19 @@ def test_lowers_the_equalized_odds_gap_on_adult():
         fair.append((equalized_odds_gap(served, test), accuracy(served, test.x, test.y)))
     assert np.mean([g for g, _ in fair]) <= np.mean([g for g, _ in plain]) - 0.03, (plain, fair)
     assert all(f[1] >= p[1] - 0.03 for p, f in zip(plain, fair, strict=True))
+
+
+def test_the_record_keeps_which_records_it_was_fitted_on(tmp_path: Path):
+    """The facts a defended arm's post-training recorded reach the composition record, per arm:
+    a reader sees whether the optimizer fitted on training + validation records or on validation
+    only (the undefended arm's facts stay where they were)."""
+    data = unfair_table(tmp_path)
+    composer = Composer(data, profile="tiny", cache_dir=tmp_path / "cache")
+    record = composer.compose(["threshold_optimizer", "model_watermark"], seeds=2)
+    for arm in ("threshold_optimizer", "combined"):
+        facts = record.defended_facts[arm]
+        fitted = facts["threshold_optimizer.fitted_on_validation_only"]
+        assert fitted.mean in (0.0, 0.5, 1.0) and len(fitted.raw()) == 2
+        assert "threshold_optimizer.overfit_gap" in facts
+    assert "threshold_optimizer.overfit_gap" not in record.defended_facts.get("model_watermark", {})
+    assert not any(k.startswith("threshold_optimizer.") for k in record.undefended_facts)

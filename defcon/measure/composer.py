@@ -420,8 +420,7 @@ class Composer:
             self, order, poisoned=planned.scenario.poisoned,
             readings=(
                 Reading(PROBES, lambda arm, result: self.probe(result)),
-                Reading(FACTS, lambda arm, result: self.training_facts(result),
-                        arms=frozenset({NO_DEFENSE})),
+                Reading(FACTS, lambda arm, result: self.training_facts(result)),
                 Reading(ACTED, ChangedPredictions(self.runner)),
             ),
         )  # fmt: skip
@@ -511,6 +510,11 @@ class Composer:
             unreliable=unreliable,
             training={**training_used(self.profile, self.dataset_name), **self.fitted},
             undefended_facts=summaries_over_seeds(undefended_facts),
+            defended_facts={
+                label: facts
+                for label in [*order, COMBINED]
+                if (facts := summaries_over_seeds(arms.series(label, FACTS)))
+            },
             alternatives=planned.alternatives,
             notices=data_and_model_notices(self.runner, order, seed_start)
             + acted_notices(arms, order),

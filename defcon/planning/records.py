@@ -123,6 +123,12 @@ class CompositionRecord(RecordHeader):
         description="the undefended model's training facts over the seeds (last-epoch "
         "validation gain, swing, …): what the reliability check read, so it can be re-derived",
     )
+    defended_facts: dict[str, dict[str, Summary]] = Field(
+        default_factory=dict,
+        description="arm (a defense alone, combined) → the facts its training and post-training "
+        "recorded over the seeds (DP-SGD's ε, which records threshold_optimizer fitted on, …); "
+        "empty in records measured before it was kept",
+    )
     alternatives: tuple[tuple[str, ...], ...] = Field(
         default=(),
         description="after a predicted conflict (--force): conflict-free combinations for the "
