@@ -69,6 +69,11 @@ def test_coverage_and_reproducible_share_on_constructed_records() -> None:
     assert st["reproduced"] == 2
     assert st["reproducible_share"] == pytest.approx(0.5)
     assert st["label_flip_rate"] == pytest.approx(1 / 3)  # the looser count, for comparison
+    # why ("a", "d") reproduced on one seed set only: the first run's inconclusive drop
+    (changed,) = st["changed_conclusiveness"]
+    (why,) = changed["why"]
+    assert why.startswith("a.") and "drop" in why and "vs tolerance" in why and "3 seeds" in why
+    assert st["not_reproduced_by"] == {"a": 1}
     assert stability(first, [])["reproducible_share"] is None
     assert coverage([]) == {}
 

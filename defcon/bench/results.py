@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,33 @@ _MARK = {"held": "✓", "dropped": "✗", "inconclusive": "?", "not_effective_al
 
 def _key(record: CompositionRecord) -> tuple[str, tuple[str, ...]]:
     return record.dataset, tuple(sorted(record.defenses))
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def undecided_metrics(record: CompositionRecord) -> list[tuple[str, str]]:
+    """(defense, why) for each judged metric that kept the record's label from being
+    conclusive: not effective alone (its gain against the tolerance) or an inconclusive drop
+    (its interval straddles the tolerance). Empty for a conclusive record."""
+    if record.conclusive:
+        return []
+    found = []
+    for result in record.results:
+        for v in result.metrics:
+            if not v.judged:
+                continue
+            if not v.effective_alone:
+                why = (f"not effective alone, gain {_num(v.gain.mean)} [{_num(v.gain.lower)}, "
+                       f"{_num(v.gain.upper)}] vs tolerance {v.declared_tolerance:g}")  # fmt: skip
+            elif v.outcome == "inconclusive":
+                why = (f"drop {_num(v.drop.mean)} [{_num(v.drop.lower)}, {_num(v.drop.upper)}] "
+                       f"vs tolerance {v.tolerance:.3g}, {v.drop.n} seeds")  # fmt: skip
+            else:
+                continue
+            found.append((result.defense, f"{result.defense}.{v.metric}: {why}"))
+    return found
 
 
 def stability(first: Sequence[CompositionRecord], second: Sequence[CompositionRecord]) -> dict:
@@ -73,10 +101,20 @@ def stability(first: Sequence[CompositionRecord], second: Sequence[CompositionRe
                 "combination": list(a.order),
                 "first": a.label,
                 "second": b.label,
+                "why": [why for _, why in undecided_metrics(a) + undecided_metrics(b)],
             }
             for a, b in pairs
             if a.conclusive != b.conclusive
         ],  # fmt: skip
+        # which defense kept a label conclusive on one seed set from being so on the other
+        "not_reproduced_by": dict(
+            Counter(
+                defense
+                for a, b in pairs
+                if a.conclusive != b.conclusive
+                for defense in {d for d, _ in undecided_metrics(a) + undecided_metrics(b)}
+            ).most_common()
+        ),
     }
 
 
@@ -423,9 +461,16 @@ def _stability(summary: BenchSummary) -> list[str]:
     ]
     lines += [
         f"- conclusive in one run only: {f['dataset']}: {' → '.join(f['combination'])}: "
-        f"{f['first']} vs {f['second']}"
+        f"{f['first']} vs {f['second']}" + (f" ({'; '.join(f['why'])})" if f.get("why") else "")
         for f in st["changed_conclusiveness"]
     ]
+    if st.get("not_reproduced_by"):
+        counts = ", ".join(f"{name} {n}" for name, n in st["not_reproduced_by"].items())
+        lines += [
+            "",
+            "Defenses whose metric kept a label conclusive on one seed set from being so on the "
+            f"other (a combination counts once per defense): {counts}.",
+        ]
     return lines
 
 
