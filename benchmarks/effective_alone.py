@@ -7,6 +7,12 @@ least twice its declared tolerance and the lower bound of the gain's confidence 
 the tolerance; a defense passes when one of its judged metrics does. Defenses the spec declares
 not applicable to the data kind are listed as such and never trained.
 
+`--append-to FOLDER` (the committed table is `benchmarks/results/effective_alone`) adds this
+run's rows to FOLDER's table.json and its block, headed by the commit and the command, to
+table.md before its status section, once every defense has run; the status section stays a
+reader's judgement, so the script says to update it. It refuses a working tree with changes to
+tracked files: a block names the commit that produced it.
+
 With `--max-seeds`, seeds are added up to each next look (`defcon.effectiveness.looks`, as the
 benchmark adds them while a verdict is inconclusive, each look at the per-look confidence) while no
 judged metric passes yet one still could: its gain's upper bound reaches the margin. The same
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -166,6 +173,48 @@ def markdown(rows: list[Row], footer: str) -> str:
     return "\n".join(lines) + "\n\n" + footer + "\n"
 
 
+STATUS_HEADING = "## Current status"
+
+
+def source_commit(root: Path) -> str:
+    """The short commit of `root`'s checkout; refuses changes to tracked files (the block would
+    name a commit that did not produce it)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        commit = git("rev-parse", "--short", "HEAD")
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise DefconError(f"--append-to needs a git checkout at {root}: {error}") from error
+    if changed:
+        raise DefconError(
+            "--append-to: tracked files differ from the commit, so no commit produced this "
+            f"block; commit or stash them first ({changed.splitlines()[0].strip()} …)"
+        )
+    return commit
+
+
+def append_block(
+    folder: Path, rows: list[Row], command: str, commit: str, setting: str | None
+) -> None:
+    """Add the rows to folder/table.json (each with its commit and setting) and their block to
+    folder/table.md, before the status section where there is one."""
+    table_json, table_md = folder / "table.json", folder / "table.md"
+    kept = json.loads(table_json.read_text()) if table_json.exists() else []
+    kept += [{**r.model_dump(mode="json"), "commit": commit, "setting": setting} for r in rows]
+    text = table_md.read_text() if table_md.exists() else markdown([], "").split("\n| ")[0]
+    table = [line for line in markdown(rows, "").splitlines() if line.startswith("|")]
+    block = f"## Commit {commit}: `{command}`\n\n" + "\n".join(table) + "\n\n"
+    head, found, status = text.partition(STATUS_HEADING)
+    updated = head.rstrip("\n") + "\n\n" + block + (found + status if found else "")
+    atomic_write_text(table_json, json.dumps(kept, indent=2) + "\n")
+    atomic_write_text(table_md, updated)
+
+
 def main() -> None:
     catalog = builtin_catalog()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,6 +234,12 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cache", default=str(ROOT.parent / ".defcon-cache"))
     parser.add_argument("--out", default=str(ROOT / "results" / "effective_alone"))
+    parser.add_argument(
+        "--append-to",
+        default=None,
+        help="a table folder to add this run's rows and block to (the committed one: "
+        "benchmarks/results/effective_alone)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -208,6 +263,12 @@ def main() -> None:
         configs = validated(parse_assignments(args.set), catalog)
     except DefconError as error:
         parser.error(str(error))
+    commit = None
+    if args.append_to:
+        try:
+            commit = source_commit(ROOT.parent)
+        except DefconError as error:
+            parser.error(str(error))
     os.environ.setdefault("DEFCON_PROGRESS", "0")
     started = time.perf_counter()
     rows: list[Row] = []
@@ -245,6 +306,14 @@ def main() -> None:
                 json.dumps([r.model_dump(mode="json") for r in rows], indent=1) + "\n",
             )
     print(markdown(rows, ""))
+    if args.append_to and commit is not None:
+        setting = " ".join(
+            [f"--set {item}" for item in args.set]
+            + ([f"--max-seeds {max_seeds}"] if max_seeds > args.seeds else [])
+            + ([f"--seed-start {args.seed_start}"] if args.seed_start else [])
+        )
+        append_block(Path(args.append_to), rows, command, commit, setting or None)
+        print(f"appended to {args.append_to}; update its status section by hand")
 
 
 if __name__ == "__main__":

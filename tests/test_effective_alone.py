@@ -184,3 +184,47 @@ def test_max_seeds_stops_at_a_pass_and_at_a_hopeless_gain(monkeypatch) -> None:
     assert calls == [3] and rows[0].passed
     rows, calls = _rows(monkeypatch, lambda n: ([0.30, 0.31, 0.30], [0.30, 0.30, 0.31]))
     assert calls == [3] and not rows[0].passed
+
+
+def test_a_run_is_appended_before_the_status_section_with_its_commit(tmp_path: Path) -> None:
+    """--append-to: the rows join table.json with their commit and setting, the block goes in
+    before the hand-kept status section, which stays as it was."""
+    import json
+    import subprocess
+
+    import pytest
+
+    from defcon.errors import DefconError
+
+    bench = _bench()
+    folder = tmp_path / "table"
+    folder.mkdir()
+    (folder / "table.json").write_text(json.dumps([{"defense": "old", "commit": "aaa"}]))
+    status = "## Current status\n\n| adult | old | aaa | pass |\n"
+    (folder / "table.md").write_text(
+        "# Every defense\n\n## Commit aaa: `old`\n\n| x |\n\n" + status
+    )
+    row = bench.Row(dataset="adult", defense="new", metric="m", gain=0.2, tolerance=0.05,
+                    ratio=4.0, passed=True, seeds=3)  # fmt: skip
+    bench.append_block(folder, [row], "python benchmarks/effective_alone.py --x", "bbb", "--y 1")
+    kept = json.loads((folder / "table.json").read_text())
+    assert kept[0] == {"defense": "old", "commit": "aaa"}
+    assert kept[1]["defense"] == "new" and kept[1]["commit"] == "bbb"
+    assert kept[1]["setting"] == "--y 1"
+    text = (folder / "table.md").read_text()
+    assert text.endswith(status)
+    block = text.index("## Commit bbb: `python benchmarks/effective_alone.py --x`")
+    assert text.index("## Commit aaa") < block < text.index("## Current status")
+    assert "| adult | new | m |" in text[block:]
+    # a block names the commit that produced it: a changed tracked file is refused
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q"], ["config", "user.email", "a@b"], ["config", "user.name", "a"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    (repo / "f.py").write_text("x = 1\n")
+    subprocess.run(["git", "-C", str(repo), "add", "f.py"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "f"], check=True)
+    assert len(bench.source_commit(repo)) >= 7
+    (repo / "f.py").write_text("x = 2\n")
+    with pytest.raises(DefconError, match="tracked files differ"):
+        bench.source_commit(repo)
