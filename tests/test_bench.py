@@ -58,6 +58,23 @@ def test_local_bench_end_to_end_and_resume(tmp_path: Path) -> None:
     # count is part of every cache key, since results may depend on it)
     assert rerun.cache["models_trained"] == 0
     assert [r.combinations_run for r in again.runs] == [3, 1]
+    assert not any(m.startswith("note: ") for m in messages)  # every run at this checkout
+
+    # Records of another commit in the folder are resumed, and the log says so.
+    import json
+
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    runs[0]["commit"] = "0123456789abcdef"
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    victim.unlink()
+    messages.clear()
+    run_bench(
+        ["digits"], pairs=PAIRS, seeds=1, profile="tiny", workers=2, out=tmp_path,
+        log=messages.append,
+    )  # fmt: skip
+    (note,) = [m for m in messages if m.startswith("note: ")]
+    assert "2 combinations already measured are kept, not re-measured" in note
+    assert "commit 0123456789" in note and "new --out" in note
 
 
 def test_an_in_process_task_gives_the_callers_threads_back(tmp_path: Path, monkeypatch) -> None:

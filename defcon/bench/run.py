@@ -441,6 +441,13 @@ def run_bench(
     else:
         log(f"{len(paths)} combinations, {len(paths) - len(tasks)} already measured, "
             f"{len(tasks)} to run on {executor} with {workers} worker(s); {len(skipped)} skipped")  # fmt: skip
+        kept = len(paths) - len(tasks)
+        others = sorted({r.commit or "unknown" for r in _load_runs(out)} - {commit or "unknown"})
+        if kept and others:  # resumed by file name: a reader must know they are not re-measured
+            log(f"note: the {kept} combinations already measured are kept, not re-measured; "
+                f"earlier runs into {out} were at commit {', '.join(c[:10] for c in others)} "
+                f"(this checkout: {(commit or 'unknown')[:10]}); give a new --out to measure "
+                "every combination here")  # fmt: skip
     done = 0
 
     def report(task: Task, problem: str | None) -> None:
