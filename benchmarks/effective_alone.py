@@ -264,6 +264,8 @@ def main() -> None:
     except DefconError as error:
         parser.error(str(error))
     commit = None
+    if args.append_to and Path(args.append_to).resolve() == Path(args.out).resolve():
+        parser.error("--append-to: give --out another folder (the run rewrites --out as it goes)")
     if args.append_to:
         try:
             commit = source_commit(ROOT.parent)

@@ -75,6 +75,11 @@ def test_a_setting_is_validated_and_recorded_in_the_command(tmp_path, monkeypatc
     bench.main()  # group_fairness is not applicable to images: nothing trains
     assert seen == [{"group_fairness": {"slack": 0.1}}]
     assert f"--set {setting}`" in (tmp_path / "table.md").read_text()
+    # appending to the folder the run rewrites as it goes would lose the committed table
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path), "--append-to", str(tmp_path)])
+    with pytest.raises(SystemExit) as refused:
+        bench.main()
+    assert refused.value.code == 2
 
 
 def test_each_row_shows_the_clean_accuracy_without_and_with_the_defense() -> None:
