@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from defcon.bench.provenance import source_commit
 from defcon.catalog import builtin_catalog
 from defcon.effectiveness import MetricVerdict, judge
 from defcon.engine.defense_settings import parse_assignments, validated
@@ -176,26 +176,19 @@ def markdown(rows: list[Row], footer: str) -> str:
 STATUS_HEADING = "## Current status"
 
 
-def source_commit(root: Path) -> str:
-    """The short commit of `root`'s checkout; refuses changes to tracked files (the block would
-    name a commit that did not produce it)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        changed = git("status", "--porcelain", "--untracked-files=no")
-        commit = git("rev-parse", "--short", "HEAD")
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise DefconError(f"--append-to needs a git checkout at {root}: {error}") from error
-    if changed:
+def checked_commit(root: Path) -> str:
+    """The short commit of `root`'s checkout (`defcon.bench.provenance.source_commit`, which
+    runs git without hooks); refuses a changed tracked file anywhere in it, as a block names the
+    commit that produced it."""
+    commit = source_commit(root, paths=(".",))
+    if commit is None:
+        raise DefconError(f"--append-to needs a git checkout at {root} and git installed")
+    if commit.endswith("+dirty"):
         raise DefconError(
             "--append-to: tracked files differ from the commit, so no commit produced this "
-            f"block; commit or stash them first ({changed.splitlines()[0].strip()} …)"
+            "block; commit or stash them first"
         )
-    return commit
+    return commit[:7]
 
 
 def append_block(
@@ -268,7 +261,7 @@ def main() -> None:
         parser.error("--append-to: give --out another folder (the run rewrites --out as it goes)")
     if args.append_to:
         try:
-            commit = source_commit(ROOT.parent)
+            commit = checked_commit(ROOT.parent)
         except DefconError as error:
             parser.error(str(error))
     os.environ.setdefault("DEFCON_PROGRESS", "0")

@@ -229,7 +229,7 @@ def test_a_run_is_appended_before_the_status_section_with_its_commit(tmp_path: P
     (repo / "f.py").write_text("x = 1\n")
     subprocess.run(["git", "-C", str(repo), "add", "f.py"], check=True)
     subprocess.run(["git", "-C", str(repo), "commit", "-qm", "f"], check=True)
-    assert len(bench.source_commit(repo)) >= 7
+    assert len(bench.checked_commit(repo)) >= 7
     (repo / "f.py").write_text("x = 2\n")
     with pytest.raises(DefconError, match="tracked files differ"):
-        bench.source_commit(repo)
+        bench.checked_commit(repo)

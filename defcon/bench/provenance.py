@@ -16,9 +16,10 @@ import defcon
 SOURCE_FOLDERS = ("defcon", "pipeline_stages")  # what trains and measures; docs may differ
 
 
-def source_commit(root: Path | None = None) -> str | None:
-    """The checkout's HEAD commit (+dirty if its tracked source is modified), or None where
-    defcon does not run from a git checkout or git is not installed."""
+def source_commit(root: Path | None = None, paths: tuple[str, ...] = SOURCE_FOLDERS) -> str | None:
+    """The checkout's HEAD commit (+dirty if a tracked file under `paths` is modified; "." for
+    the whole tree), or None where defcon does not run from a git checkout or git is not
+    installed."""
     root = Path(defcon.__file__).resolve().parent.parent if root is None else root
     git = shutil.which("git")
     if git is None or not (root / ".git").exists():
@@ -39,6 +40,6 @@ def source_commit(root: Path | None = None) -> str | None:
     # read-only, and no hook or fsmonitor command a repository's config names may run
     changed = run(
         "-c", "core.fsmonitor=false", "status", "--porcelain", "--untracked-files=no",
-        "--", *SOURCE_FOLDERS,
+        "--", *paths,
     )  # fmt: skip
     return f"{commit}+dirty" if changed else commit
