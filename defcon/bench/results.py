@@ -20,6 +20,8 @@ from defcon.report.scoring import (
     LABELS,
     RESAMPLES,
     TechniqueScore,
+    deciding_verdicts,
+    evidence_of,
     interval_text,
     score,
     score_text,
@@ -34,31 +36,16 @@ def _key(record: CompositionRecord) -> tuple[str, tuple[str, ...]]:
     return record.dataset, tuple(sorted(record.defenses))
 
 
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
-
-
 def undecided_metrics(record: CompositionRecord) -> list[tuple[str, str]]:
-    """(defense, why) for each judged metric that kept the record's label from being
-    conclusive: not effective alone (its gain against the tolerance) or an inconclusive drop
-    (its interval straddles the tolerance). Empty for a conclusive record."""
+    """(defense, why) for each metric that kept the record's label from being conclusive (its
+    inconclusive drop or its not-effective-alone gain, as `evidence` words it), with the seeds
+    read. Empty for a conclusive record."""
     if record.conclusive:
         return []
-    found = []
-    for result in record.results:
-        for v in result.metrics:
-            if not v.judged:
-                continue
-            if not v.effective_alone:
-                why = (f"not effective alone, gain {_num(v.gain.mean)} [{_num(v.gain.lower)}, "
-                       f"{_num(v.gain.upper)}] vs tolerance {v.declared_tolerance:g}")  # fmt: skip
-            elif v.outcome == "inconclusive":
-                why = (f"drop {_num(v.drop.mean)} [{_num(v.drop.lower)}, {_num(v.drop.upper)}] "
-                       f"vs tolerance {v.tolerance:.3g}, {v.drop.n} seeds")  # fmt: skip
-            else:
-                continue
-            found.append((result.defense, f"{result.defense}.{v.metric}: {why}"))
-    return found
+    return [
+        (result.defense, f"{evidence_of(result, verdict)}, {len(record.seeds)} seeds")
+        for result, verdict in deciding_verdicts(record)
+    ]
 
 
 def stability(first: Sequence[CompositionRecord], second: Sequence[CompositionRecord]) -> dict:

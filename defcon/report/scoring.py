@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from defcon.planning.records import CompositionRecord
+from defcon.effectiveness import MetricVerdict
+from defcon.planning.records import CompositionRecord, DefenseResult
 
 LABELS = ("effective", "ineffective")
 RESAMPLES = 2000  # bootstrap resamples per balanced accuracy
@@ -101,28 +102,38 @@ def score_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def evidence(record: CompositionRecord) -> str:
-    """Which defenses dropped (or held), by how much, against which tolerance."""
-    parts = []
-    rank = {"dropped": 0, "inconclusive": 1, "not_effective_alone": 2}
+_RANK = {"dropped": 0, "inconclusive": 1, "not_effective_alone": 2}
+
+
+def deciding_verdicts(record: CompositionRecord) -> list[tuple[DefenseResult, MetricVerdict]]:
+    """The metrics that made the label what it is: dropped, then inconclusive, then not
+    effective alone (a metric gated out of a defense its other metrics judge is noise here)."""
     shown = [
         (result, verdict)
         for result in record.results
         for verdict in result.metrics
-        if verdict.outcome in rank
-        # a metric gated out of a defense that other metrics judge is noise here
+        if verdict.outcome in _RANK
         and not (
             verdict.outcome == "not_effective_alone" and result.outcome != "not_effective_alone"
         )
     ]
-    for result, verdict in sorted(shown, key=lambda item: rank[item[1].outcome]):
-        parts.append(
-            f"{result.defense}.{verdict.metric} {verdict.outcome}: none "
-            f"{verdict.no_defense} / alone {verdict.alone} → combined {verdict.combined} "
-            f"(drop {signed(verdict.drop.mean)}, interval [{signed(verdict.drop.lower)}, "
-            f"{signed(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
-            f"gain alone {signed(verdict.gain.mean)})"
-        )
+    return sorted(shown, key=lambda item: _RANK[item[1].outcome])
+
+
+def evidence_of(result: DefenseResult, verdict: MetricVerdict) -> str:
+    """One metric's outcome with its three arms, drop interval, tolerance and gain."""
+    return (
+        f"{result.defense}.{verdict.metric} {verdict.outcome}: none "
+        f"{verdict.no_defense} / alone {verdict.alone} → combined {verdict.combined} "
+        f"(drop {signed(verdict.drop.mean)}, interval [{signed(verdict.drop.lower)}, "
+        f"{signed(verdict.drop.upper)}] vs tolerance {verdict.tolerance:.3g}; "
+        f"gain alone {signed(verdict.gain.mean)})"
+    )
+
+
+def evidence(record: CompositionRecord) -> str:
+    """Which defenses dropped (or held), by how much, against which tolerance."""
+    parts = [evidence_of(result, verdict) for result, verdict in deciding_verdicts(record)]
     if parts:
         return "; ".join(parts)
     judged = [v for r in record.results for v in r.metrics if v.outcome == "held"]
